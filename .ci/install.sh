@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv with the CPU build of torch and the project (editable) with its test extras.
+# Idempotent: a second call only re-checks the install. Needs Python 3.11, pip and gcc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# CPU torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[dev]'

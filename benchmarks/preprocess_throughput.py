@@ -1,0 +1,117 @@
+"""Preprocessing throughput on the sample data (a benchmark script, not a test).
+
+    python benchmarks/preprocess_throughput.py [--shared ../shared/datasets]
+
+Prints, per worker: frames/s and clips/s of the whole per-clip job (decode + landmarks + crops +
+audio features + encoding) and of mediapipe landmark detection alone on the same frames, their
+ratio, the time per step, the speed-up of 2 Ray workers over 1, and the 1080p MEAD clip on its own.
+Targets (issue #2): whole job <= 2x landmarks alone on the CREMA-D-layout sample; 2 workers >= 1.7x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from pipeline.extract.clip import PreprocessConfig, process_clip
+from pipeline.extract.distribute import RayDistributor
+from pipeline.extract.landmarks import detect_face_mesh
+from pipeline.extract.video import decode_video
+
+
+def crema_rows(root: Path) -> list[dict]:
+    """One row per CREMA-D-layout clip that has speech (9902_* are silent and would fail early)."""
+    rows = []
+    for video in sorted((root / "VideoFlash").glob("*.flv")):
+        if video.stem.startswith("9902_"):
+            continue
+        rows.append({"id": video.stem, "dataset": "crema_d", "video_path": str(video),
+                     "audio_path": str(root / "AudioWAV" / f"{video.stem}.wav"), "speaker": video.stem[:4],
+                     "sex": "", "emotion": "neutral", "intensity": 0, "sentence": video.stem[5:8], "split": "train"})
+    return rows
+
+
+def serial_job(rows: list[dict], cfg: PreprocessConfig) -> tuple[float, int, dict]:
+    """Whole per-clip job in this process: (seconds, frames, seconds per step)."""
+    steps: dict[str, float] = defaultdict(float)
+    frames = 0
+    start = time.perf_counter()
+    for row in rows:
+        result = process_clip(row, cfg)
+        if result.failure:
+            raise RuntimeError(f"benchmark clip failed: {result.failure}")
+        frames += result.n_frames
+        for step, seconds in result.timings.items():
+            steps[step] += seconds
+    return time.perf_counter() - start, frames, dict(steps)
+
+
+def landmarks_alone(rows: list[dict], cfg: PreprocessConfig) -> tuple[float, int]:
+    """mediapipe face mesh alone on the same decoded frames: (seconds, frames)."""
+    clips = [decode_video(r["video_path"], cfg.fps, cfg.decode_max_side).frames for r in rows]
+    start = time.perf_counter()
+    for frames in clips:
+        detect_face_mesh(frames)
+    return time.perf_counter() - start, sum(len(c) for c in clips)
+
+
+def ray_job(rows: list[dict], cfg: PreprocessConfig, workers: int) -> float:
+    """Wall seconds for the whole job on ``workers`` Ray workers (Ray start-up excluded)."""
+    distributor = RayDistributor(None, workers, 0)
+    try:
+        list(distributor.imap_unordered(process_clip, rows[:workers], cfg))  # warm the workers up
+        start = time.perf_counter()
+        for _, result in distributor.imap_unordered(process_clip, rows, cfg):
+            assert getattr(result, "failure", None) is None, result
+        return time.perf_counter() - start
+    finally:
+        distributor.close()
+
+
+def report(name: str, seconds: float, frames: int, clips: int) -> None:
+    print(f"  {name:<28} {frames / seconds:8.1f} frames/s  {clips / seconds:6.2f} clips/s  ({seconds:.2f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    parser.add_argument("--no-ray", action="store_true", help="skip the 1-vs-2 worker measurement")
+    args = parser.parse_args()
+    cfg = PreprocessConfig()
+    rows = crema_rows(args.shared / "crema-d-layout")
+    process_clip(rows[0], cfg)  # warm-up: imports, mediapipe graph
+
+    print(f"CREMA-D layout sample: {len(rows)} clips (480x360 FLV, 30 -> 25 fps), one worker")
+    job_s, crema_frames, steps = serial_job(rows, cfg)
+    lmk_s, lmk_frames = landmarks_alone(rows, cfg)
+    report("whole per-clip job", job_s, crema_frames, len(rows))
+    report("landmarks alone", lmk_s, lmk_frames, len(rows))
+    print(f"  ratio whole / landmarks: {job_s / lmk_s:.2f}x   (target <= 2x)")
+    print("  time per step: " + ", ".join(f"{k} {v / job_s:.0%}" for k, v in steps.items()))
+
+    mead = args.shared / "mead-layout" / "M030"
+    row = {"id": "M030_sad_3_001", "dataset": "mead", "video_path": str(mead / "video/front/sad/level_3/001.mp4"),
+           "audio_path": str(mead / "audio/sad/level_3/001.m4a"), "speaker": "M030", "sex": "male",
+           "emotion": "sad", "intensity": 3, "sentence": "001", "split": "train"}
+    print(f"MEAD 1080p clip (decoded at <= {cfg.decode_max_side} px long side)")
+    job_s, frames, steps = serial_job([row], cfg)
+    lmk_s, lmk_frames = landmarks_alone([row], cfg)
+    report("whole per-clip job", job_s, frames, 1)
+    report("landmarks alone", lmk_s, lmk_frames, 1)
+    print(f"  ratio whole / landmarks: {job_s / lmk_s:.2f}x")
+    print("  time per step: " + ", ".join(f"{k} {v:.2f} s ({v / job_s:.0%})" for k, v in steps.items()))
+
+    if not args.no_ray:
+        print("Ray, CREMA-D layout sample x2 (whole job)")
+        work = rows * 2
+        one = ray_job(work, cfg, 1)
+        two = ray_job(work, cfg, 2)
+        report("1 worker", one, 2 * crema_frames, len(work))
+        report("2 workers", two, 2 * crema_frames, len(work))
+        print(f"  speed-up 2 vs 1 workers: {one / two:.2f}x   (target >= 1.7x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Similarity-transform face alignment and cropping.
+
+Five points (eye centres, nose tip, mouth corners) are mapped onto a template by a least-squares
+similarity transform (Umeyama 1991). The template is ArcFace's 112 px five-point template, scaled
+down by ``face_scale`` around the crop centre so the crop shows the whole head, as talking-face
+crops do (``face_scale = 1`` gives ArcFace's tight recognition crop).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# ArcFace's five-point template (insightface), divided by its 112 px crop size.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+) / 112.0
+
+
+def five_points(lmk68: np.ndarray) -> np.ndarray:
+    """Eye centres, nose tip and mouth corners from 68-point landmarks.
+
+    Args:
+        lmk68: (..., 68, 2) landmarks.
+
+    Returns:
+        (..., 5, 2) in the same units, ordered as ``ARCFACE_TEMPLATE``.
+    """
+    return np.stack(
+        [lmk68[..., 36:42, :].mean(-2), lmk68[..., 42:48, :].mean(-2), lmk68[..., 30, :],
+         lmk68[..., 48, :], lmk68[..., 54, :]],
+        axis=-2,
+    )
+
+
+def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (rotation, uniform scale, translation) taking src to dst.
+
+    Args:
+        src, dst: (N, 2) corresponding points, N >= 2.
+
+    Returns:
+        (2, 3) float64 matrix ``M`` with ``dst ~= src @ M[:, :2].T + M[:, 2]``.
+    """
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)  # (2, 2)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    rotation = u @ np.diag(d) @ vt
+    scale = (s * d).sum() / src_c.var(0).sum()
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    return matrix
+
+
+def crop_transforms(lmk68: np.ndarray, size: int, face_scale: float, mode: str = "clip") -> np.ndarray:
+    """Per-frame similarity transforms from frame pixels to a ``size`` x ``size`` face crop.
+
+    Args:
+        lmk68: (T, 68, 2) landmarks in frame pixels.
+        size: crop side in pixels.
+        face_scale: template size relative to ArcFace's tight crop, in (0, 1].
+        mode: ``"clip"``: one transform fitted to all frames' points (head motion stays in the
+            video, the crop does not jitter); ``"frame"``: one per frame (head motion removed).
+
+    Returns:
+        (T, 2, 3) float64 affine matrices.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    template = (0.5 + face_scale * (ARCFACE_TEMPLATE - 0.5)) * size  # (5, 2) crop pixels
+    points = five_points(lmk68.astype(np.float64))  # (T, 5, 2)
+    if mode == "clip":
+        n = len(points)
+        matrix = umeyama_similarity(points.reshape(-1, 2), np.tile(template, (n, 1)))
+        return np.repeat(matrix[None], n, axis=0)
+    if mode == "frame":
+        return np.stack([umeyama_similarity(p, template) for p in points])
+    raise ValueError(f"preprocess.align must be 'clip' or 'frame', got {mode!r}")
+
+
+def warp_frames(frames: np.ndarray, matrices: np.ndarray, size: int) -> np.ndarray:
+    """Apply per-frame affine transforms and crop.
+
+    Args:
+        frames: (T, H, W, 3) uint8.
+        matrices: (T, 2, 3) from :func:`crop_transforms`.
+        size: output side in pixels.
+
+    Returns:
+        (T, size, size, 3) uint8; pixels outside the frame replicate its border.
+    """
+    return np.stack([
+        cv2.warpAffine(f, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        for f, m in zip(frames, matrices)
+    ])
+
+
+def resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
+    """Downscale (T, S, S, 3) uint8 crops to (T, size, size, 3) with area averaging (no aliasing)."""
+    if crops.shape[1] == size:
+        return crops
+    return np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
+
+
+def transform_points(points: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """Map (T, K, C) points (x, y[, z]) through (T, 2, 3) similarity transforms.
+
+    x, y are transformed; z (mediapipe's depth, on the x scale) is multiplied by the scale.
+
+    Returns:
+        (T, K, C) float32.
+    """
+    xy = np.einsum("tkj,tij->tki", points[..., :2], matrices[:, :, :2]) + matrices[:, None, :, 2]
+    if points.shape[-1] == 2:
+        return xy.astype(np.float32)
+    scale = np.sqrt(np.abs(np.linalg.det(matrices[:, :, :2])))[:, None, None]  # (T, 1, 1)
+    return np.concatenate([xy, points[..., 2:] * scale], axis=-1).astype(np.float32)

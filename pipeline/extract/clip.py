@@ -1,0 +1,199 @@
+"""The per-clip job: decode -> landmarks -> aligned crops -> audio features -> one shard sample.
+
+``process_clip`` never raises for bad input: a clip that cannot be used comes back as a
+``ClipResult`` with ``failure`` set (step + reason), which the stage writes to ``failures.jsonl``.
+Everything in a sample is a deterministic function of the clip and the config, so re-running with
+the same params gives byte-identical samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.extract.align import crop_transforms, resize_crops, transform_points, warp_frames
+from pipeline.extract.audio import (
+    AudioConfig, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
+)
+from pipeline.extract.errors import ClipFailure
+from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
+from pipeline.extract.video import decode_video
+from pipeline.vocab import EMOTION_TO_ID
+
+PREPROCESS_VERSION = "1"
+"""Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The ``preprocess`` section of ``params.yaml`` (see the comments there for each field)."""
+
+    ray_address: str | None = None
+    num_workers: int = 2
+    max_retries: int = 3
+    clips_per_shard: int = 8
+    fps: int = 25
+    decode_max_side: int = 720
+    max_seconds: float = 20.0
+    crop_sizes: tuple[int, ...] = (256, 128)
+    crop_face_scale: float = 0.6
+    align: str = "clip"
+    max_missing_face: float = 0.2
+    sample_rate: int = 16000
+    silence_dbfs: float = -55.0
+    max_av_mismatch_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop_sizes", tuple(int(s) for s in self.crop_sizes))
+        checks = {
+            "num_workers": self.num_workers >= 1,
+            "max_retries": self.max_retries >= 0,
+            "clips_per_shard": self.clips_per_shard >= 1,
+            "fps": self.fps > 0,
+            "decode_max_side": self.decode_max_side >= 64,
+            "max_seconds": self.max_seconds > 0,
+            "crop_sizes": len(self.crop_sizes) > 0 and all(s >= 32 for s in self.crop_sizes),
+            "crop_face_scale": 0 < self.crop_face_scale <= 1,
+            "align": self.align in ("clip", "frame"),
+            "max_missing_face": 0 <= self.max_missing_face <= 1,
+            "sample_rate": self.sample_rate > 0,
+            "max_av_mismatch_s": self.max_av_mismatch_s >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"preprocess.{key}: invalid value {getattr(self, key)!r}")
+
+    @property
+    def audio(self) -> AudioConfig:
+        return AudioConfig(
+            sample_rate=self.sample_rate, fps=self.fps, silence_dbfs=self.silence_dbfs,
+            max_av_mismatch_s=self.max_av_mismatch_s,
+        )
+
+    def content_hash(self) -> str:
+        """Hash of everything that changes sample bytes (not Ray placement or shard sizes)."""
+        content = {k: v for k, v in asdict(self).items() if k not in ("ray_address", "num_workers", "max_retries")}
+        content["version"] = PREPROCESS_VERSION
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ClipResult:
+    """Outcome of one clip.
+
+    Attributes:
+        key: the clip id (WebDataset ``__key__``).
+        sample: file name -> bytes of the shard sample, or None on failure.
+        failure: ``{"id", "step", "reason"}`` or None on success.
+        n_frames: frames written (0 on failure).
+        timings: seconds spent per step (decode, landmarks, crop, audio, encode), for benchmarks.
+    """
+
+    key: str
+    sample: dict[str, bytes] | None = None
+    failure: dict[str, str] | None = None
+    n_frames: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
+    """Turn one manifest row into a WebDataset sample.
+
+    Args:
+        row: a manifest row (``id, dataset, video_path, audio_path, speaker, sex, emotion,
+            intensity, sentence, split``); an empty ``audio_path`` means "use the video's track".
+        cfg: preprocessing parameters.
+
+    Returns:
+        A ``ClipResult``; its sample holds, for T frames at ``cfg.fps``:
+        ``frames_<S>.npy`` (T, S, S, 3) uint8 RGB aligned crops for each S in ``cfg.crop_sizes``;
+        ``lmk.npy`` (T, 68, 2) float32 and ``lmk478.npy`` (T, 478, 3) float32, pixels of the
+        largest crop; ``mel.npy`` (4T, 80) float32 in [-4, 4]; ``mfcc.npy`` (T, 28, 12) float32;
+        ``llf.npy`` (T, 25) float32; ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
+        exactly T / fps seconds); ``meta.json``.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
+    key = str(row["id"])
+    try:
+        video = decode_video(row["video_path"], cfg.fps, cfg.decode_max_side, cfg.max_seconds)
+        frames = video.frames  # (T, H, W, 3)
+        n_frames = len(frames)
+        lap("decode")
+
+        lmk478, found = detect_face_mesh(frames)  # (T, 478, 3) frame pixels
+        lmk478 = fill_missing_faces(lmk478, found, cfg.max_missing_face)
+        lap("landmarks")
+
+        size = max(cfg.crop_sizes)
+        matrices = crop_transforms(mesh_to_68(lmk478), size, cfg.crop_face_scale, cfg.align)  # (T, 2, 3)
+        crops = warp_frames(frames, matrices, size)  # (T, size, size, 3)
+        sample = {f"frames_{s}.npy": _npy(resize_crops(crops, s)) for s in cfg.crop_sizes}
+        lmk478_crop = transform_points(lmk478, matrices)  # (T, 478, 3) crop pixels
+        sample["lmk.npy"] = _npy(mesh_to_68(lmk478_crop))
+        sample["lmk478.npy"] = _npy(lmk478_crop)
+        lap("crop")
+
+        audio_source = row.get("audio_path") or row["video_path"]
+        wav, original_rate = load_audio(audio_source, cfg.sample_rate)
+        rms_dbfs = check_not_silent(wav, cfg.silence_dbfs)
+        wav = fit_to_frames(wav, n_frames, cfg.audio)
+        features = extract_audio_features(wav, n_frames, cfg.audio)
+        for name in ("mel", "mfcc", "llf"):
+            sample[f"{name}.npy"] = _npy(features[name])
+        sample["audio.wav"] = wav_to_bytes(wav, cfg.sample_rate)
+        lap("audio")
+    except ClipFailure as failure:
+        return ClipResult(key, failure={"id": key, "step": failure.step, "reason": failure.reason}, timings=timings)
+    except Exception as err:  # an unexpected bug must not stop the run either: record it loudly
+        return ClipResult(key, failure={"id": key, "step": "internal", "reason": f"{type(err).__name__}: {err}"},
+                          timings=timings)
+
+    meta = {
+        "id": key,
+        "dataset": row["dataset"],
+        "speaker": str(row["speaker"]),
+        "sex": row.get("sex") or "",
+        "emotion": row["emotion"],
+        "emotion_id": EMOTION_TO_ID[row["emotion"]],
+        "intensity": int(row["intensity"]),
+        "sentence": str(row.get("sentence") or ""),
+        "split": row.get("split") or "",
+        "fps": cfg.fps,
+        "n_frames": n_frames,
+        "sample_rate": cfg.sample_rate,
+        "crop_sizes": list(cfg.crop_sizes),
+        "lmk_crop_size": size,
+        "source_video": row["video_path"],
+        "source_audio": audio_source,
+        "audio_from_video_track": not row.get("audio_path"),
+        "source_fps": round(video.source_fps, 4),
+        "source_size": list(video.source_size),
+        "audio_original_rate": int(original_rate),
+        "audio_rms_dbfs": round(float(rms_dbfs), 2),
+        "frames_without_face": int((~found).sum()),
+        "preprocess_version": PREPROCESS_VERSION,
+        "params_hash": cfg.content_hash(),
+    }
+    sample["meta.json"] = json.dumps(meta, sort_keys=True).encode()
+    lap("encode")
+    return ClipResult(key, sample=sample, n_frames=n_frames, timings=timings)

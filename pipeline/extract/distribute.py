@@ -1,0 +1,86 @@
+"""Distributors: run a per-item function serially (tests, debugging) or as Ray tasks, same signature.
+
+Both yield ``(index, result)`` as results arrive. The Ray distributor keeps a bounded number of
+tasks in flight (memory stays bounded however many clips there are) and lets Ray re-run a task
+whose worker process died (``max_retries``); exceptions raised *by* the function are not retried,
+since bad input fails the same way every time (the per-clip job returns failures instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """Yielded in place of a result when a task failed for good (e.g. its worker kept dying)."""
+
+    message: str
+
+
+class SerialDistributor:
+    """Runs ``fn(item, *args)`` in this process, in order (exceptions propagate: use it to debug)."""
+
+    num_workers = 1
+
+    def imap_unordered(self, fn: Callable, items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
+        for i, item in enumerate(items):
+            yield i, fn(item, *args)
+
+    def close(self) -> None:
+        pass
+
+
+class RayDistributor:
+    """Runs ``fn(item, *args)`` as Ray tasks of one CPU each.
+
+    Args:
+        address: None starts a local Ray with ``num_workers`` CPUs; ``"auto"`` or
+            ``"ray://<head>:10001"`` joins a running cluster (the package must be installed on
+            its nodes).
+        num_workers: tasks in flight at once (one CPU each).
+        max_retries: how often Ray re-runs a task whose worker process died.
+    """
+
+    def __init__(self, address: str | None = None, num_workers: int = 2, max_retries: int = 3):
+        import ray
+
+        self.num_workers = num_workers
+        self.max_retries = max_retries
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            local = {"num_cpus": num_workers, "include_dashboard": False} if address is None else {}
+            ray.init(address=address, log_to_driver=False, configure_logging=False, **local)
+
+    def imap_unordered(self, fn: Callable, items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
+        import ray
+
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
+        shared_args = [ray.put(a) for a in args]
+        pending: dict[Any, int] = {}
+        next_item = 0
+        window = 2 * self.num_workers
+        while next_item < len(items) or pending:
+            while next_item < len(items) and len(pending) < window:
+                pending[remote.remote(items[next_item], *shared_args)] = next_item
+                next_item += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                index = pending.pop(ref)
+                try:
+                    yield index, ray.get(ref)
+                except Exception as err:  # RayTaskError, WorkerCrashedError after max_retries, ...
+                    yield index, TaskError(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+
+    def close(self) -> None:
+        import ray
+
+        if self._owns_ray:
+            ray.shutdown()
+
+
+def make_distributor(address: str | None, num_workers: int, max_retries: int, serial: bool = False):
+    """``SerialDistributor`` when ``serial``, else a ``RayDistributor``."""
+    return SerialDistributor() if serial else RayDistributor(address, num_workers, max_retries)

@@ -1,0 +1,113 @@
+"""Shard planning, atomic shard writing, per-shard stats and resume.
+
+Shard ids are stable: within a split, clips are sorted by id and cut into chunks of
+``clips_per_shard``; chunk k is ``<split>-<k:06d>.tar``. A shard is written to a temporary file and
+renamed, then its stats JSON is written; a shard whose stats JSON exists and matches the current
+params hash and clip list is reused as is, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+
+SPLITS = ("train", "val", "test")
+TAR_MTIME = 0.0
+"""Fixed member mtime: the same samples give a byte-identical tar."""
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to write.
+
+    Attributes:
+        name: ``<split>-<k:06d>`` (the tar is ``<name>.tar``, its stats ``<name>.json``).
+        split: train / val / test.
+        clip_ids: ids of the clips planned for this shard, sorted.
+    """
+
+    name: str
+    split: str
+    clip_ids: tuple[str, ...]
+
+
+def plan_shards(rows: list[dict], clips_per_shard: int) -> list[ShardPlan]:
+    """Cut manifest rows into shards per split (stable ids; see module docstring).
+
+    Raises:
+        ValueError: a row whose split is not train/val/test.
+    """
+    plans = []
+    for split in SPLITS:
+        ids = sorted(str(r["id"]) for r in rows if r["split"] == split)
+        for k, start in enumerate(range(0, len(ids), clips_per_shard)):
+            plans.append(ShardPlan(f"{split}-{k:06d}", split, tuple(ids[start:start + clips_per_shard])))
+    unknown = {r["split"] for r in rows} - set(SPLITS)
+    if unknown:
+        raise ValueError(f"manifest has rows with unknown split(s) {sorted(unknown)}; expected {SPLITS}")
+    return plans
+
+
+def shard_is_done(out_dir: Path, plan: ShardPlan, params_hash: str) -> bool:
+    """True when ``plan``'s tar and stats exist and were made from the same clips and params."""
+    stats_path = out_dir / f"{plan.name}.json"
+    if not (out_dir / f"{plan.name}.tar").is_file() or not stats_path.is_file():
+        return False
+    try:
+        stats = json.loads(stats_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return stats.get("params_hash") == params_hash and tuple(stats.get("planned", ())) == plan.clip_ids
+
+
+def write_shard(out_dir: Path, plan: ShardPlan, results: list, params_hash: str, fps: int) -> dict:
+    """Write one shard's tar (samples sorted by key) and its stats JSON, atomically.
+
+    Args:
+        out_dir: ``shards/<dataset>``.
+        plan: the shard.
+        results: one ``ClipResult`` per planned clip.
+        params_hash: ``PreprocessConfig.content_hash()``, stored for resume checks.
+        fps: frames per second, to report seconds.
+
+    Returns:
+        The stats dict: ``shard, split, clips, frames, seconds, failures (count), failed (list of
+        {id, step, reason}), planned, params_hash``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tar_path = out_dir / f"{plan.name}.tar"
+    tmp_path = tar_path.with_suffix(".tar.tmp")
+    ok = sorted((r for r in results if r.sample is not None), key=lambda r: r.key)
+    with wds.TarWriter(str(tmp_path), encoder=False, mtime=TAR_MTIME, user="", group="") as sink:
+        for result in ok:
+            sink.write({"__key__": result.key, **result.sample})
+    os.replace(tmp_path, tar_path)
+    frames = sum(r.n_frames for r in ok)
+    stats = {
+        "shard": plan.name,
+        "split": plan.split,
+        "clips": len(ok),
+        "frames": frames,
+        "seconds": round(frames / fps, 3),
+        "failures": len(results) - len(ok),
+        "failed": sorted((r.failure for r in results if r.failure is not None), key=lambda f: f["id"]),
+        "planned": list(plan.clip_ids),
+        "params_hash": params_hash,
+    }
+    (out_dir / f"{plan.name}.json").write_text(json.dumps(stats, indent=1, sort_keys=True))
+    return stats
+
+
+def remove_stale_shards(out_dir: Path, plans: list[ShardPlan]) -> list[str]:
+    """Delete shard files not in ``plans`` (left by a run with more clips); returns their names."""
+    keep = {p.name for p in plans}
+    removed = []
+    for path in sorted(out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].*")):
+        if path.name.split(".")[0] not in keep:
+            path.unlink()
+            removed.append(path.name)
+    return removed

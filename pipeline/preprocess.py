@@ -1,0 +1,142 @@
+"""DVC stage ``preprocess``: manifest -> WebDataset shards, one Ray task per clip.
+
+    python -m pipeline.preprocess --manifest data/manifest/crema_d.parquet --out shards/crema_d
+
+Writes ``<out>/<split>-NNNNNN.tar`` + ``.json`` stats per shard, ``<out>/failures.jsonl`` (one line
+per failed clip: id, step, reason) and ``<out>/stats.json`` (totals per split). Finished shards
+are reused when the stage is re-run after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.extract.clip import ClipResult, PreprocessConfig, process_clip
+from pipeline.extract.distribute import TaskError, make_distributor
+from pipeline.extract.shards import SPLITS, plan_shards, remove_stale_shards, shard_is_done, write_shard
+from pipeline.params import ParamsError, load_params
+
+
+def preprocess_config(params: dict) -> PreprocessConfig:
+    """Build the config from ``params["preprocess"]``; errors name the offending key.
+
+    Raises:
+        ParamsError: missing section, unknown key, or invalid value.
+    """
+    section = params.get("preprocess")
+    if not isinstance(section, dict):
+        raise ParamsError("params.yaml: missing mapping 'preprocess'")
+    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ParamsError(f"preprocess.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    try:
+        return PreprocessConfig(**section)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(str(err)) from err
+
+
+def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, serial: bool = False) -> dict:
+    """Process every clip of ``rows`` into shards under ``out_dir``.
+
+    Args:
+        rows: manifest rows (dicts with the manifest columns).
+        out_dir: shard folder, created if needed.
+        cfg: preprocessing parameters.
+        serial: run in this process instead of Ray (tests, debugging).
+
+    Returns:
+        Totals: ``{"splits": {split: {clips, frames, seconds, failures, shards}}, "failures": n,
+        "reused_shards": n, "written_shards": n}``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params_hash = cfg.content_hash()
+    plans = plan_shards(rows, cfg.clips_per_shard)
+    remove_stale_shards(out_dir, plans)
+    todo = [p for p in plans if not shard_is_done(out_dir, p, params_hash)]
+    by_id = {str(r["id"]): r for r in rows}
+    plan_of = [i for i, plan in enumerate(todo) for _ in plan.clip_ids]
+    items = [by_id[clip_id] for plan in todo for clip_id in plan.clip_ids]
+
+    waiting = {i: len(p.clip_ids) for i, p in enumerate(todo)}
+    results: dict[int, list[ClipResult]] = defaultdict(list)
+    n_failed = 0
+    distributor = make_distributor(cfg.ray_address, cfg.num_workers, cfg.max_retries, serial=serial) if items else None
+    progress = tqdm(total=len(items), unit="clip", desc=f"preprocess {out_dir.name}", file=sys.stderr,
+                    disable=not items)
+    try:
+        for item_index, result in (distributor.imap_unordered(process_clip, items, cfg) if items else ()):
+            plan_index, key = plan_of[item_index], str(items[item_index]["id"])
+            if isinstance(result, TaskError):
+                result = ClipResult(key, failure={"id": key, "step": "worker", "reason": result.message})
+            n_failed += result.failure is not None
+            results[plan_index].append(result)
+            waiting[plan_index] -= 1
+            if waiting[plan_index] == 0:
+                write_shard(out_dir, todo[plan_index], results.pop(plan_index), params_hash, cfg.fps)
+            progress.update()
+            progress.set_postfix(failures=n_failed)
+    finally:
+        progress.close()
+        if distributor is not None:
+            distributor.close()
+    return _summarise(out_dir, plans, reused=len(plans) - len(todo))
+
+
+def _summarise(out_dir: Path, plans: list, reused: int) -> dict:
+    """Merge per-shard stats into ``stats.json`` and ``failures.jsonl``."""
+    totals = {s: {"clips": 0, "frames": 0, "seconds": 0.0, "failures": 0, "shards": 0} for s in SPLITS}
+    failures = []
+    for plan in plans:
+        stats = json.loads((out_dir / f"{plan.name}.json").read_text())
+        split = totals[stats["split"]]
+        split["shards"] += 1
+        for key in ("clips", "frames", "seconds", "failures"):
+            split[key] += stats[key]
+        failures.extend(stats["failed"])
+    for split in totals.values():
+        split["seconds"] = round(split["seconds"], 3)
+    failures.sort(key=lambda f: f["id"])
+    with open(out_dir / "failures.jsonl", "w") as fh:
+        fh.writelines(json.dumps(f, sort_keys=True) + "\n" for f in failures)
+    summary = {"splits": totals, "failures": len(failures), "reused_shards": reused,
+               "written_shards": len(plans) - reused}
+    (out_dir / "stats.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True, type=Path, help="manifest parquet from the manifest stage")
+    parser.add_argument("--out", required=True, type=Path, help="shard folder, e.g. shards/crema_d")
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    parser.add_argument("--serial", action="store_true", help="no Ray: process clips in this process")
+    args = parser.parse_args(argv)
+
+    cfg = preprocess_config(load_params(args.params))
+    if not args.manifest.is_file():
+        raise SystemExit(f"manifest not found: {args.manifest} (run the manifest stage first)")
+    rows = pd.read_parquet(args.manifest).to_dict("records")
+    start = time.perf_counter()
+    summary = run_preprocess(rows, args.out, cfg, serial=args.serial)
+    elapsed = time.perf_counter() - start
+    clips = sum(s["clips"] for s in summary["splits"].values())
+    print(f"{args.out}: {clips} clips in shards, {summary['failures']} failures "
+          f"(see {args.out / 'failures.jsonl'}), {summary['reused_shards']} shards reused, "
+          f"{elapsed:.1f} s", file=sys.stderr)
+    if clips == 0:
+        raise SystemExit(f"every clip failed; see {args.out / 'failures.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

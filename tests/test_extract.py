@@ -1,0 +1,120 @@
+"""Video decoding, face mesh -> 68 points, and alignment, on the real sample clips."""
+
+import numpy as np
+import pytest
+
+from pipeline.extract.align import crop_transforms, five_points, transform_points, umeyama_similarity, warp_frames
+from pipeline.extract.errors import ClipFailure
+from pipeline.extract.landmarks import MP_TO_68, detect_face_mesh, fill_missing_faces, mesh_to_68
+from pipeline.extract.video import decode_video, probe_video, resample_indices
+
+
+@pytest.fixture(scope="module")
+def crema_clip(shared_datasets):
+    return decode_video(shared_datasets / "crema-d-layout/VideoFlash/9901_IEO_SAD_HI.flv")
+
+
+def test_resample_indices_30_to_25():
+    idx = resample_indices(30, 30.0, 25.0)
+    assert idx.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 28, 29]
+    assert resample_indices(10, 25.0, 25.0).tolist() == list(range(10))
+
+
+def test_decode_flv_resamples_to_25fps(crema_clip):
+    assert crema_clip.frames.shape == (93, 360, 480, 3)  # 112 frames at 30 fps -> 93 at 25 fps
+    assert crema_clip.frames.dtype == np.uint8
+    assert crema_clip.source_fps == pytest.approx(30.0)
+    assert crema_clip.scale == 1.0
+
+
+def test_decode_bounds_size_of_1080p(shared_datasets):
+    clip = decode_video(shared_datasets / "mead-layout/M030/video/front/sad/level_3/001.mp4", max_side=360)
+    assert clip.source_size == (1920, 1080)
+    assert max(clip.frames.shape[1:3]) <= 360
+    assert clip.scale == pytest.approx(360 / 1920, rel=0.02)
+
+
+def test_truncated_file_is_a_decode_failure(talking_clips):
+    probe = probe_video(talking_clips / "eamm/video_sad.mp4")
+    assert probe.frames == 157  # the header declares more than the file holds
+    with pytest.raises(ClipFailure, match="truncated") as err:
+        decode_video(talking_clips / "eamm/video_sad.mp4")
+    assert err.value.step == "decode"
+
+
+def test_missing_and_garbage_files_are_decode_failures(tmp_path):
+    with pytest.raises(ClipFailure, match="not found"):
+        decode_video(tmp_path / "nope.mp4")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ClipFailure) as err:
+        decode_video(garbage)
+    assert err.value.step == "decode"
+
+
+def test_too_long_clip_is_refused(talking_clips):
+    with pytest.raises(ClipFailure, match="max_seconds"):
+        decode_video(talking_clips / "sadtalker/WDA_KatieHill_000.mp4", max_seconds=2.0)
+
+
+def test_mesh_to_68_mapping_is_anatomical(crema_clip):
+    assert len(set(MP_TO_68)) == 68 and max(MP_TO_68) < 478
+    lmk478, found = detect_face_mesh(crema_clip.frames[:10])
+    assert found.all() and lmk478.shape == (10, 478, 3)
+    lmk = mesh_to_68(lmk478)
+    assert lmk.shape == (10, 68, 2) and lmk.dtype == np.float32
+    x, y = lmk[..., 0], lmk[..., 1]
+    assert (x[:, 36] < x[:, 39]).all() and (x[:, 39] < x[:, 42]).all() and (x[:, 42] < x[:, 45]).all()  # eyes
+    assert (y[:, 27] < y[:, 30]).all() and (y[:, 30] < y[:, 51]).all() and (y[:, 51] < y[:, 57]).all()  # nose, lips
+    assert (y[:, 57] < y[:, 8]).all()  # chin below the lower lip
+    assert (x[:, 0] < x[:, 8]).all() and (x[:, 8] < x[:, 16]).all()  # jaw from left to right
+    assert (x[:, 48] < x[:, 54]).all() and (x[:, 60] < x[:, 64]).all()  # mouth corners
+
+
+def test_no_face_frames(crema_clip):
+    blank = np.full((5, 120, 160, 3), 127, dtype=np.uint8)
+    lmk, found = detect_face_mesh(blank)
+    assert not found.any() and np.isnan(lmk).all()
+    with pytest.raises(ClipFailure, match="no face found"):
+        fill_missing_faces(lmk, found, max_missing=0.5)
+
+
+def test_fill_missing_faces_interpolates_and_bounds():
+    lmk = np.zeros((5, 2, 2), dtype=np.float32)
+    lmk[:, 0, 0] = [0, np.nan, 2, np.nan, np.nan]
+    found = np.array([True, False, True, False, False])
+    lmk[~found] = np.nan
+    lmk[found, 1] = 7
+    filled = fill_missing_faces(lmk, found, max_missing=0.6)
+    assert filled[:, 0, 0].tolist() == [0, 1, 2, 2, 2]
+    assert (filled[:, 1] == 7).all()
+    with pytest.raises(ClipFailure, match="3/5"):
+        fill_missing_faces(lmk, found, max_missing=0.5)
+
+
+def test_umeyama_recovers_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(10, 2))
+    angle, scale, shift = 0.3, 1.7, np.array([4.0, -2.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rot.T + shift
+    matrix = umeyama_similarity(src, dst)
+    np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_crop_puts_face_on_template(crema_clip):
+    lmk = mesh_to_68(fill_missing_faces(*detect_face_mesh(crema_clip.frames[:8]), max_missing=0))
+    for mode in ("clip", "frame"):
+        matrices = crop_transforms(lmk, 256, 0.6, mode)
+        assert matrices.shape == (8, 2, 3)
+        crop_lmk = transform_points(lmk, matrices)
+        eyes = five_points(crop_lmk)[:, :2]  # (T, 2, 2)
+        assert np.all(np.abs(eyes.mean(1)[:, 0] - 128) < 12)  # eyes centred horizontally
+        assert np.all((crop_lmk >= 0) & (crop_lmk < 256))  # the whole face is inside the crop
+    clip_mats = crop_transforms(lmk, 256, 0.6, "clip")
+    assert np.all(clip_mats == clip_mats[0])  # one transform per clip
+    crops = warp_frames(crema_clip.frames[:8], clip_mats, 256)
+    assert crops.shape == (8, 256, 256, 3) and crops.dtype == np.uint8
+    with pytest.raises(ValueError, match="preprocess.align"):
+        crop_transforms(lmk, 256, 0.6, "bogus")
