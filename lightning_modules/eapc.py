@@ -1,0 +1,109 @@
+"""Lightning glue for EAPC stage 1 (audio -> landmarks), paper file 001.
+
+The architecture lives in ``lightning_modules.networks.eapc`` (plain ``nn.Module``); this module
+only wires it to the data, the losses (eq. 11-13) and the landmark metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+
+from eval_metrics.landmarks import LandmarkMetrics
+from lightning_modules.networks.eapc import EAPC, EAPCConfig
+from lightning_modules.networks.losses import eapc_loss
+
+
+@dataclass
+class EAPCTrainConfig:
+    """Optimisation and loss parameters (``train.methods.eapc`` in params.yaml).
+
+    Attributes:
+        lr: Adam learning rate (paper: 1e-4), > 0.
+        weight_decay: Adam weight decay, >= 0.
+        w_mse, w_lmd: weights of eq. 11 and eq. 12 (paper: 1, 1).
+        w_emotion: weight of our emotion cross-entropy on the LLFs encoder (0 = the paper's eq. 13).
+        lmd_mode: reading of eq. 12, ``"pairwise"`` or ``"point"`` (see ``eapc_loss``).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    w_mse: float = 1.0
+    w_lmd: float = 1.0
+    w_emotion: float = 0.1
+    lmd_mode: str = "pairwise"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"train.methods.eapc.lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "w_mse", "w_lmd", "w_emotion"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.methods.eapc.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lmd_mode not in ("pairwise", "point"):
+            raise ValueError(f"train.methods.eapc.lmd_mode must be 'pairwise' or 'point', got {self.lmd_mode!r}")
+
+
+class EAPCModule(L.LightningModule):
+    """Trains :class:`EAPC` on windows ``{mfcc (B,T,28,12), llf (B,T,25), lmk (B,T,68,2),
+    ref_lmk (B,68,2), emotion (B,)}``; logs losses and M-LD, M-LVD, F-LD, F-LVD (crop pixels)."""
+
+    data_keys = ("lmk", "mfcc", "llf")
+    """Arrays the DataModule must load for this method."""
+
+    def __init__(self, net: dict | None = None, optim: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net_cfg = EAPCConfig.from_dict(net or {})
+        self.optim_cfg = EAPCTrainConfig(**(optim or {}))
+        self.net = EAPC(self.net_cfg)
+        self.val_metrics = LandmarkMetrics(prefix="val/")
+        self.test_metrics = LandmarkMetrics(prefix="test/")
+
+    def fit_input_stats(self, mfcc, llf) -> None:
+        """Standardise inputs with training-set statistics (stored as buffers in the checkpoint)."""
+        self.net.fit_input_stats(mfcc=torch.as_tensor(mfcc), llf=torch.as_tensor(llf))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Predicted landmarks (B, T, 68, 2) in crop pixels."""
+        return self.net(batch["mfcc"], batch["llf"], batch["ref_lmk"]).lmk
+
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.net(batch["mfcc"], batch["llf"], batch["ref_lmk"])
+        cfg = self.optim_cfg
+        losses = eapc_loss(out.lmk, batch["lmk"], out.emotion_logits, batch["emotion"], w_mse=cfg.w_mse,
+                           w_lmd=cfg.w_lmd, w_emotion=cfg.w_emotion, lmd_mode=cfg.lmd_mode,
+                           unit=self.net_cfg.crop_size)
+        return out.lmk, losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        _, losses = self.model_step(batch)
+        bs = len(batch["key"])
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True,
+                      sync_dist=True, batch_size=bs)
+        return losses["total"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred, losses = self.model_step(batch)
+        self.log("val/loss", losses["total"], on_epoch=True, sync_dist=True, batch_size=len(batch["key"]))
+        self.val_metrics.update(pred, batch["lmk"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        pred, _ = self.model_step(batch)
+        self.test_metrics.update(pred, batch["lmk"])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.optim_cfg.lr, weight_decay=self.optim_cfg.weight_decay)
+
+    def resolved_config(self) -> dict:
+        """The full network and optimisation config (for MLflow and ``models/<method>/config.json``)."""
+        return {"net": asdict(self.net_cfg), "optim": asdict(self.optim_cfg)}

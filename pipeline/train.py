@@ -1,0 +1,247 @@
+"""DVC stage ``train@<method>-<dataset>``: train a method on a dataset's shards, log to MLflow.
+
+    python -m pipeline.train --method eapc --dataset crema_d [--set trainer.devices=2 ...]
+
+Writes ``models/<method>/<dataset>/`` (``last.ckpt``, ``config.json`` with the resolved config,
+the params hash and the MLflow run id). A run with the same params resumes from ``last.ckpt``
+(also into the same MLflow run); changed params start afresh. Under DDP only rank zero talks to
+MLflow, and every rank gets rank zero's run id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from pipeline.params import ParamsError, get, load_params
+
+TRAINER_KEYS = {"max_epochs": int, "accelerator": str, "devices": (int, str, list), "num_nodes": int,
+                "strategy": str, "precision": (str, int), "log_every_n_steps": int,
+                "gradient_clip_val": (int, float)}
+
+
+@dataclass
+class RunSpec:
+    """Everything a train/evaluate run needs, validated from params.yaml before any work."""
+
+    method: str
+    dataset: str
+    shard_dir: Path
+    model_dir: Path
+    trainer: dict
+    data: dict
+    method_params: dict
+    seed: int
+    tracking_uri: str
+    experiment: str
+
+    def params_hash(self) -> str:
+        """Hash of what changes the trained weights (not devices, nodes or strategy)."""
+        content = {"method": self.method, "dataset": self.dataset, "data": self.data, "seed": self.seed,
+                   "method_params": self.method_params,
+                   "trainer": {k: v for k, v in self.trainer.items() if k not in ("devices", "num_nodes", "strategy",
+                                                                                  "accelerator")}}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) relative to ``train``.
+
+    Raises:
+        ParamsError: an override without ``=``.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        node = params.setdefault("train", {})
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return params
+
+
+def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
+    """Validate the ``train`` and ``mlflow`` sections for one method and dataset.
+
+    Raises:
+        ParamsError: unknown method or dataset, bad trainer/data/method values, missing shards —
+            the message names the key (e.g. ``train.methods.eapc.optim.lr``) or the path.
+    """
+    from datamodules.talking_face import DataConfig
+    from lightning_modules import METHODS
+
+    if method not in METHODS:
+        raise ParamsError(f"train.methods: unknown method {method!r} (registered: {', '.join(sorted(METHODS))})")
+    get(params, f"manifest.datasets.{dataset}", dict)  # the dataset must be one the pipeline builds
+    methods = get(params, "train.methods", dict)
+    if method not in methods:
+        raise ParamsError(f"train.methods.{method}: no parameters for this method in params.yaml")
+    trainer = dict(get(params, "train.trainer", dict, default={}))
+    for key, value in trainer.items():
+        if key not in TRAINER_KEYS:
+            raise ParamsError(f"train.trainer.{key}: unknown key (known: {', '.join(TRAINER_KEYS)})")
+        get(params, f"train.trainer.{key}", TRAINER_KEYS[key])
+    if trainer.get("max_epochs", 1) < 1:
+        raise ParamsError(f"train.trainer.max_epochs must be >= 1, got {trainer['max_epochs']}")
+    shard_dir = Path("shards") / dataset
+    data = dict(get(params, "train.data", dict, default={}))
+    try:
+        DataConfig(shard_dir=str(shard_dir), **data)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"train.data: {err}") from err
+    method_params = dict(get(params, f"train.methods.{method}", dict))
+    try:
+        METHODS[method](**method_params)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"train.methods.{method}: {err}") from err
+    if not sorted(shard_dir.glob("train-*.tar")):
+        raise ParamsError(f"train.datasets: no training shards in {shard_dir} (run `dvc repro preprocess@{dataset}`)")
+    return RunSpec(
+        method=method, dataset=dataset, shard_dir=shard_dir, model_dir=Path("models") / method / dataset,
+        trainer=trainer, data=data, method_params=method_params, seed=get(params, "train.seed", int, default=0),
+        tracking_uri=get(params, "mlflow.tracking_uri", str, default="sqlite:///mlflow.db"),
+        experiment=get(params, "mlflow.experiment", str, default="emotional-talking-face"),
+    )
+
+
+def build(spec: RunSpec):
+    """The LightningModule (input statistics fitted on training data) and the DataModule."""
+    from datamodules.talking_face import DataConfig, TalkingFaceDataModule
+    from lightning_modules import METHODS
+
+    module_cls = METHODS[spec.method]
+    datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(spec.shard_dir), keys=module_cls.data_keys,
+                                                  seed=spec.seed, **spec.data))
+    model = module_cls(**spec.method_params)
+    if hasattr(model, "fit_input_stats"):
+        model.fit_input_stats(**{k: datamodule.training_arrays(k) for k in ("mfcc", "llf")})
+    return model, datamodule
+
+
+def mlflow_logger(spec: RunSpec, run_id: str | None = None):
+    """An ``MLFlowLogger`` on ``spec.tracking_uri`` (rank zero creates the run lazily)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name=spec.experiment, tracking_uri=spec.tracking_uri, run_id=run_id,
+                        run_name=f"{spec.method}-{spec.dataset}", log_model=False,
+                        tags={"method": spec.method, "dataset": spec.dataset})
+
+
+class MLflowRunSync(Callback):
+    """Lightning callback: once DDP is up, every rank takes rank zero's MLflow run id, and rank zero
+    logs the params and the resolved config and writes ``config.json`` (kept for a resume)."""
+
+    def __init__(self, config: dict, config_path: Path):
+        self.config, self.config_path = config, config_path
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        logger = trainer.logger
+        run_id = logger.run_id if trainer.is_global_zero else None
+        run_id = trainer.strategy.broadcast(run_id, src=0)
+        logger._run_id = run_id
+        self.config["mlflow_run_id"] = run_id
+        if trainer.is_global_zero:
+            logger.log_hyperparams(flatten({k: self.config[k] for k in ("method", "dataset", "resolved", "data",
+                                                                         "trainer", "seed")}))
+            logger.experiment.log_dict(run_id, self.config, "config/resolved.json")
+            self.config_path.write_text(json.dumps(self.config, indent=1, sort_keys=True))
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def train(spec: RunSpec) -> dict:
+    """Fit (or resume) one method on one dataset; returns the ``config.json`` content."""
+    L.seed_everything(spec.seed, workers=True)
+    params_hash = spec.params_hash()
+    config_path = spec.model_dir / "config.json"
+    previous = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    resume = (spec.model_dir / "last.ckpt").is_file() and previous.get("params_hash") == params_hash
+    # every rank takes the same decision; only rank zero (from the launcher's env) removes stale files
+    if not resume and rank_zero_only.rank == 0 and spec.model_dir.exists():
+        shutil.rmtree(spec.model_dir)
+    spec.model_dir.mkdir(parents=True, exist_ok=True)
+
+    model, datamodule = build(spec)
+    logger = mlflow_logger(spec, run_id=previous.get("mlflow_run_id") if resume else None)
+    config = {"method": spec.method, "dataset": spec.dataset, "params_hash": params_hash,
+              "tracking_uri": spec.tracking_uri, "resolved": model.resolved_config(), "data": spec.data,
+              "trainer": spec.trainer, "seed": spec.seed}
+    sync = MLflowRunSync(config, config_path)
+    checkpoint = ModelCheckpoint(dirpath=spec.model_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                 save_last=True, save_top_k=0, every_n_epochs=1)
+    has_val = bool(datamodule.urls("val"))
+    if not has_val:
+        print(f"warning: no val shards in {spec.shard_dir}: training without validation", file=sys.stderr)
+    trainer = L.Trainer(logger=logger, callbacks=[sync, checkpoint], deterministic=True, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=None if has_val else 0, **spec.trainer)
+    trainer.fit(model, datamodule=datamodule, ckpt_path="last" if resume else None)
+    if trainer.is_global_zero:
+        config["global_step"] = trainer.global_step
+        config_path.write_text(json.dumps(config, indent=1, sort_keys=True))
+        _log_loss_plot(logger, config["mlflow_run_id"], spec)
+    return config
+
+
+def _log_loss_plot(logger, run_id: str, spec: RunSpec) -> None:
+    """Per-epoch loss curves from the MLflow run, saved as an artifact (``plots/losses.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    client = logger.experiment
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in ("train/total", "val/loss"):
+        history = client.get_metric_history(run_id, name)
+        if history:
+            ax.plot([m.step for m in history], [m.value for m in history], marker="o", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{spec.method} on {spec.dataset}")
+    ax.legend()
+    fig.tight_layout()
+    client.log_figure(run_id, fig, "plots/losses.png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override a train.* param, e.g. --set trainer.devices=2 --set trainer.strategy=ddp")
+    args = parser.parse_args(argv)
+    try:
+        spec = run_spec(apply_overrides(load_params(args.params), args.overrides), args.method, args.dataset)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    config = train(spec)
+    print(f"trained {spec.method} on {spec.dataset}: {spec.model_dir}, MLflow run {config['mlflow_run_id']}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
