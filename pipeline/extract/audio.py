@@ -47,6 +47,7 @@ __all__ = [
     "LLF_NAMES",
     "load_audio",
     "check_not_silent",
+    "rms_dbfs",
     "fit_to_frames",
     "log_mel",
     "mfcc_windows",
@@ -342,7 +343,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, i
 
 
 def rms_dbfs(wav: np.ndarray) -> float:
-    """RMS level of ``wav`` in dBFS (full scale sine/square of amplitude 1 -> 0 dBFS for square).
+    """RMS level of ``wav`` in dBFS (0 dBFS = RMS 1.0, i.e. a full-scale square wave).
 
     ``20 * log10(sqrt(mean(wav**2)))`` in float64; digital silence gives ``SILENCE_FLOOR_DBFS``
     (-200) instead of ``-inf``.

@@ -134,7 +134,13 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         clock = now
 
     key = str(row["id"])
+    audio_source = row.get("audio_path") or row["video_path"]
     try:
+        # audio first: it is cheap, and a clip without usable audio fails before the costly steps
+        wav, original_rate = load_audio(audio_source, cfg.sample_rate)
+        rms_dbfs = check_not_silent(wav, cfg.silence_dbfs)
+        lap("audio")
+
         video = decode_video(row["video_path"], cfg.fps, cfg.decode_max_side, cfg.max_seconds)
         frames = video.frames  # (T, H, W, 3)
         n_frames = len(frames)
@@ -153,9 +159,6 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         sample["lmk478.npy"] = _npy(lmk478_crop)
         lap("crop")
 
-        audio_source = row.get("audio_path") or row["video_path"]
-        wav, original_rate = load_audio(audio_source, cfg.sample_rate)
-        rms_dbfs = check_not_silent(wav, cfg.silence_dbfs)
         wav = fit_to_frames(wav, n_frames, cfg.audio)
         features = extract_audio_features(wav, n_frames, cfg.audio)
         for name in ("mel", "mfcc", "llf"):

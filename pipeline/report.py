@@ -1,0 +1,428 @@
+"""DVC stage ``report``: our measured metrics beside the numbers each paper reports.
+
+    python -m pipeline.report --eval-dir eval --paper reference/paper_results.yaml --out eval/report.md
+
+Reads every ``<eval-dir>/<method>/<dataset>/metrics.json`` (written by the evaluate stage) and the
+hand-transcribed paper numbers (``reference/paper_results.yaml``), and writes:
+
+* ``<out>``: one Markdown document, one table per dataset with a row per (method, source):
+  "measured (ours)" rows first with each method's own paper row, then the papers' ablation rows,
+  then their baseline rows. Columns are the metrics present in either, each with its direction
+  (↑ higher is better, ↓ lower is better). "—": not reported / not measured; "missing [n]": the
+  evaluation could not compute it, footnote n gives the reason. Under each table: the evaluator of
+  each measured metric, where each paper row comes from, the notes, and the size of each measured
+  run (fewer than 50 clips: sample data, not comparable to the paper);
+* ``<out>`` with suffix ``.json``: the same content, machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METRICS: tuple[str, ...] = (
+    "psnr", "ssim", "cpbd", "fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd",
+    "lse_c", "lse_d", "emo_acc", "csim",
+)
+"""The project's metric keys, in display order."""
+
+DISPLAY: dict[str, str] = {
+    "psnr": "PSNR", "ssim": "SSIM", "cpbd": "CPBD", "fid": "FID", "mouth_ld": "M-LD",
+    "mouth_lvd": "M-LVD", "face_ld": "F-LD", "face_lvd": "F-LVD", "lse_c": "LSE-C", "lse_d": "LSE-D",
+    "emo_acc": "EmoAcc", "csim": "CSIM",
+}
+LOWER_IS_BETTER: frozenset[str] = frozenset({"fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd", "lse_d"})
+METHODS: tuple[str, ...] = ("cvae", "eapc", "sinha", "two_stage", "emotalker")
+DATASETS: tuple[str, ...] = ("crema_d", "mead")
+DATASET_NAMES: dict[str, str] = {"crema_d": "CREMA-D", "mead": "MEAD"}
+DECIMALS: dict[str, int] = {
+    "psnr": 2, "ssim": 3, "cpbd": 3, "fid": 2, "mouth_ld": 3, "mouth_lvd": 3, "face_ld": 3,
+    "face_lvd": 3, "lse_c": 3, "lse_d": 3, "emo_acc": 2, "csim": 3,
+}
+"""Decimals shown for measured values (paper values are shown exactly as transcribed)."""
+MIN_COMPARABLE_CLIPS = 50
+"""Measured runs on fewer clips are the sample data: not comparable to the paper."""
+ABSENT = "—"
+_KINDS = ("measured", "full", "ablation", "baseline")
+
+
+class ReportError(ValueError):
+    """An input of the report cannot be used; the message names the file."""
+
+
+class PaperNumber(float):
+    """A float read from the paper YAML that remembers how it was written ("0.50", "76.00")."""
+
+    text: str
+
+    def __new__(cls, text: str) -> PaperNumber:
+        number = super().__new__(cls, float(text))
+        number.text = text
+        return number
+
+
+class _PaperLoader(yaml.SafeLoader):
+    """SafeLoader whose floats keep their written text."""
+
+
+_PaperLoader.add_constructor(
+    "tag:yaml.org,2002:float", lambda loader, node: PaperNumber(loader.construct_scalar(node)))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_str_map(value: Any, where: str, field: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ReportError(f"{where}: '{field}' must map metric names to strings")
+    return dict(value)
+
+
+def _read_metrics_file(path: Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{where}: cannot read metrics: {err}") from err
+    if not isinstance(data, dict):
+        raise ReportError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    record: dict[str, Any] = {}
+    for field, from_dir in (("method", path.parent.parent.name), ("dataset", path.parent.name)):
+        value = data.get(field, from_dir)
+        if not isinstance(value, str) or not value:
+            raise ReportError(f"{where}: '{field}' must be a non-empty string")
+        if value != from_dir:
+            raise ReportError(f"{where}: '{field}' is {value!r} but the file is under "
+                              f"<eval-dir>/<method>/<dataset> = {path.parent.parent.name}/{path.parent.name}")
+        record[field] = value
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise ReportError(f"{where}: 'metrics' must be an object of metric name -> number")
+    for key, value in metrics.items():
+        if value is not None and not _is_number(value):
+            raise ReportError(f"{where}: metric {key!r} is {value!r}, not a number")
+    record["metrics"] = {k: v for k, v in metrics.items() if v is not None}
+    record["evaluators"] = _check_str_map(data.get("evaluators"), where, "evaluators")
+    record["missing"] = _check_str_map(data.get("missing"), where, "missing")
+    for field in ("n_clips", "n_windows"):
+        value = data.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ReportError(f"{where}: '{field}' must be a non-negative integer, got {value!r}")
+        record[field] = value
+    for field in ("split", "checkpoint", "mlflow_run_id"):
+        value = data.get(field)
+        record[field] = None if value is None else str(value)
+    record["path"] = where
+    return record
+
+
+def load_measured(eval_dir: str | Path) -> list[dict[str, Any]]:
+    """Read every ``<eval_dir>/<method>/<dataset>/metrics.json``.
+
+    Args:
+        eval_dir: the evaluate stage's output folder.
+
+    Returns:
+        One record per file, sorted by path: ``method``, ``dataset``, ``split``, ``metrics``
+        (name -> number; null values dropped), ``evaluators`` and ``missing`` (name -> text, empty
+        when absent), ``n_clips``, ``n_windows``, ``checkpoint``, ``mlflow_run_id``, ``path``.
+
+    Raises:
+        ReportError: no metrics.json at all (or no such folder); a file that is not valid JSON,
+            has a non-numeric metric, a malformed field, or a method/dataset that disagrees with
+            its folder (the message names the file).
+    """
+    root = Path(eval_dir)
+    paths = sorted(root.glob("*/*/metrics.json")) if root.is_dir() else []
+    if not paths:
+        raise ReportError(f"{root}: no metrics.json found (expected {root}/<method>/<dataset>/metrics.json; "
+                          "run the evaluate stage first)")
+    return [_read_metrics_file(path) for path in paths]
+
+
+def load_paper(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check the paper numbers (``reference/paper_results.yaml``).
+
+    Args:
+        path: the YAML file: a list of entries (see its header comment).
+
+    Returns:
+        The entries in file order, each with ``method``, ``paper``, ``citation``, ``table``,
+        ``section``, ``dataset``, ``variant``, ``baseline`` (bool), ``metrics`` (values are
+        :class:`PaperNumber` where written as decimals), ``unmapped_metrics`` and ``note``.
+
+    Raises:
+        ReportError: unreadable file, not a list, a missing field, an unknown method or metric
+            key, or a non-numeric value (the message names the file and the entry).
+    """
+    path = Path(path)
+    try:
+        entries = yaml.load(path.read_text(encoding="utf-8"), Loader=_PaperLoader)  # noqa: S506 (safe loader subclass)
+    except (OSError, yaml.YAMLError) as err:
+        raise ReportError(f"{path}: cannot read paper results: {err}") from err
+    if not isinstance(entries, list):
+        raise ReportError(f"{path}: expected a list of entries")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: entry {i}"
+        if not isinstance(entry, dict):
+            raise ReportError(f"{where}: not a mapping")
+        for field in ("method", "paper", "citation", "table", "dataset", "variant", "metrics"):
+            if field not in entry:
+                raise ReportError(f"{where}: missing field {field!r}")
+        where = f"{where} ({entry['method']}, {entry['dataset']}, {entry['variant']})"
+        if entry["method"] not in METHODS:
+            raise ReportError(f"{where}: unknown method {entry['method']!r} (one of {', '.join(METHODS)})")
+        if entry["dataset"] not in DATASETS:
+            raise ReportError(f"{where}: unknown dataset {entry['dataset']!r} (one of {', '.join(DATASETS)})")
+        metrics = entry["metrics"]
+        unmapped = entry.get("unmapped_metrics") or {}
+        if not isinstance(metrics, dict) or not isinstance(unmapped, dict):
+            raise ReportError(f"{where}: 'metrics' and 'unmapped_metrics' must be mappings")
+        for key, value in metrics.items():
+            if key not in METRICS:
+                raise ReportError(f"{where}: unknown metric key {key!r} (one of {', '.join(METRICS)})")
+            if not _is_number(value):
+                raise ReportError(f"{where}: metric {key!r} is {value!r}, not a number")
+        out.append({
+            "method": entry["method"], "paper": str(entry["paper"]), "citation": str(entry["citation"]),
+            "table": str(entry["table"]), "section": str(entry.get("section") or ""),
+            "dataset": entry["dataset"], "variant": str(entry["variant"]),
+            "baseline": bool(entry.get("baseline", False)), "metrics": dict(metrics),
+            "unmapped_metrics": dict(unmapped), "note": str(entry.get("note") or "").strip(),
+        })
+    return out
+
+
+def format_value(metric: str, value: Any) -> str:
+    """A metric value as shown: paper numbers as written, measured ones at the metric's precision."""
+    if value is None:
+        return ABSENT
+    text = getattr(value, "text", None)
+    if text is not None:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    decimals = DECIMALS.get(metric)
+    return f"{value:.{decimals}f}" if decimals is not None else f"{value:.4g}"
+
+
+def column_title(metric: str) -> str:
+    """Display name with its direction arrow (no arrow for a metric outside the project's 12)."""
+    if metric not in DISPLAY:
+        return metric
+    return f"{DISPLAY[metric]} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+
+
+def _order(name: str, known: tuple[str, ...]) -> tuple[int, str]:
+    return (known.index(name), "") if name in known else (len(known), name)
+
+
+def _paper_kind(entry: dict[str, Any]) -> str:
+    if entry["baseline"]:
+        return "baseline"
+    return "full" if entry["variant"] == "full" else "ablation"
+
+
+def _paper_source(entry: dict[str, Any]) -> str:
+    kind = _paper_kind(entry)
+    if kind == "full":
+        return f"paper ({entry['table']})"
+    return f"paper, {kind}: {entry['variant']} ({entry['table']})"
+
+
+def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) -> dict[str, Any]:
+    """Assemble the report's content (what both the Markdown and the JSON show).
+
+    Args:
+        measured: records from :func:`load_measured`.
+        paper: entries from :func:`load_paper`.
+
+    Returns:
+        ``{"direction": {...}, "datasets": [{"dataset", "columns", "rows", "footnotes",
+        "evaluators", "sources", "notes", "runs"}, ...]}``; rows in display order, each with its
+        ``values`` (numbers) and ``cells`` (the text shown per column).
+    """
+    datasets = sorted({r["dataset"] for r in measured} | {p["dataset"] for p in paper},
+                      key=lambda d: _order(d, DATASETS))
+    sections = []
+    footnote_id = 0
+    for dataset in datasets:
+        rows: list[dict[str, Any]] = []
+        for record in (r for r in measured if r["dataset"] == dataset):
+            rows.append({"kind": "measured", "method": record["method"], "source": "measured (ours)",
+                         "values": dict(record["metrics"]),
+                         "missing": {k: v for k, v in record["missing"].items() if k not in record["metrics"]}})
+        for entry in (p for p in paper if p["dataset"] == dataset):
+            rows.append({"kind": _paper_kind(entry), "method": entry["method"], "source": _paper_source(entry),
+                         "variant": entry["variant"], "table": entry["table"], "paper": entry["paper"],
+                         "citation": entry["citation"], "section": entry["section"],
+                         "values": dict(entry["metrics"]), "missing": {},
+                         "unmapped_metrics": dict(entry["unmapped_metrics"]), "note": entry["note"]})
+        # Own-method rows (measured, then the paper's full row) per method; then ablations; then baselines.
+        # sorted() is stable, so paper rows keep their file order within a group.
+        rows.sort(key=lambda r: (0 if r["kind"] in ("measured", "full") else _KINDS.index(r["kind"]) - 1,
+                                 _order(r["method"], METHODS), _KINDS.index(r["kind"])))
+        present = {m for r in rows for m in (*r["values"], *r["missing"])}
+        columns = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+        footnotes = []
+        for row in rows:
+            row["footnotes"], row["cells"] = {}, {}
+            for metric in columns:
+                if metric in row["values"]:
+                    row["cells"][metric] = format_value(metric, row["values"][metric])
+                elif metric in row["missing"]:
+                    footnote_id += 1
+                    row["footnotes"][metric] = footnote_id
+                    row["cells"][metric] = f"missing [{footnote_id}]"
+                    footnotes.append({"id": footnote_id, "method": row["method"], "metric": metric,
+                                      "reason": row["missing"][metric]})
+                else:
+                    row["cells"][metric] = ABSENT
+        evaluators = []
+        runs = []
+        for record in (r for r in measured if r["dataset"] == dataset):
+            for metric in [m for m in columns if m in record["metrics"]]:
+                evaluators.append({"method": record["method"], "metric": metric,
+                                   "evaluator": record["evaluators"].get(metric)})
+            n_clips = record["n_clips"]
+            runs.append({key: record[key] for key in ("method", "split", "n_clips", "n_windows", "checkpoint",
+                                                      "mlflow_run_id", "path")}
+                        | {"comparable": n_clips is not None and n_clips >= MIN_COMPARABLE_CLIPS})
+        sources: dict[tuple[str, str], dict[str, Any]] = {}
+        notes: dict[str, list[str]] = {}
+        unmapped: dict[str, list[str]] = {}
+        for row in (r for r in rows if r["kind"] != "measured"):
+            sources.setdefault((row["paper"], row["table"]), {
+                "method": row["method"], "citation": row["citation"], "paper": row["paper"],
+                "table": row["table"], "section": row["section"]})
+            label = f"{row['method']} {row['variant']} ({row['table']})"
+            if row["note"]:
+                notes.setdefault(row["note"], []).append(label)
+            for key, value in row["unmapped_metrics"].items():
+                unmapped.setdefault(key, []).append(f"{label} {format_value(key, value)}")
+        for key, values in unmapped.items():
+            notes.setdefault(f"{key}, reported but not a project metric (see the notes above): "
+                             + "; ".join(values), [])
+        sections.append({
+            "dataset": dataset, "columns": columns, "rows": rows, "footnotes": footnotes,
+            "evaluators": evaluators, "sources": list(sources.values()),
+            "notes": [{"rows": labels, "note": note} for note, labels in notes.items()], "runs": runs,
+        })
+    return {"direction": {m: ("lower" if m in LOWER_IS_BETTER else "higher") for m in METRICS},
+            "min_comparable_clips": MIN_COMPARABLE_CLIPS, "datasets": sections}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = ["# Measured results vs. the papers", "",
+             "↑ higher is better, ↓ lower is better. \"—\": not reported / not measured; "
+             "\"missing [n]\": our evaluation could not compute it (reason in footnote n). "
+             "Paper numbers are shown as printed (EmoAcc in percent).", ""]
+    for section in report["datasets"]:
+        columns = section["columns"]
+        lines += [f"## {DATASET_NAMES.get(section['dataset'], section['dataset'])}", ""]
+        lines.append("| Method | Source | " + " | ".join(column_title(m) for m in columns) + " |")
+        lines.append("|---|---|" + "---:|" * len(columns))
+        for row in section["rows"]:
+            cells = [row["cells"][metric] for metric in columns]
+            lines.append("| " + " | ".join(_cell(c) for c in (row["method"], row["source"], *cells)) + " |")
+        lines.append("")
+        if section["footnotes"]:
+            lines += ["Missing metrics:", ""]
+            lines += [f"- [{f['id']}] {f['method']} · {DISPLAY.get(f['metric'], f['metric'])}: {f['reason']}"
+                      for f in section["footnotes"]]
+            lines.append("")
+        if section["evaluators"]:
+            lines += ["Evaluators (measured rows):", ""]
+            lines += [f"- {e['method']} · {DISPLAY.get(e['metric'], e['metric'])}: {e['evaluator'] or 'not recorded'}"
+                      for e in section["evaluators"]]
+            lines.append("")
+        if section["runs"]:
+            lines += ["Measured runs:", ""]
+            for run in section["runs"]:
+                size = "n_clips not recorded" if run["n_clips"] is None else f"{run['n_clips']} clips"
+                if run["n_windows"] is not None:
+                    size += f", {run['n_windows']} windows"
+                details = ", ".join(f"{k} {run[k]}" for k in ("split", "checkpoint", "mlflow_run_id") if run[k])
+                line = f"- {run['method']}: {size}" + (f" ({details})" if details else "")
+                if not run["comparable"]:
+                    line += (f". Measured on the sample data (fewer than {MIN_COMPARABLE_CLIPS} clips): "
+                             "not comparable to the paper.")
+                lines.append(line)
+            lines.append("")
+        if section["sources"]:
+            lines += ["Paper rows come from:", ""]
+            for s in section["sources"]:
+                where = f"{s['table']}" + (f", section {s['section']}" if s["section"] else "")
+                lines.append(f"- {s['method']}, {s['table']}: {s['citation']}, {where} ({s['paper']})")
+            lines.append("")
+        if section["notes"]:
+            lines += ["Notes:", ""]
+            lines += [f"- {'; '.join(n['rows'])}: {n['note']}" if n["rows"] else f"- {n['note']}"
+                      for n in section["notes"]]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def render_markdown(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) -> str:
+    """The report as one Markdown document (see the module docstring).
+
+    Args:
+        measured: records from :func:`load_measured`.
+        paper: entries from :func:`load_paper`.
+
+    Returns:
+        Markdown text: one table per dataset, with footnotes, evaluators, sources and notes.
+    """
+    return _markdown(build_report(measured, paper))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage (see the module docstring).
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success.
+
+    Raises:
+        SystemExit: with a one-line message when the eval dir holds no metrics.json, a metrics.json
+            or the paper YAML is malformed (the message names the file).
+    """
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval-dir", default=Path("eval"), type=Path)
+    parser.add_argument("--paper", default=Path("reference/paper_results.yaml"), type=Path)
+    parser.add_argument("--out", default=Path("eval/report.md"), type=Path)
+    args = parser.parse_args(argv)
+    try:
+        measured = load_measured(args.eval_dir)
+        paper = load_paper(args.paper)
+    except ReportError as err:
+        raise SystemExit(f"report: error: {err}") from err
+    report = build_report(measured, paper)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(_markdown(report), encoding="utf-8")
+    json_path = args.out.with_suffix(".json")
+    json_path.write_text(json.dumps({"measured": measured, "paper": paper, **report}, indent=2,
+                                    ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"report: {len(measured)} measured run(s), {len(paper)} paper row(s) -> {args.out}, {json_path}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The preprocess stage on real clips: samples, recorded failures, shards, resume, Ray."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from pipeline.extract.clip import PreprocessConfig, process_clip
+from pipeline.extract.distribute import RayDistributor, TaskError
+from pipeline.preprocess import preprocess_config, run_preprocess
+from pipeline.params import ParamsError
+
+
+def _row(clip_id, video, audio="", split="train", emotion="neutral"):
+    return {"id": clip_id, "dataset": "test", "video_path": str(video), "audio_path": str(audio) if audio else "",
+            "speaker": clip_id[:4], "sex": "", "emotion": emotion, "intensity": 0, "sentence": "", "split": split}
+
+
+@pytest.fixture(scope="module")
+def rows(shared_datasets):
+    crema = shared_datasets / "crema-d-layout"
+    eamm = shared_datasets / "talking-clips/eamm"
+    return [
+        _row("9901_IEO_SAD_HI", crema / "VideoFlash/9901_IEO_SAD_HI.flv", crema / "AudioWAV/9901_IEO_SAD_HI.wav",
+             emotion="sad"),
+        _row("9903_DFA_NEU_XX", crema / "VideoFlash/9903_DFA_NEU_XX.flv", split="test"),  # audio from the FLV track
+        _row("eamm_happy", eamm / "video_happy.mp4", emotion="happy"),  # no audio track
+        _row("eamm_sad", eamm / "video_sad.mp4", crema / "AudioWAV/9901_IEO_SAD_HI.wav", emotion="sad"),  # truncated
+        _row("eamm_disgusted", eamm / "video_disgusted.mp4", split="val", emotion="disgusted"),  # silent track
+    ]
+
+
+CFG = PreprocessConfig(num_workers=2, clips_per_shard=2, crop_sizes=(128, 64), decode_max_side=480)
+
+
+def _load(sample, name):
+    return np.load(io.BytesIO(sample[name]))
+
+
+def test_good_clip_sample_shapes(rows):
+    result = process_clip(rows[0], CFG)
+    assert result.failure is None, result.failure
+    s = result.sample
+    t = result.n_frames
+    assert t == 93
+    assert _load(s, "frames_128.npy").shape == (t, 128, 128, 3)
+    assert _load(s, "frames_64.npy").shape == (t, 64, 64, 3)
+    lmk = _load(s, "lmk.npy")
+    assert lmk.shape == (t, 68, 2) and lmk.dtype == np.float32
+    assert np.all((lmk > 0) & (lmk < 128))  # landmarks in pixels of the largest crop
+    assert _load(s, "lmk478.npy").shape == (t, 478, 3)
+    mel = _load(s, "mel.npy")
+    assert mel.shape == (4 * t, 80) and mel.min() >= -4 and mel.max() <= 4
+    assert _load(s, "mfcc.npy").shape == (t, 28, 12)
+    assert _load(s, "llf.npy").shape == (t, 25)
+    meta = json.loads(s["meta.json"])
+    assert meta["emotion"] == "sad" and meta["emotion_id"] == 6 and meta["n_frames"] == t
+    assert meta["audio_original_rate"] == 16000 and not meta["audio_from_video_track"]
+    import soundfile
+    wav, sr = soundfile.read(io.BytesIO(s["audio.wav"]))
+    assert sr == 16000 and len(wav) == t * 640
+
+
+@pytest.mark.parametrize("index, step, reason", [(2, "audio", "no audio stream"), (3, "decode", "truncated"),
+                                                 (4, "audio", "silent")])
+def test_bad_clips_are_recorded_failures(rows, index, step, reason):
+    result = process_clip(rows[index], CFG)
+    assert result.sample is None
+    assert result.failure["step"] == step and reason in result.failure["reason"]
+
+
+def test_corrupt_and_missing_files_are_failures(tmp_path, rows):
+    corrupt = tmp_path / "corrupt.flv"
+    data = open(rows[0]["video_path"], "rb").read()
+    corrupt.write_bytes(data[:2000])  # a file cut after its header
+    wav = rows[0]["audio_path"]
+    for row in (_row("cut", corrupt, wav), _row("gone", tmp_path / "missing.mp4", wav)):
+        result = process_clip(row, CFG)
+        assert result.sample is None and result.failure["step"] == "decode", result.failure
+
+
+def test_serial_run_writes_shards_stats_failures_and_resumes(tmp_path, rows):
+    out = tmp_path / "shards"
+    summary = run_preprocess(rows, out, CFG, serial=True)
+    assert summary["splits"]["train"] == {"clips": 1, "failures": 2, "frames": 93, "seconds": 3.72, "shards": 2}
+    assert summary["splits"]["test"]["clips"] == 1 and summary["splits"]["val"]["failures"] == 1
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert {f["id"]: f["step"] for f in failures} == {"eamm_happy": "audio", "eamm_sad": "decode",
+                                                      "eamm_disgusted": "audio"}
+    assert sorted(p.name for p in out.glob("*.tar")) == ["test-000000.tar", "train-000000.tar",
+                                                         "train-000001.tar", "val-000000.tar"]
+    with tarfile.open(out / "train-000000.tar") as tar:
+        names = tar.getnames()
+    assert "9901_IEO_SAD_HI.lmk.npy" in names and "9901_IEO_SAD_HI.meta.json" in names
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+
+    again = run_preprocess(rows, out, CFG, serial=True)  # nothing to do
+    assert again["reused_shards"] == 4 and again["written_shards"] == 0
+
+    (out / "test-000000.tar").unlink()  # an interrupted run: one shard lost
+    (out / "train-000000.json").write_text("{not json")  # and one half-written stats file
+    resumed = run_preprocess(rows, out, CFG, serial=True)
+    assert resumed["written_shards"] == 2
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before  # byte-identical shards
+
+
+def test_ray_gives_the_same_shards_as_serial(tmp_path, rows):
+    serial_out, ray_out = tmp_path / "serial", tmp_path / "ray"
+    run_preprocess(rows[:2], serial_out, CFG, serial=True)
+    summary = run_preprocess(rows[:2], ray_out, CFG)
+    assert summary["splits"]["train"]["clips"] == 1 and summary["splits"]["test"]["clips"] == 1
+    for tar in serial_out.glob("*.tar"):
+        assert (ray_out / tar.name).read_bytes() == tar.read_bytes()
+
+
+def _die_once(marker: str) -> int:
+    """Kills its worker process the first time it runs (a crashed worker), then succeeds."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return os.getpid()
+
+
+def _always_die(_: str) -> int:
+    os._exit(1)
+
+
+def test_ray_retries_a_dead_worker_and_records_lost_tasks(tmp_path):
+    distributor = RayDistributor(None, num_workers=1, max_retries=2)
+    try:
+        results = dict(distributor.imap_unordered(_die_once, [str(tmp_path / "marker")]))
+        assert isinstance(results[0], int)  # retried on a fresh worker and succeeded
+        distributor.max_retries = 0
+        results = dict(distributor.imap_unordered(_always_die, ["x"]))
+        assert isinstance(results[0], TaskError)
+    finally:
+        distributor.close()
+
+
+def test_params_errors_name_the_key():
+    with pytest.raises(ParamsError, match="preprocess.crop_sizes"):
+        preprocess_config({"preprocess": {"crop_sizes": [8]}})
+    with pytest.raises(ParamsError, match="preprocess.bogus"):
+        preprocess_config({"preprocess": {"bogus": 1}})
+    with pytest.raises(ParamsError, match="preprocess"):
+        preprocess_config({})

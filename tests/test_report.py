@@ -1,0 +1,149 @@
+"""The ``report`` stage: paper numbers file, measured metrics loading, Markdown/JSON output."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.report import METHODS, METRICS, ReportError, load_measured, load_paper, main, render_markdown
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAPER_YAML = REPO_ROOT / "reference" / "paper_results.yaml"
+PAPERS = REPO_ROOT.parent / "shared" / "papers"
+FID_REASON = "Inception weights not found at /x/pt_inception.pth; download them and set evaluate.fid_weights"
+
+
+def _write(eval_dir: Path, method: str, dataset: str, payload) -> Path:
+    path = eval_dir / method / dataset / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return path
+
+
+@pytest.fixture()
+def eval_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "eval"
+    _write(root, "eapc", "crema_d", {
+        "method": "eapc", "dataset": "crema_d", "split": "test",
+        "metrics": {"mouth_ld": 3.1234, "mouth_lvd": 0.9, "face_ld": 2.5, "face_lvd": 0.7},
+        "evaluators": {"mouth_ld": "landmarks: mediapipe face mesh -> 68 points, 256 px crop"},
+        "missing": {"fid": FID_REASON},
+        "n_clips": 3, "n_windows": 12, "checkpoint": "models/eapc/crema_d/last.ckpt", "mlflow_run_id": "abc123",
+    })
+    _write(root, "sinha", "mead", {
+        "method": "sinha", "dataset": "mead", "split": "test",
+        "metrics": {"psnr": 27.456, "ssim": 0.8123, "csim": 0.61, "lse_d": 8.25},
+        "missing": {"emo_acc": "emotion classifier weights not configured"},
+        "n_clips": 400, "n_windows": 4000,
+    })
+    return root
+
+
+@pytest.fixture(scope="module")
+def paper() -> list[dict]:
+    return load_paper(PAPER_YAML)
+
+
+def test_paper_yaml_keys_and_methods(paper):
+    assert len(paper) > 10
+    for entry in paper:
+        assert entry["method"] in METHODS
+        assert entry["dataset"] in ("crema_d", "mead")
+        assert set(entry["metrics"]) <= set(METRICS), entry
+        assert entry["paper"].endswith(".txt") and entry["table"].startswith("Table ")
+        if PAPERS.is_dir():
+            assert (PAPERS / entry["paper"]).is_file(), entry["paper"]
+    full = {(e["method"], e["dataset"]): e["metrics"] for e in paper if e["variant"] == "full" and not e["baseline"]}
+    assert full[("eapc", "crema_d")] == {"mouth_ld": 1.45, "mouth_lvd": 1.16, "face_ld": 1.33, "face_lvd": 1.11,
+                                         "psnr": 33.49, "ssim": 0.855, "fid": 17.31}
+    assert full[("eapc", "mead")]["mouth_ld"] == 2.01
+    # Phan et al. mislabel the LSE columns: corrected assignment, with a note saying so.
+    assert full[("cvae", "crema_d")]["lse_d"] == 9.540 and full[("cvae", "crema_d")]["lse_c"] == 5.165
+    cvae = next(e for e in paper if e["method"] == "cvae" and e["variant"] == "full")
+    assert "mislabel" in cvae["note"]
+    sinha = next(e for e in paper if e["method"] == "sinha" and e["variant"] == "full" and e["dataset"] == "crema_d")
+    assert "trained on MEAD" in sinha["note"]
+    ablations = {e["variant"] for e in paper if e["method"] == "eapc" and e["variant"] != "full" and not e["baseline"]}
+    assert {"w/o attention", "w/o audio i-1"} <= ablations
+    emotalker = next(e for e in paper
+                     if e["method"] == "emotalker" and e["variant"] == "full" and e["dataset"] == "mead")
+    assert "csim" in emotalker["note"] and emotalker["unmapped_metrics"] == {"csimd": 0.76}
+
+
+def test_markdown_measured_paper_missing_and_arrows(eval_dir, paper):
+    measured = load_measured(eval_dir)
+    assert [(r["method"], r["dataset"]) for r in measured] == [("eapc", "crema_d"), ("sinha", "mead")]
+    md = render_markdown(measured, paper)
+    crema, mead = md.split("## CREMA-D", 1)[1].split("## MEAD", 1)
+    # arrows on the column titles
+    assert "M-LD ↓" in crema and "PSNR ↑" in crema and "FID ↓" in crema and "LSE-D ↓" in crema
+    assert "LSE-C ↑" in crema and "EmoAcc ↑" in crema and "CSIM ↑" in mead
+    # measured values, formatted
+    measured_row = next(line for line in crema.splitlines() if line.startswith("| eapc | measured (ours)"))
+    assert "3.123" in measured_row and "0.900" in measured_row
+    # the paper's EAPC CREMA-D row, numbers as printed
+    paper_row = next(line for line in crema.splitlines() if line.startswith("| eapc | paper (Table 1)"))
+    for value in ("1.45", "1.16", "1.33", "1.11", "33.49", "0.855", "17.31"):
+        assert f"| {value} |" in paper_row
+    # measured rows come before ablation/baseline rows; full paper row right after its measured row
+    rows = [line for line in crema.splitlines() if line.startswith("| ")][1:]
+    assert rows.index(measured_row) + 1 == rows.index(paper_row)
+    assert max(i for i, r in enumerate(rows) if "baseline" not in r and "ablation" not in r) < \
+        min(i for i, r in enumerate(rows) if "baseline" in r or "ablation" in r)
+    # "missing" with a footnote giving the reason
+    assert "missing [1]" in measured_row
+    assert f"[1] eapc · FID: {FID_REASON}" in crema
+    assert "missing [2]" in mead and "[2] sinha · EmoAcc: emotion classifier weights not configured" in mead
+    # evaluators, sources, notes, sample-size warning
+    assert "eapc · M-LD: landmarks: mediapipe face mesh -> 68 points, 256 px crop" in crema
+    assert "eapc · M-LVD: not recorded" in crema
+    assert "Cao et al., EAPC, Table 1" in crema and "001_1cad8db751a2903f.txt" in crema
+    assert "mislabel" in crema
+    assert "3 clips" in crema and "not comparable to the paper" in crema
+    assert "400 clips" in mead and "not comparable" not in mead.split("Measured runs:")[1].split("Paper rows")[0]
+    sinha_row = next(line for line in mead.splitlines() if line.startswith("| sinha | measured (ours)"))
+    assert "27.46" in sinha_row and "0.812" in sinha_row and "—" in sinha_row
+
+
+def test_main_writes_markdown_and_json(eval_dir, tmp_path):
+    out = tmp_path / "out" / "report.md"
+    assert main(["--eval-dir", str(eval_dir), "--paper", str(PAPER_YAML), "--out", str(out)]) == 0
+    assert "## CREMA-D" in out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    crema = next(d for d in data["datasets"] if d["dataset"] == "crema_d")
+    row = next(r for r in crema["rows"] if r["method"] == "eapc" and r["kind"] == "measured")
+    assert row["values"]["mouth_ld"] == 3.1234 and row["missing"]["fid"] == FID_REASON
+    assert row["cells"]["fid"] == "missing [1]"
+    paper_row = next(r for r in crema["rows"] if r["method"] == "eapc" and r["kind"] == "full")
+    assert paper_row["values"]["mouth_ld"] == 1.45 and paper_row["cells"]["ssim"] == "0.855"
+
+
+def test_empty_eval_dir_is_a_clear_error(tmp_path):
+    (tmp_path / "eval" / "eapc").mkdir(parents=True)
+    with pytest.raises(ReportError, match="no metrics.json"):
+        load_measured(tmp_path / "eval")
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        main(["--eval-dir", str(tmp_path / "eval"), "--paper", str(PAPER_YAML), "--out", str(tmp_path / "r.md")])
+
+
+@pytest.mark.parametrize("payload", [
+    "{not json",
+    "[1, 2]",
+    {"method": "eapc", "dataset": "crema_d", "metrics": {"mouth_ld": "3.1"}},
+    {"method": "eapc", "dataset": "crema_d", "metrics": [3.1]},
+    {"method": "sinha", "dataset": "crema_d", "metrics": {}},
+    {"method": "eapc", "dataset": "crema_d", "metrics": {}, "missing": {"fid": 3}},
+])
+def test_malformed_metrics_json_names_the_file(eval_dir, payload):
+    bad = _write(eval_dir, "eapc", "crema_d", payload)
+    with pytest.raises(ReportError) as err:
+        load_measured(eval_dir)
+    assert str(bad) in str(err.value)
+
+
+def test_bad_paper_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "paper.yaml"
+    bad.write_text("- {method: eapc, paper: x.txt, citation: c, table: T1, dataset: mead, variant: full,"
+                   " metrics: {lmd: 1.0}}\n")
+    with pytest.raises(ReportError, match=r"paper\.yaml: entry 0 .*unknown metric key 'lmd'"):
+        load_paper(bad)

@@ -1,0 +1,158 @@
+"""Train / evaluate stages: params validation, a tiny real training run, DDP (gloo), kill + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.extract.clip import PreprocessConfig
+from pipeline.params import ParamsError
+from pipeline.preprocess import run_preprocess
+from pipeline.train import run_spec
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NET = {"audio_hidden": 16, "audio_layers": 1, "llf_hidden": 16, "llf_layers": 1, "lm_hidden": 16,
+            "lm_layers": 1, "attention_dim": 16, "ref_hidden": 8, "fc_dims": [32]}
+
+
+def tiny_params(tracking_uri: str) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update({
+        "datasets": ["crema_d"],
+        "trainer": {"max_epochs": 3, "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+                    "precision": "32-true", "log_every_n_steps": 1},
+        "data": {"window": 25, "batch_size": 4, "train_batches": 4, "windows_per_clip": 2, "shuffle_buffer": 8,
+                 "num_workers": 0},
+    })
+    params["train"]["methods"]["eapc"]["net"] = dict(TINY_NET)
+    params["mlflow"] = {"tracking_uri": tracking_uri, "experiment": "test"}
+    return params
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, shared_datasets):
+    """A working directory with params.yaml and real shards of 4 CREMA-D-layout clips."""
+    root = tmp_path_factory.mktemp("work")
+    crema = shared_datasets / "crema-d-layout"
+    rows = [{"id": stem, "dataset": "crema_d", "video_path": str(crema / "VideoFlash" / f"{stem}.flv"),
+             "audio_path": str(crema / "AudioWAV" / f"{stem}.wav"), "speaker": stem[:4], "sex": "",
+             "emotion": "neutral", "intensity": 0, "sentence": stem[5:8], "split": split}
+            for stem, split in [("9903_DFA_NEU_XX", "train"), ("9904_ITS_NEU_XX", "train"),
+                                ("9905_IOM_NEU_XX", "val"), ("9906_IOM_NEU_XX", "test")]]
+    run_preprocess(rows, root / "shards" / "crema_d", PreprocessConfig(crop_sizes=(64,), decode_max_side=480),
+                   serial=True)
+    return root
+
+
+def write_params(workdir: Path, name: str, **train_overrides) -> Path:
+    params = tiny_params(f"sqlite:///{workdir / name}.db")
+    params["train"]["trainer"].update(train_overrides)
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_stage(module: str, workdir: Path, params: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, "--method", "eapc", "--dataset", "crema_d", "--params", str(params), *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_bad_params_fail_before_work_naming_the_key(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    params = tiny_params("sqlite:///unused.db")
+    with pytest.raises(ParamsError, match="train.methods: unknown method 'nope'"):
+        run_spec(params, "nope", "crema_d")
+    bad_lr = json.loads(json.dumps(params))
+    bad_lr["train"]["methods"]["eapc"]["optim"]["lr"] = -1.0
+    with pytest.raises(ParamsError, match=r"train.methods.eapc.*lr must be > 0"):
+        run_spec(bad_lr, "eapc", "crema_d")
+    with pytest.raises(ParamsError, match="manifest.datasets.unknown_set"):
+        run_spec(params, "eapc", "unknown_set")
+    params["manifest"]["datasets"]["mead"]["root"] = "x"
+    with pytest.raises(ParamsError, match="no training shards in shards/mead"):
+        run_spec(params, "eapc", "mead")
+    bad_trainer = json.loads(json.dumps(params))
+    bad_trainer["train"]["trainer"]["max_epocs"] = 3
+    with pytest.raises(ParamsError, match="train.trainer.max_epocs"):
+        run_spec(bad_trainer, "eapc", "crema_d")
+    assert not (workdir / "models").exists() and not (workdir / "unused.db").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_one_mlflow_run_same_metrics(workdir):
+    from mlflow import MlflowClient
+
+    from datamodules.talking_face import DataConfig, TalkingFaceDataModule
+    from lightning_modules import METHODS
+    from pipeline.evaluate import predict_windows
+
+    params = write_params(workdir, "ddp", devices=2, strategy="ddp")
+    proc = run_stage("pipeline.train", workdir, params, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((workdir / "models/eapc/crema_d/config.json").read_text())
+    assert config["global_step"] == 3 * 4
+    client = MlflowClient(f"sqlite:///{workdir / 'ddp'}.db")
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == config["mlflow_run_id"]
+    logged = runs[0].data.metrics
+    assert {"train/total", "val/loss", "val/mouth_ld", "val/face_lvd"} <= set(logged)
+
+    # the DDP-reduced validation metrics equal a single-process pass with the saved weights
+    os.chdir(workdir)
+    model = METHODS["eapc"].load_from_checkpoint(workdir / "models/eapc/crema_d/last.ckpt", map_location="cpu")
+    dm = TalkingFaceDataModule(DataConfig(shard_dir="shards/crema_d", keys=("lmk", "mfcc", "llf"), batch_size=4))
+    values, n_windows, _, _ = predict_windows(model, dm.val_dataloader())
+    assert n_windows > 0
+    for name in ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd"):
+        assert logged[f"val/{name}"] == pytest.approx(values[name], rel=1e-4), name
+
+
+def _saved_epoch(ckpt: Path) -> int:
+    """Epoch index stored in a checkpoint, -1 while it is absent or still being written."""
+    import torch
+
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:
+        return -1
+
+
+@pytest.mark.slow
+def test_kill_mid_training_then_resume_to_the_same_final_step(workdir):
+    params = write_params(workdir, "resume", max_epochs=6)
+    model_dir = workdir / "models/eapc/crema_d"
+    cmd = [sys.executable, "-m", "pipeline.train", "--method", "eapc", "--dataset", "crema_d", "--params", str(params)]
+    proc = subprocess.Popen(cmd, cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _saved_epoch(model_dir / "last.ckpt") < 1:  # two epochs done: kill it in the third
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "training did not reach its second checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = json.loads((model_dir / "config.json").read_text())
+    assert "global_step" not in first  # it never finished
+    assert _saved_epoch(model_dir / "last.ckpt") < 5
+
+    done = run_stage("pipeline.train", workdir, params)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads((model_dir / "config.json").read_text())
+    assert final["global_step"] == 6 * 4
+    assert final["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run continues
+    assert "Restoring states from the checkpoint" in done.stderr
+
+    evaluated = run_stage("pipeline.evaluate", workdir, params)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((workdir / "eval/eapc/crema_d/metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"mouth_ld", "mouth_lvd", "face_ld", "face_lvd"}
+    assert all(0 < v < 64 for v in metrics["metrics"].values())  # pixels of a 64 px crop
+    assert metrics["n_clips"] == 1 and metrics["n_windows"] >= 1
+    assert (workdir / "eval/eapc/crema_d/landmarks.png").stat().st_size > 1000
