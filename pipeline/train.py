@@ -188,7 +188,7 @@ def train(spec: RunSpec) -> dict:
               "trainer": spec.trainer, "seed": spec.seed}
     sync = MLflowRunSync(config, config_path)
     checkpoint = ModelCheckpoint(dirpath=spec.model_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                 save_last=True, save_top_k=0, every_n_epochs=1)
+                                 save_last=True, save_top_k=1, every_n_epochs=1)  # newest epoch + last.ckpt
     has_val = bool(datamodule.urls("val"))
     if not has_val:
         print(f"warning: no val shards in {spec.shard_dir}: training without validation", file=sys.stderr)

@@ -116,19 +116,18 @@ def test_ray_gives_the_same_shards_as_serial(tmp_path, rows):
         assert (ray_out / tar.name).read_bytes() == tar.read_bytes()
 
 
-def _die_once(marker: str) -> int:
-    """Kills its worker process the first time it runs (a crashed worker), then succeeds."""
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
-    return os.getpid()
-
-
-def _always_die(_: str) -> int:
-    os._exit(1)
-
-
 def test_ray_retries_a_dead_worker_and_records_lost_tasks(tmp_path):
+    # local functions: Ray ships them by value (this test module is not importable on workers)
+    def _die_once(marker: str) -> int:
+        """Kills its worker process the first time it runs (a crashed worker), then succeeds."""
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return os.getpid()
+
+    def _always_die(_: str) -> int:
+        os._exit(1)
+
     distributor = RayDistributor(None, num_workers=1, max_retries=2)
     try:
         results = dict(distributor.imap_unordered(_die_once, [str(tmp_path / "marker")]))

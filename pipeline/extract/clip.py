@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipeline.extract.align import crop_transforms, resize_crops, transform_points, warp_frames
 from pipeline.extract.audio import (
@@ -124,15 +125,28 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         ``llf.npy`` (T, 25) float32; ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
         exactly T / fps seconds); ``meta.json``.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    # one BLAS/OpenMP thread: a worker owns one CPU, and reductions then sum in the same order in
+    # every process (Ray worker or not), so samples are byte-identical wherever they are made
+    with threadpool_limits(limits=1):
+        return _process_clip(row, cfg)
 
-    def lap(name: str) -> None:
-        nonlocal clock
+
+class _Laps:
+    """Seconds per named step, for the benchmark's breakdown (never part of a sample)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock
-        clock = now
+        self.timings[name] = self.timings.get(name, 0.0) + now - self._clock
+        self._clock = now
 
+
+def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
+    lap = _Laps()
+    timings = lap.timings
     key = str(row["id"])
     audio_source = row.get("audio_path") or row["video_path"]
     try:

@@ -1,0 +1,80 @@
+"""`dvc repro` end to end in a temporary copy of the repository, on the real CREMA-D-layout clips."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory, shared_datasets):
+    """The tracked files in <tmp>/repo, ../shared pointing at the sample data, small params."""
+    root = tmp_path_factory.mktemp("dvc")
+    (root / "shared").symlink_to(shared_datasets.parent)
+    repo = root / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_bytes((REPO / name).read_bytes())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["manifest"]["datasets"]["mead"]  # the 1080p MEAD clip alone takes a minute here
+    params["preprocess"].update({"crop_sizes": [128, 64], "decode_max_side": 480})
+    params["train"]["trainer"].update({"max_epochs": 2, "accelerator": "cpu"})
+    params["train"]["data"].update({"batch_size": 4, "train_batches": 3})
+    params["train"]["methods"]["eapc"]["net"] = {"audio_hidden": 16, "audio_layers": 1, "llf_hidden": 16,
+                                                 "llf_layers": 1, "lm_hidden": 16, "lm_layers": 1,
+                                                 "attention_dim": 16, "fc_dims": [64]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    _run(["git", "init", "-q"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
+    _run(["dvc", "repro"], repo_copy)
+    shards = repo_copy / "shards/crema_d"
+    stats = json.loads((shards / "stats.json").read_text())
+    assert {s: stats["splits"][s]["clips"] for s in ("train", "val", "test")} == {"train": 11, "val": 2, "test": 1}
+    failures = [json.loads(line) for line in (shards / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["id"] for f in failures) == ["9902_IWL_SAD_XX", "9902_TIE_DIS_XX"]  # the silent clips
+    assert all("silent" in f["reason"] for f in failures)
+
+    for split in ("train", "val", "test"):
+        for sample in wds.WebDataset(sorted(str(p) for p in shards.glob(f"{split}-*.tar")), shardshuffle=False):
+            arrays = {k: np.load(io.BytesIO(v)) for k, v in sample.items() if k.endswith(".npy")}
+            t = arrays["lmk.npy"].shape[0]
+            assert arrays["frames_128.npy"].shape == (t, 128, 128, 3)
+            assert arrays["frames_64.npy"].shape == (t, 64, 64, 3)
+            assert arrays["lmk.npy"].shape == (t, 68, 2) and arrays["lmk478.npy"].shape == (t, 478, 3)
+            assert arrays["mel.npy"].shape == (4 * t, 80)
+            assert arrays["mfcc.npy"].shape == (t, 28, 12) and arrays["llf.npy"].shape == (t, 25)
+            assert json.loads(sample["meta.json"])["split"] == split
+
+    metrics = json.loads((repo_copy / "eval/eapc/crema_d/metrics.json").read_text())
+    assert metrics["checkpoint"] == "models/eapc/crema_d/last.ckpt" and metrics["n_clips"] == 1
+    assert all(np.isfinite(v) and v > 0 for v in metrics["metrics"].values())
+    report = (repo_copy / "report/report.md").read_text()
+    assert f"{metrics['metrics']['mouth_ld']:.3f}" in report and "1.45" in report  # ours beside EAPC's M-LD
+
+    again = _run(["dvc", "repro"], repo_copy)
+    assert "Running stage" not in again.stdout  # nothing changed: nothing runs
+    status = _run(["dvc", "status"], repo_copy)
+    assert "up to date" in status.stdout
