@@ -3,7 +3,7 @@
 Pipeline (webdataset's ``DataPipeline``, every step a named, picklable object)::
 
     shards --(train: ResampledShards, seeded per rank/worker | eval: SimpleShardList,
-              split_by_node + split_by_worker)--> tar samples --DecodeSample--> clip dicts
+              split_by_node + split_by_worker)--ReadShards--> tar samples --DecodeSample--> clip dicts
            --ClipWindows--> windows --detshuffle (train)--> batched(collate_windows)
 
 Training draws shards with replacement and has a fixed epoch length (``train_batches`` per rank),
@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,50 @@ def log_and_continue(err: Exception) -> bool:
     """webdataset handler: a broken shard or sample is logged (with its source) and skipped."""
     log.warning("skipping unreadable shard data: %s", err)
     return True
+
+
+@dataclass(frozen=True)
+class SelectMembers:
+    """Tar member filter: only ``meta.json`` and the requested ``<key>.npy`` are read into memory."""
+
+    keys: tuple[str, ...]
+
+    def __call__(self, name: str) -> bool:
+        suffix = name.split(".", 1)[-1]
+        return suffix == "meta.json" or suffix in {f"{k}.npy" for k in self.keys}
+
+
+@dataclass(frozen=True)
+class ReadShards:
+    """Shard URLs -> tar samples ``{"__key__", "__url__", "<suffix>": bytes}``, reading only the
+    members ``select`` accepts.
+
+    The tar is opened for random access, so unselected members (the frames, when a method needs
+    only landmarks and audio features) are skipped by seeking instead of being streamed through,
+    which webdataset's streaming reader must do. A broken shard is logged and the samples read
+    completely before the damage are kept.
+    """
+
+    select: SelectMembers
+
+    def __call__(self, sources):
+        for source in sources:
+            url = source["url"]
+            sample: dict = {}
+            try:
+                with tarfile.open(url, "r:") as tar:
+                    for member in tar:
+                        key, suffix = member.name.split(".", 1)  # keys contain no dots
+                        if sample and sample["__key__"] != key:
+                            yield sample
+                            sample = {}
+                        sample = sample or {"__key__": key, "__url__": url}
+                        if member.isfile() and self.select(member.name):
+                            sample[suffix] = tar.extractfile(member).read()
+                if sample:
+                    yield sample
+            except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+                log_and_continue(RuntimeError(f"{url}: {err}; dropped the sample being read ({sample.get('__key__')})"))
 
 
 @dataclass(frozen=True)
@@ -197,7 +242,7 @@ class TalkingFaceDataModule(L.LightningDataModule):
             source = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if len(urls) >= world else [])
             source.append(wds.split_by_worker)
         stages = source + [
-            wds.tarfile_to_samples(handler=log_and_continue),
+            ReadShards(SelectMembers(cfg.keys)),
             wds.map(DecodeSample(cfg.keys), handler=log_and_continue),
             ClipWindows(cfg.window, train, cfg.windows_per_clip, cfg.seed),
         ]
@@ -229,7 +274,7 @@ class TalkingFaceDataModule(L.LightningDataModule):
             FileNotFoundError: no readable training clip.
         """
         pipeline = wds.DataPipeline(wds.SimpleShardList(self.urls("train")),
-                                    wds.tarfile_to_samples(handler=log_and_continue),
+                                    ReadShards(SelectMembers((key,))),
                                     wds.map(DecodeSample((key,)), handler=log_and_continue))
         arrays = [clip[key] for _, clip in zip(range(max_clips), pipeline)]
         if not arrays:

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.extract.clip import PreprocessConfig
 from pipeline.params import ParamsError
-from pipeline.preprocess import run_preprocess
 from pipeline.train import run_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,18 +35,8 @@ def tiny_params(tracking_uri: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, shared_datasets):
-    """A working directory with params.yaml and real shards of 4 CREMA-D-layout clips."""
-    root = tmp_path_factory.mktemp("work")
-    crema = shared_datasets / "crema-d-layout"
-    rows = [{"id": stem, "dataset": "crema_d", "video_path": str(crema / "VideoFlash" / f"{stem}.flv"),
-             "audio_path": str(crema / "AudioWAV" / f"{stem}.wav"), "speaker": stem[:4], "sex": "",
-             "emotion": "neutral", "intensity": 0, "sentence": stem[5:8], "split": split}
-            for stem, split in [("9903_DFA_NEU_XX", "train"), ("9904_ITS_NEU_XX", "train"),
-                                ("9905_IOM_NEU_XX", "val"), ("9906_IOM_NEU_XX", "test")]]
-    run_preprocess(rows, root / "shards" / "crema_d", PreprocessConfig(crop_sizes=(64,), decode_max_side=480),
-                   serial=True)
-    return root
+def workdir(crema_shards):
+    return crema_shards
 
 
 def write_params(workdir: Path, name: str, data: dict | None = None, **trainer) -> Path:
