@@ -27,8 +27,9 @@ import webdataset as wds
 
 log = logging.getLogger(__name__)
 
-WINDOWED_KEYS = {"lmk": 1, "lmk478": 1, "mfcc": 1, "llf": 1, "mel": 4}
-"""Arrays sliced per window, with their rate in items per video frame (mel: 4 frames per frame)."""
+WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "mfcc": 1.0, "llf": 1.0, "mel": 80 / 25}
+"""Arrays sliced per window, with their rate in rows per video frame (mel: 80 Hz at 25 fps; a
+window starting at frame s takes rows ``int(rate * s)`` .. ``+ int(rate * T)``, as Wav2Lip does)."""
 
 
 def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
@@ -151,8 +152,8 @@ class ClipWindows:
                         "intensity": clip["meta"]["intensity"], "ref_lmk": clip["lmk"][0]}
                 for name, value in clip.items():
                     if name in WINDOWED_KEYS:
-                        rate = WINDOWED_KEYS[name]
-                        item[name] = value[rate * start: rate * (start + self.window)]
+                        first, rows = int(WINDOWED_KEYS[name] * start), int(WINDOWED_KEYS[name] * self.window)
+                        item[name] = value[first: first + rows]
                     elif name.startswith("frames_"):
                         item[name] = value[start: start + self.window]
                 yield item
@@ -165,7 +166,7 @@ def collate_windows(items: list[dict]) -> dict:
         dict with ``key`` (list[str]), ``emotion`` (B,) int64 in [0, 8), ``intensity`` (B,) int64,
         ``ref_lmk`` (B, 68, 2) float32 and, when loaded, ``lmk`` (B, T, 68, 2) float32 (256 px
         crop pixels), ``lmk478`` (B, T, 478, 3), ``mfcc`` (B, T, 28, 12), ``llf`` (B, T, 25),
-        ``mel`` (B, 4T, 80) float32 in [-4, 4], ``frames_<S>`` (B, T, S, S, 3) uint8.
+        ``mel`` (B, floor(3.2 T), 80) float32 in [-4, 4], ``frames_<S>`` (B, T, S, S, 3) uint8.
     """
     batch = {"key": [it["key"] for it in items],
              "emotion": torch.tensor([it["emotion"] for it in items], dtype=torch.int64),

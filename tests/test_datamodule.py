@@ -24,13 +24,13 @@ def test_train_batches_have_documented_shapes_and_fixed_length(crema_shards):
     assert len(b["key"]) == 4 and all("@" in k for k in b["key"])
     assert b["lmk"].shape == (4, 25, 68, 2) and b["lmk"].dtype == torch.float32
     assert b["mfcc"].shape == (4, 25, 28, 12) and b["llf"].shape == (4, 25, 25)
-    assert b["mel"].shape == (4, 100, 80)
+    assert b["mel"].shape == (4, 80, 80)  # 25 frames = 1 s = 80 mel frames
     assert b["ref_lmk"].shape == (4, 68, 2)
     assert b["emotion"].dtype == torch.int64 and (b["emotion"] == 0).all()  # all neutral clips
 
 
 def test_window_slices_match_the_clip(crema_shards):
-    """Each window is the clip's frames [s, s+T) and mel rows [4s, 4s+4T); ref is frame 0."""
+    """Each window is the clip's frames [s, s+T) and the mel rows of that second; ref is frame 0."""
     import webdataset as wds
 
     from datamodules.talking_face import ReadShards, SelectMembers
@@ -44,7 +44,8 @@ def test_window_slices_match_the_clip(crema_shards):
     for w in windows:
         s = int(w["key"].split("@")[1])
         np.testing.assert_array_equal(w["lmk"], clip["lmk"][s:s + 25])
-        np.testing.assert_array_equal(w["mel"], clip["mel"][4 * s:4 * s + 100])
+        m = int(3.2 * s)  # Wav2Lip's mel index of video frame s: int(80 * s / 25)
+        np.testing.assert_array_equal(w["mel"], clip["mel"][m:m + 80])
         np.testing.assert_array_equal(w["ref_lmk"], clip["lmk"][0])
 
 

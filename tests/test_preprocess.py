@@ -53,7 +53,7 @@ def test_good_clip_sample_shapes(rows):
     assert np.all((lmk > 0) & (lmk < 128))  # landmarks in pixels of the largest crop
     assert _load(s, "lmk478.npy").shape == (t, 478, 3)
     mel = _load(s, "mel.npy")
-    assert mel.shape == (4 * t, 80) and mel.min() >= -4 and mel.max() <= 4
+    assert mel.shape == (t * 16 // 5, 80) and mel.min() >= -4 and mel.max() <= 4  # 80 Hz
     assert _load(s, "mfcc.npy").shape == (t, 28, 12)
     assert _load(s, "llf.npy").shape == (t, 25)
     meta = json.loads(s["meta.json"])

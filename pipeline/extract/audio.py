@@ -7,19 +7,17 @@ Time alignment (defaults: 16 kHz, 25 fps => ``samples_per_frame`` = 640 samples 
 
 * the audio is first fitted to the video (:func:`fit_to_frames`): exactly ``T * 640`` samples,
   sample ``n`` at time ``n / 16000`` s, video frame ``t`` covering samples ``[640 t, 640 (t + 1))``;
-* ``mel``  (:func:`log_mel`): ``(4 T, 80)``, 100 Hz, mel frame ``k`` centred on sample ``160 k``,
-  so video frame ``t`` owns mel frames ``4 t .. 4 t + 3`` (Wav2Lip / SadTalker dB convention);
+* ``mel``  (:func:`log_mel`): ``(floor(3.2 T), 80)``, 80 Hz (hop 200, Wav2Lip / SadTalker
+  convention), mel frame ``k`` centred on sample ``200 k``, so video frame ``t`` starts at mel
+  frame ``int(3.2 t)`` (Wav2Lip's ``int(80 * t / fps)``) and 5 video frames span 16 mel frames;
 * ``mfcc`` (:func:`mfcc_windows`): ``(T, 28, 12)``, for each video frame the 28 MFCC frames
   (100 Hz) around its centre, as in ATVGnet and EAPC (paper 001, §3.2);
 * ``llf``  (:func:`low_level_features`): ``(T, 25)``, EAPC's low-level features computed on
   exactly the 640 samples of each video frame (paper 001, §3.2-3.3), columns in :data:`LLF_NAMES`.
 
 Note on the mel hop: Wav2Lip's hparams use ``hop_size=200`` at 16 kHz (80 mel frames/s, 3.2 per
-video frame at 25 fps).  A hop of 200 samples does not divide the 640 samples of a video frame, so
-an integer number of mel frames per video frame is impossible with it; this module uses
-``hop_length=160`` (100 Hz, exactly 4 mel frames per video frame) and keeps every other part of
-the Wav2Lip convention (n_fft = win = 800, pre-emphasis 0.97, slaney mel 55-7600 Hz, dB scaling and
-symmetric [-4, 4] normalisation).
+video frame at 25 fps), which SyncNet-style experts trained on Wav2Lip's features expect; the
+mel is therefore indexed by time (``mel_fps``), not by an integer count per video frame.
 
 Bad input raises :class:`~pipeline.extract.errors.ClipFailure` with ``step="audio"``; wrong
 arguments from the caller (programming errors) raise ``ValueError``.
@@ -120,7 +118,7 @@ class AudioConfig:
     fps: int = 25
     n_mels: int = 80
     n_fft: int = 800
-    hop_length: int = 160
+    hop_length: int = 200
     win_length: int = 800
     fmin: float = 55.0
     fmax: float = 7600.0
@@ -157,11 +155,6 @@ class AudioConfig:
                 "into an integer number of samples per frame"
             )
         spf = self.sample_rate // self.fps
-        if spf % self.hop_length:
-            raise ValueError(
-                f"AudioConfig.hop_length={self.hop_length} must divide the {spf} samples per "
-                "video frame"
-            )
         if spf % self.mfcc_hop:
             raise ValueError(
                 f"AudioConfig.mfcc_hop={self.mfcc_hop} must divide the {spf} samples per video frame"
@@ -203,9 +196,9 @@ class AudioConfig:
         return self.sample_rate // self.fps
 
     @property
-    def mel_frames_per_frame(self) -> int:
-        """Mel frames per video frame (4 with the defaults)."""
-        return self.samples_per_frame // self.hop_length
+    def mel_fps(self) -> float:
+        """Mel frames per second (80 with the defaults: 3.2 per video frame at 25 fps)."""
+        return self.sample_rate / self.hop_length
 
     @property
     def mfcc_frames_per_frame(self) -> int:
@@ -461,7 +454,7 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: 
 
 
 def log_mel(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """Wav2Lip / SadTalker normalised log-mel spectrogram, 4 frames per video frame.
+    """Wav2Lip / SadTalker normalised log-mel spectrogram, 80 frames per second.
 
     Convention (Wav2Lip ``audio.melspectrogram`` with its hparams, signal_normalization,
     symmetric_mels, allow_clipping_in_normalization): pre-emphasis ``y[n] = x[n] - 0.97 x[n-1]``;
@@ -472,16 +465,17 @@ def log_mel(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 
     Framing: the STFT is centred (``center=True``, ``pad_mode="reflect"`` as in Wav2Lip's librosa
     0.7), so mel frame ``k`` is centred on sample ``k * hop_length``; the last of the
-    ``N / hop + 1`` centred frames (centred on the clip's end) is dropped, leaving exactly
-    ``N / hop`` frames.  Video frame ``t`` owns mel frames ``4 t .. 4 t + 3``.  The hop is 160
-    (100 Hz), not Wav2Lip's 200 (see the module docstring).
+    ``N / hop + 1`` centred frames (centred on the clip's end) is dropped, leaving
+    ``floor(N / hop)`` frames.  Video frame ``t`` starts at mel frame ``int(t * mel_fps / fps)``
+    (3.2 t with the defaults), as in Wav2Lip.
 
     Args:
         wav: float32 ``(T * samples_per_frame,)`` from :func:`fit_to_frames`.
         cfg: audio configuration.
 
     Returns:
-        float32 ``(T * cfg.mel_frames_per_frame, cfg.n_mels)`` = ``(4 T, 80)``, values in [-4, 4]
+        float32 ``(floor(T * samples_per_frame / hop_length), n_mels)`` = ``(floor(3.2 T), 80)``,
+        values in [-4, 4]
         (-4 = at or below -100 dB relative to ref level, 4 = at or above 0 dB).
 
     Raises:
@@ -635,7 +629,7 @@ def extract_audio_features(wav: np.ndarray, n_frames: int, cfg: AudioConfig) -> 
         cfg: audio configuration.
 
     Returns:
-        ``{"mel": (4 T, 80) float32 in [-4, 4]`` (:func:`log_mel`, Wav2Lip convention),
+        ``{"mel": (floor(3.2 T), 80) float32 in [-4, 4]`` (:func:`log_mel`, Wav2Lip convention),
         ``"mfcc": (T, 28, 12) float32`` (:func:`mfcc_windows`, paper 001 §3.2),
         ``"llf": (T, 25) float32`` (:func:`low_level_features`, paper 001 §3.2-3.3)``}``.
 

@@ -27,7 +27,7 @@ from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mes
 from pipeline.extract.video import decode_video
 from pipeline.vocab import EMOTION_TO_ID
 
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
 
 
@@ -121,7 +121,7 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         A ``ClipResult``; its sample holds, for T frames at ``cfg.fps``:
         ``frames_<S>.npy`` (T, S, S, 3) uint8 RGB aligned crops for each S in ``cfg.crop_sizes``;
         ``lmk.npy`` (T, 68, 2) float32 and ``lmk478.npy`` (T, 478, 3) float32, pixels of the
-        largest crop; ``mel.npy`` (4T, 80) float32 in [-4, 4]; ``mfcc.npy`` (T, 28, 12) float32;
+        largest crop; ``mel.npy`` (floor(3.2 T), 80) float32 in [-4, 4] (80 Hz); ``mfcc.npy`` (T, 28, 12) float32;
         ``llf.npy`` (T, 25) float32; ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
         exactly T / fps seconds); ``meta.json``.
     """
