@@ -37,12 +37,12 @@ class EAPCTrainConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ValueError(f"train.methods.eapc.lr must be > 0, got {self.lr}")
+            raise ValueError(f"train.methods.eapc.optim.lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "w_mse", "w_lmd", "w_emotion"):
             if getattr(self, name) < 0:
-                raise ValueError(f"train.methods.eapc.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"train.methods.eapc.optim.{name} must be >= 0, got {getattr(self, name)}")
         if self.lmd_mode not in ("pairwise", "point"):
-            raise ValueError(f"train.methods.eapc.lmd_mode must be 'pairwise' or 'point', got {self.lmd_mode!r}")
+            raise ValueError(f"train.methods.eapc.optim.lmd_mode must be 'pairwise' or 'point', got {self.lmd_mode!r}")
 
 
 class EAPCModule(L.LightningModule):

@@ -10,15 +10,14 @@ landmarks of a few test windows). Both also go to the training run in MLflow.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from pipeline.params import ParamsError, load_params
-from pipeline.train import apply_overrides, run_spec
+from pipeline.params import ParamsError
+from pipeline.train import run_arg_parser, spec_from_args
 
 LANDMARK_EVALUATOR = ("mediapipe face mesh (478 -> 68 points) on aligned 256 px crops; per-frame similarity "
                       "alignment on stable points removes head motion; distances in crop pixels")
@@ -119,15 +118,11 @@ def _log_to_mlflow(spec, run_id: str | None, values: dict, artifacts: list[Path]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--params", default="params.yaml", type=Path)
+    parser = run_arg_parser(__doc__)
     parser.add_argument("--out", type=Path, help="default: eval/<method>/<dataset>")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a train.* param")
     args = parser.parse_args(argv)
     try:
-        spec = run_spec(apply_overrides(load_params(args.params), args.overrides), args.method, args.dataset)
+        spec = spec_from_args(args)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -105,7 +105,8 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     try:
         METHODS[method](**method_params)
     except (TypeError, ValueError) as err:
-        raise ParamsError(f"train.methods.{method}: {err}") from err
+        message = str(err)
+        raise ParamsError(message if message.startswith("train.") else f"train.methods.{method}: {message}") from err
     if not sorted(shard_dir.glob("train-*.tar")):
         raise ParamsError(f"train.datasets: no training shards in {shard_dir} (run `dvc repro preprocess@{dataset}`)")
     return RunSpec(
@@ -224,16 +225,26 @@ def _log_loss_plot(logger, run_id: str, spec: RunSpec) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arg_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line shared by the train and evaluate stages (``--method --dataset --params --set``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--params", default="params.yaml", type=Path)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a train.* param, e.g. --set trainer.devices=2 --set trainer.strategy=ddp")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """Validated ``RunSpec`` from parsed arguments; raises ``ParamsError`` naming the bad key."""
+    return run_spec(apply_overrides(load_params(args.params), args.overrides), args.method, args.dataset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = run_arg_parser(__doc__).parse_args(argv)
     try:
-        spec = run_spec(apply_overrides(load_params(args.params), args.overrides), args.method, args.dataset)
+        spec = spec_from_args(args)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

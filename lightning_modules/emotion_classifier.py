@@ -1,0 +1,119 @@
+"""Lightning glue for the video emotion classifier (paper 000 §2.1 emotion discriminator; also our
+own EmoAcc evaluator, see ``eval_metrics.emotion``).
+
+The network lives in ``lightning_modules.networks.emotion`` (plain ``nn.Module``). Training is
+plain cross-entropy (paper 000 eq. 3) on windows ``{frames_<S> (B, T, S, S, 3) uint8,
+emotion (B,) int64}``; logs ``train/total``, ``val/loss`` and multiclass accuracy per split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
+
+
+@dataclass
+class EmotionTrainConfig:
+    """Optimisation parameters (``train.methods.emotion_classifier.optim``).
+
+    Attributes:
+        lr: Adam learning rate, > 0 (paper 000 does not state it; 2e-4 is ours).
+        weight_decay: Adam weight decay, >= 0.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        frames_key: batch key of the frames (``frames_<S>``); S must be one of
+            ``preprocess.crop_sizes`` in params.yaml and in the class's ``data_keys``. Frames are
+            resized to ``net.image_size`` (64) inside the network anyway.
+    """
+
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    frames_key: str = "frames_128"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"train.methods.emotion_classifier.optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.frames_key.startswith("frames_"):
+            raise ValueError(f"frames_key must look like 'frames_<S>', got {self.frames_key!r}")
+
+
+class EmotionClassifierModule(L.LightningModule):
+    """Trains :class:`EmotionClassifier` with cross-entropy; logs top-1 accuracy (micro, fraction
+    in [0, 1]) as ``{train,val,test}/acc``.
+
+    ``data_keys``: ``("lmk", "frames_128")`` -- ``lmk`` because the DataModule cuts windows from it;
+    the crop size 128 must be one of ``preprocess.crop_sizes`` (params.yaml: [256, 128]). To use
+    another size, subclass or set ``data_keys`` and ``optim.frames_key`` consistently.
+    """
+
+    data_keys = ("lmk", "frames_128")
+    """Arrays the DataModule must load for this method (crop size must match params.yaml)."""
+
+    def __init__(self, net: dict | None = None, optim: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net_cfg = EmotionClassifierConfig.from_dict(dict(net or {}))
+        self.optim_cfg = EmotionTrainConfig(**(optim or {}))
+        self.net = EmotionClassifier(self.net_cfg)
+        n = self.net_cfg.n_emotions
+        self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, S, S, 3) uint8 -> logits (B, n_emotions)."""
+        return self.net(frames)
+
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (logits (B, n_emotions), cross-entropy loss scalar).
+
+        Raises:
+            KeyError: the batch lacks ``optim.frames_key`` (crop size not loaded).
+        """
+        key = self.optim_cfg.frames_key
+        if key not in batch:
+            raise KeyError(f"batch has no {key!r} (has {sorted(batch)}); data_keys / preprocess.crop_sizes mismatch")
+        logits = self.net(batch[key])
+        loss = F.cross_entropy(logits, batch["emotion"], label_smoothing=self.optim_cfg.label_smoothing)
+        return logits, loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits, loss = self.model_step(batch)
+        bs = len(batch["emotion"])
+        self.train_acc(logits, batch["emotion"])
+        self.log("train/total", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits, loss = self.model_step(batch)
+        bs = len(batch["emotion"])
+        self.val_acc(logits, batch["emotion"])
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("val/acc", self.val_acc, on_epoch=True, batch_size=bs)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        logits, loss = self.model_step(batch)
+        bs = len(batch["emotion"])
+        self.test_acc(logits, batch["emotion"])
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("test/acc", self.test_acc, on_epoch=True, batch_size=bs)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.optim_cfg.lr, weight_decay=self.optim_cfg.weight_decay)
+
+    def resolved_config(self) -> dict:
+        """The full network and optimisation config (for MLflow and ``models/<method>/config.json``)."""
+        net = asdict(self.net_cfg)
+        net["widths"] = list(net["widths"])
+        return {"net": net, "optim": asdict(self.optim_cfg), "data_keys": list(self.data_keys)}
