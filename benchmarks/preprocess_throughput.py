@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.datasets.crema_d import read_crema_d
 from pipeline.extract.clip import PreprocessConfig, process_clip
 from pipeline.extract.distribute import RayDistributor
 from pipeline.extract.landmarks import detect_face_mesh
@@ -22,15 +24,9 @@ from pipeline.extract.video import decode_video
 
 
 def crema_rows(root: Path) -> list[dict]:
-    """One row per CREMA-D-layout clip that has speech (9902_* are silent and would fail early)."""
-    rows = []
-    for video in sorted((root / "VideoFlash").glob("*.flv")):
-        if video.stem.startswith("9902_"):
-            continue
-        rows.append({"id": video.stem, "dataset": "crema_d", "video_path": str(video),
-                     "audio_path": str(root / "AudioWAV" / f"{video.stem}.wav"), "speaker": video.stem[:4],
-                     "sex": "", "emotion": "neutral", "intensity": 0, "sentence": video.stem[5:8], "split": "train"})
-    return rows
+    """Manifest rows of the CREMA-D-layout clips with speech (9902_* are silent and fail early)."""
+    rows, _ = read_crema_d(root)
+    return [asdict(r) for r in rows if not r.id.startswith("9902_")]
 
 
 def serial_job(rows: list[dict], cfg: PreprocessConfig) -> tuple[float, int, dict]:
