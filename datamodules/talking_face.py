@@ -52,13 +52,15 @@ def log_and_continue(err: Exception) -> bool:
 
 @dataclass(frozen=True)
 class SelectMembers:
-    """Tar member filter: only ``meta.json`` and the requested ``<key>.npy`` are read into memory."""
+    """Tar member filter: only ``meta.json``, the requested ``<key>.npy`` and the ``extra`` members
+    (e.g. ``"audio.wav"``) are read into memory."""
 
     keys: tuple[str, ...]
+    extra: tuple[str, ...] = ()
 
     def __call__(self, name: str) -> bool:
         suffix = name.split(".", 1)[-1]
-        return suffix == "meta.json" or suffix in {f"{k}.npy" for k in self.keys}
+        return suffix == "meta.json" or suffix in self.extra or suffix in {f"{k}.npy" for k in self.keys}
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,9 @@ class EmotionClassifierModule(L.LightningModule):
     """Trains :class:`EmotionClassifier` with cross-entropy; logs top-1 accuracy (micro, fraction
     in [0, 1]) as ``{train,val,test}/acc``.
 
-    ``data_keys``: ``("lmk", "frames_128")`` -- ``lmk`` because the DataModule cuts windows from it;
-    the crop size 128 must be one of ``preprocess.crop_sizes`` (params.yaml: [256, 128]). To use
-    another size, subclass or set ``data_keys`` and ``optim.frames_key`` consistently.
+    ``data_keys``: ``("lmk", optim.frames_key)`` -- ``lmk`` because the DataModule cuts windows
+    from it; the crop size must be one of ``preprocess.crop_sizes`` (params.yaml: [256, 128]).
     """
-
-    data_keys = ("lmk", "frames_128")
-    """Arrays the DataModule must load for this method (crop size must match params.yaml)."""
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()
@@ -65,6 +61,7 @@ class EmotionClassifierModule(L.LightningModule):
         self.net_cfg = EmotionClassifierConfig.from_dict(dict(net or {}))
         self.optim_cfg = EmotionTrainConfig(**(optim or {}))
         self.net = EmotionClassifier(self.net_cfg)
+        self.data_keys = ("lmk", self.optim_cfg.frames_key)  # arrays the DataModule loads
         n = self.net_cfg.n_emotions
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")

@@ -83,9 +83,8 @@ def evaluate(spec, out_dir: Path) -> dict:
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (run `dvc repro train@{spec.method}-{spec.dataset}`)")
     config = json.loads((spec.model_dir / "config.json").read_text())
-    module_cls = METHODS[spec.method]
-    model = module_cls.load_from_checkpoint(ckpt, map_location="cpu")
-    datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(spec.shard_dir), keys=module_cls.data_keys,
+    model = METHODS[spec.method].load_from_checkpoint(ckpt, map_location="cpu")
+    datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(spec.shard_dir), keys=model.data_keys,
                                                   seed=spec.seed, **spec.data))
     if not datamodule.urls("test"):
         raise FileNotFoundError(f"no test-*.tar shards in {spec.shard_dir}")

@@ -122,10 +122,9 @@ def build(spec: RunSpec):
     from datamodules.talking_face import DataConfig, TalkingFaceDataModule
     from lightning_modules import METHODS
 
-    module_cls = METHODS[spec.method]
-    datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(spec.shard_dir), keys=module_cls.data_keys,
+    model = METHODS[spec.method](**spec.method_params)
+    datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(spec.shard_dir), keys=model.data_keys,
                                                   seed=spec.seed, **spec.data))
-    model = module_cls(**spec.method_params)
     if hasattr(model, "fit_input_stats"):
         model.fit_input_stats(**{k: datamodule.training_arrays(k) for k in ("mfcc", "llf")})
     return model, datamodule

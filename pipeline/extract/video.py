@@ -154,3 +154,35 @@ def decode_video(
         source_size=(probe.width, probe.height),
         scale=frames.shape[2] / probe.width,
     )
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, wav: np.ndarray | None = None,
+              sample_rate: int = 16000) -> None:
+    """Write frames (and optionally mono audio) as an H.264/AAC MP4 with PyAV.
+
+    Args:
+        path: output file.
+        frames: (T, H, W, 3) uint8 RGB, H and W even.
+        fps: frame rate.
+        wav: (N,) float32 in [-1, 1] mono audio, or None for a silent video.
+        sample_rate: audio rate in Hz.
+    """
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        video.width, video.height = frames.shape[2], frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        audio = None
+        if wav is not None:
+            audio = container.add_stream("aac", rate=sample_rate)
+            audio.layout = "mono"
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode())
+        if audio is not None:
+            block = av.AudioFrame.from_ndarray(wav.astype(np.float32)[None], format="flt", layout="mono")
+            block.sample_rate = sample_rate
+            container.mux(audio.encode(block))
+            container.mux(audio.encode())

@@ -1,0 +1,302 @@
+"""Lip-sync error LSE-D / LSE-C (Prajwal et al. 2020) as torchmetrics ``Metric`` classes and functions.
+
+Definition (syncnet_python's ``calc_pdist`` / Wav2Lip's evaluation, re-implemented)
+----------------------------------------------------------------------------------
+For one clip let ``V[t]`` be the visual embedding of the 5-frame window starting at frame ``t`` and
+``A[t]`` the audio embedding of the matching 0.2 s of audio, ``t = 0 .. N-1``. For every offset
+``o`` in ``[-max_offset, max_offset]`` (default 15 frames = +-0.6 s)::
+
+    d[o] = mean over t with 0 <= t < N and 0 <= t + o < N of ||V[t] - A[t + o]||_2
+
+* **LSE-D** = ``min_o d[o]`` -- lower is better;
+* **LSE-C** = ``median_o d[o] - min_o d[o]`` -- higher is better (the "confidence");
+* the **offset** ``argmin_o d[o]``: a positive offset means the audio matching frame ``t`` sits at
+  window ``t + o`` (the audio lags the video by ``o`` frames).
+
+Dataset values are means over clips (each clip weighs the same, as in Wav2Lip's scripts).
+
+Differences from syncnet_python (read before comparing numbers)
+---------------------------------------------------------------
+* syncnet_python zero-pads the audio features and silently returns nothing for clips shorter
+  than about 100 frames; CREMA-D clips are about 2.5 s. Here only the overlapping positions enter
+  ``d[o]`` (no padding), so 2 s clips (50 frames, N = 46) work; a clip needs ``N > max_offset``
+  windows so that every offset has at least one overlapping position (else ``ValueError``).
+* The numbers depend on the evaluator network. With the public ``syncnet_v2`` weights distances
+  are between unnormalised 1024-d embeddings (papers report LSE-D ~ 6-8, LSE-C ~ 3-8). Our own
+  expert (:mod:`lightning_modules.networks.syncnet`) gives **unit-norm** embeddings, so its
+  distances lie in [0, 2] and its LSE values are not comparable with published numbers. Every
+  result therefore names its evaluator (:attr:`SyncEvaluator.name`), and the report must print it.
+
+State for DDP
+-------------
+The Metric classes accumulate float64 sums of per-clip LSE-D, LSE-C and |offset| and an int64
+clip count, all reduced by ``sum``: the result does not depend on how clips are split into
+``update`` calls or across ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = [
+    "LSEC",
+    "LSED",
+    "LSEResult",
+    "SYNCNET_V2_URL",
+    "SyncEvaluator",
+    "lip_sync_error",
+    "load_public_syncnet",
+    "sync_distances",
+]
+
+SYNCNET_V2_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
+"""Where syncnet_python's ``download_model.sh`` fetches ``syncnet_v2.model`` from."""
+
+
+def sync_distances(v: Tensor, a: Tensor, max_offset: int = 15) -> Tensor:
+    """Mean audio-visual embedding distance per offset, over overlapping positions only.
+
+    Args:
+        v: ``(N, D)`` or ``(B, N, D)`` visual embeddings (one per 5-frame window position).
+        a: audio embeddings of the same shape (window ``t`` of ``a`` matches window ``t`` of ``v``).
+        max_offset: largest |offset| in frames (syncnet_python: 15); needs ``N > max_offset``.
+
+    Returns:
+        ``(2 max_offset + 1,)`` or ``(B, 2 max_offset + 1)`` float64 distances ``d[o]``, index
+        ``o + max_offset``.
+    """
+    if v.shape != a.shape or v.ndim not in (2, 3):
+        raise ValueError(f"v and a must both be (N, D) or (B, N, D), got {tuple(v.shape)} and {tuple(a.shape)}")
+    if max_offset < 0:
+        raise ValueError(f"max_offset must be >= 0, got {max_offset}")
+    single = v.ndim == 2
+    v64, a64 = (v[None], a[None]) if single else (v, a)
+    v64, a64 = v64.double(), a64.double()
+    n = v64.shape[1]
+    if n <= max_offset:
+        raise ValueError(f"LSE needs more than max_offset={max_offset} window positions per clip, got {n} "
+                         f"(a clip of T frames has T - 4 positions)")
+    dist = torch.cdist(v64, a64)  # (B, N, N): dist[b, t, u] = ||V[t] - A[u]||
+    out = []
+    for o in range(-max_offset, max_offset + 1):
+        out.append(torch.diagonal(dist, offset=o, dim1=1, dim2=2).mean(dim=-1))  # u = t + o
+    d = torch.stack(out, dim=-1)
+    return d[0] if single else d
+
+
+@dataclass(frozen=True)
+class LSEResult:
+    """Per-clip lip-sync error.
+
+    Attributes:
+        lse_d: ``(B,)`` float64, ``min_o d[o]`` (lower is better).
+        lse_c: ``(B,)`` float64, ``median_o d[o] - min_o d[o]`` (higher is better, >= 0).
+        offset: ``(B,)`` int64, ``argmin_o d[o]`` in frames (0 = in sync).
+        distances: ``(B, 2 max_offset + 1)`` float64 ``d[o]``.
+    """
+
+    lse_d: Tensor
+    lse_c: Tensor
+    offset: Tensor
+    distances: Tensor
+
+
+def lip_sync_error(v: Tensor, a: Tensor, max_offset: int = 15) -> LSEResult:
+    """LSE-D, LSE-C and best offset of each clip (see the module docstring).
+
+    Args:
+        v, a: ``(N, D)`` (one clip) or ``(B, N, D)`` visual / audio embeddings.
+        max_offset: offsets searched, ``[-max_offset, max_offset]`` frames.
+
+    Returns:
+        :class:`LSEResult` with ``(B,)`` tensors (``B = 1`` for a single clip).
+    """
+    d = sync_distances(v, a, max_offset)
+    d = d[None] if d.ndim == 1 else d
+    lse_d, idx = d.min(dim=-1)
+    # torch.median returns the lower of the two middle values; 2 max_offset + 1 is odd -> exact
+    lse_c = d.median(dim=-1).values - lse_d
+    return LSEResult(lse_d=lse_d, lse_c=lse_c, offset=idx - max_offset, distances=d)
+
+
+def _lse_update(v: Tensor, a: Tensor, max_offset: int = 15) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sums over the clips of one update: ``(sum_lse_d, sum_lse_c, sum_abs_offset)`` float64 and
+    ``count`` int64."""
+    r = lip_sync_error(v, a, max_offset)
+    return (r.lse_d.sum(), r.lse_c.sum(), r.offset.abs().double().sum(),
+            torch.tensor(r.lse_d.numel(), dtype=torch.long, device=r.lse_d.device))
+
+
+def _lse_compute(sum_value: Tensor, count: Tensor) -> Tensor:
+    """Mean over clips (float32; NaN when nothing was accumulated)."""
+    if int(count) == 0:
+        return torch.tensor(float("nan"))
+    return (sum_value / count).float()
+
+
+class _LSEBase(Metric):
+    """Shared state: float64 sums of per-clip LSE-D, LSE-C, |offset| and the int64 clip count
+    (all reduced by ``sum`` across DDP ranks)."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    sum_lse_d: Tensor
+    sum_lse_c: Tensor
+    sum_abs_offset: Tensor
+    count: Tensor
+
+    def __init__(self, max_offset: int = 15, **kwargs: Any):
+        super().__init__(**kwargs)
+        if max_offset < 0:
+            raise ValueError(f"max_offset must be >= 0, got {max_offset}")
+        self.max_offset = int(max_offset)
+        for name in ("sum_lse_d", "sum_lse_c", "sum_abs_offset"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, v: Tensor, a: Tensor) -> None:
+        """Add clips: ``v``, ``a`` are ``(N, D)`` (one clip) or ``(B, N, D)`` embeddings; clips
+        of different lengths go in separate calls."""
+        sd, sc, so, n = _lse_update(v, a, self.max_offset)
+        self.sum_lse_d += sd.to(self.sum_lse_d)
+        self.sum_lse_c += sc.to(self.sum_lse_c)
+        self.sum_abs_offset += so.to(self.sum_abs_offset)
+        self.count += n.to(self.count.device)
+
+    def mean_abs_offset(self) -> Tensor:
+        """Mean |best offset| in frames over the clips seen (0 for perfectly synced clips)."""
+        return _lse_compute(self.sum_abs_offset, self.count)
+
+
+class LSED(_LSEBase):
+    """LSE-D: mean over clips of the minimum (over offsets +-``max_offset``) mean audio-visual
+    embedding distance. Lower is better. See :func:`lip_sync_error`.
+
+    ``update(v, a)``: embeddings ``(N, D)`` or ``(B, N, D)`` with ``N > max_offset``;
+    ``compute()``: float32 scalar (NaN before any update).
+    """
+
+    higher_is_better = False
+
+    def compute(self) -> Tensor:
+        return _lse_compute(self.sum_lse_d, self.count)
+
+
+class LSEC(_LSEBase):
+    """LSE-C: mean over clips of ``median_o d[o] - min_o d[o]`` (sync confidence). Higher is
+    better. See :func:`lip_sync_error`.
+
+    ``update(v, a)``: as :class:`LSED`; ``compute()``: float32 scalar >= 0 (NaN before any update).
+    """
+
+    higher_is_better = True
+
+    def compute(self) -> Tensor:
+        return _lse_compute(self.sum_lse_c, self.count)
+
+
+class SyncEvaluator:
+    """Scores clips for lip sync with an expert SyncNet and names the evaluator.
+
+    Args:
+        net: a :class:`lightning_modules.networks.syncnet.SyncNet` (put in eval mode here).
+        name: the evaluator's label for reports / MLflow, e.g.
+            ``"own expert SyncNet trained on crema_d"`` or ``"public syncnet_v2 weights"``.
+        max_offset: offsets searched (frames).
+        chunk: windows embedded per forward pass (bounds memory).
+
+    ``embed(frames, mel)``: ``(T, S, S, 3)`` uint8 RGB crops and ``(M, 80)`` mel (row 0 = frame 0)
+    -> ``(V, A)``, each ``(N, D)`` float32, ``N = T - 4``.
+    ``score(frames, mel)``: dict ``{"lse_d", "lse_c", "offset", "evaluator"}`` for one clip.
+    ``update(metrics, frames, mel)`` feeds :class:`LSED` / :class:`LSEC` objects.
+    """
+
+    def __init__(self, net: torch.nn.Module, name: str, max_offset: int = 15, chunk: int = 256):
+        if not name:
+            raise ValueError("SyncEvaluator needs a name saying which evaluator produced the numbers")
+        self.net = net.eval()
+        self.name = name
+        self.max_offset = int(max_offset)
+        self.chunk = int(chunk)
+
+    @classmethod
+    def own_expert(cls, net: torch.nn.Module, dataset: str, **kwargs: Any) -> SyncEvaluator:
+        """Evaluator labelled ``"own expert SyncNet trained on <dataset>"``."""
+        return cls(net, f"own expert SyncNet trained on {dataset}", **kwargs)
+
+    @torch.no_grad()
+    def embed(self, frames: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-window visual and audio embeddings ``(N, D)`` of one clip (see the class doc)."""
+        from lightning_modules.networks.syncnet import clip_windows
+
+        device = next(self.net.parameters()).device
+        frames, mel = torch.as_tensor(frames), torch.as_tensor(mel)
+        faces, mels = clip_windows(frames, mel)
+        vs, as_ = [], []
+        for i in range(0, len(faces), self.chunk):
+            vs.append(self.net.embed_face(faces[i:i + self.chunk].to(device)))
+            as_.append(self.net.embed_audio(mels[i:i + self.chunk].to(device)))
+        return torch.cat(vs), torch.cat(as_)
+
+    def score(self, frames: Tensor, mel: Tensor) -> dict:
+        """LSE-D, LSE-C (floats), best offset (int, frames) and the evaluator name for one clip."""
+        v, a = self.embed(frames, mel)
+        r = lip_sync_error(v, a, self.max_offset)
+        return {"lse_d": float(r.lse_d[0]), "lse_c": float(r.lse_c[0]), "offset": int(r.offset[0]),
+                "evaluator": self.name}
+
+    def update(self, metrics: list[_LSEBase] | tuple[_LSEBase, ...], frames: Tensor, mel: Tensor) -> None:
+        """Embed one clip and add it to every metric in ``metrics``."""
+        v, a = self.embed(frames, mel)
+        for m in metrics:
+            m.update(v, a)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_public_syncnet(path: str | Path, sha256: str | None = None):
+    """Load the public syncnet_python evaluator weights (``syncnet_v2.model``).
+
+    Args:
+        path: local file, e.g. ``models/third_party/syncnet_v2.model`` (nothing is downloaded).
+        sha256: expected hex digest; checked when given.
+
+    Raises:
+        FileNotFoundError: the file is missing; the message says what to download and where.
+        ValueError: the checksum does not match.
+        NotImplementedError: always when the file is present and valid -- syncnet_python's
+            network (``SyncNetInstance``, input: 13 MFCCs x 20 steps and grey-scale 5-frame mouth
+            crops of 224 px, 1024-d unnormalised embeddings) is **not** ported here; scores with it
+            must come from running syncnet_python itself. Use :class:`SyncEvaluator` with our own
+            expert meanwhile and label the numbers accordingly.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"public SyncNet weights not found at {path}. Download syncnet_v2.model from the "
+            f"syncnet_python repository (https://github.com/joonson/syncnet_python, "
+            f"download_model.sh -> {SYNCNET_V2_URL}) on a machine with internet access and copy it "
+            f"to {path} (then set its sha256 in params). Without it, LSE is computed with our own "
+            f"expert SyncNet and labelled 'own expert SyncNet trained on <dataset>'.")
+    if sha256 is not None:
+        got = _sha256(path)
+        if got.lower() != sha256.lower():
+            raise ValueError(f"{path}: sha256 {got} does not match the expected {sha256}")
+    raise NotImplementedError(
+        f"{path} exists, but the syncnet_python architecture (MFCC audio input, grey-scale 224 px "
+        f"mouth crops) is not ported to this project; run syncnet_python on the generated videos "
+        f"or evaluate with SyncEvaluator.own_expert(...)")

@@ -1,0 +1,52 @@
+"""The one interface every video-generating method implements, and the copy-the-reference baseline.
+
+The evaluation protocol renders each test clip from ONE reference frame (the clip's first frame),
+the clip's own audio (mel) and its emotion label, then compares the rendering with the real clip.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class VideoGenerator(Protocol):
+    """What ``pipeline.evaluate_video`` needs from a method."""
+
+    def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
+                 n_frames: int) -> torch.Tensor:
+        """Render talking-face frames.
+
+        Args:
+            reference: (B, S, S, 3) uint8 RGB, one aligned face crop per clip.
+            mel: (B, M, 80) float32 in [-4, 4], the driving audio's log-mel at 80 frames/s
+                (M >= floor(3.2 * n_frames)).
+            emotion: (B,) int64 in [0, 8), the target emotion (``pipeline.vocab.EMOTIONS``).
+            n_frames: frames to render at 25 fps.
+
+        Returns:
+            (B, n_frames, S, S, 3) uint8 RGB.
+        """
+        ...
+
+
+class CopyReference(nn.Module):
+    """Baseline that repeats the reference frame: no lip motion, perfect identity.
+
+    It gives every metric a floor (PSNR/SSIM of a still face, LSE of a closed mouth, EmoAcc of the
+    reference expression) that a real method must beat.
+    """
+
+    def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
+                 n_frames: int) -> torch.Tensor:
+        """See :meth:`VideoGenerator.generate`; ``mel`` and ``emotion`` are ignored."""
+        if reference.dim() != 4 or reference.shape[-1] != 3:
+            raise ValueError(f"reference must be (B, S, S, 3), got {tuple(reference.shape)}")
+        return reference[:, None].expand(-1, n_frames, -1, -1, -1).contiguous()
+
+
+GENERATORS: dict[str, type] = {"copy_reference": CopyReference}
+"""Video-generating methods that need no training; trained ones load from their checkpoints."""

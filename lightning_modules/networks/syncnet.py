@@ -1,0 +1,309 @@
+"""Wav2Lip-style expert lip-sync discriminator ("SyncNet"), a plain ``nn.Module``.
+
+Sources
+-------
+* Paper 000 (emotion-controllable lip-sync CDVAE), section 2.1, eq. 4-5: the lip-sync loss is the
+  cosine similarity of "ReLU-activated video and speech embeddings" ``v`` and ``s`` read as the
+  probability of synchronisation, ``P_sync = v.s / max(|v| |s|, eps)`` (eq. 4), trained / applied
+  with binary cross-entropy ``E_sync = mean(-log P_sync)`` (eq. 5, the positive-pair term).
+* Prajwal et al., "A Lip Sync Expert Is All You Need" (Wav2Lip, ACM MM 2020), which paper 000
+  cites as [6]: the expert sees the **lower half** of **5 consecutive frames** stacked on the
+  channel axis (15 channels) and the **matching 0.2 s of mel spectrogram** (16 rows at 80 Hz),
+  trained on in-sync (label 1) and off-sync (label 0) pairs with BCE on the cosine similarity.
+
+Tensors and conventions
+-----------------------
+* Frames: ``(B, T, S, S, 3)`` uint8 RGB aligned face crops (``frames_<S>`` of the DataModule).
+  The face encoder input is ``(B, 15, S/2, S)`` float32 in [0, 1]: rows ``S/2 .. S`` (mouth half)
+  of frames ``t .. t+4``, channel order ``[f0 R, f0 G, f0 B, f1 R, ...]`` (frame-major).
+* Mel: ``(B, M, 80)`` float32 in [-4, 4] (Wav2Lip convention, 16 kHz, hop 200, 80 rows/s; video
+  frame ``t`` at 25 fps starts at row ``int(3.2 t) == (16 t) // 5``). The audio encoder input is
+  ``(B, 1, 80, 16)`` (mel bins x time), scaled to [-1, 1] inside the encoder.
+* Embeddings: ``(B, D)`` float32, L2-normalised (unit norm; all-zero only if every ReLU output is
+  zero, see :func:`sync_probability`).
+
+Sizes
+-----
+The default :class:`SyncNetConfig` is Wav2Lip-sized (6 stride-2 stages 32..512 channels, 512-d
+embeddings, about 12 M parameters at ``crop_size=128``); tests use e.g.
+``SyncNetConfig(crop_size=64, face_channels=(8, 16, 32), audio_channels=(8, 16, 32), embed_dim=32)``.
+Wav2Lip's own expert uses plain 3x3 conv blocks with residual connections on 96 px crops; ours
+uses the same kind of blocks (conv + BatchNorm + ReLU, stride 2) and a linear projection of the
+flattened last feature map, which works for any crop size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MEL_ROWS_PER_FRAME",
+    "SYNC_FRAMES",
+    "SYNC_MEL_ROWS",
+    "SyncNet",
+    "SyncNetConfig",
+    "clip_windows",
+    "face_windows",
+    "mel_start",
+    "mel_windows",
+    "sync_loss",
+    "sync_probability",
+]
+
+SYNC_FRAMES = 5
+"""Video frames per sync window (0.2 s at 25 fps)."""
+SYNC_MEL_ROWS = 16
+"""Mel rows per sync window (0.2 s at 80 Hz)."""
+MEL_ROWS_PER_FRAME = 3.2
+"""Mel rows per video frame (80 Hz / 25 fps)."""
+
+
+def mel_start(frame: Tensor | int) -> Tensor | int:
+    """First mel row of video frame ``frame``: ``int(3.2 * frame)`` computed exactly as ``16 f // 5``
+    (the same rows the DataModule's windows use). Works on ints and integer tensors."""
+    return (16 * frame) // 5
+
+
+@dataclass
+class SyncNetConfig:
+    """Architecture of :class:`SyncNet` (``train.methods.syncnet.net`` in params.yaml).
+
+    Attributes:
+        crop_size: S, side of the square face crops (``frames_<S>``); must be even and >= 8.
+            The DataModule key the method loads must be ``frames_<crop_size>``.
+        face_channels: output channels of the stride-2 conv stages of the face encoder
+            (Wav2Lip-sized default: 32, 64, 128, 256, 512, 512).
+        audio_channels: output channels of the stride-2 conv stages of the audio encoder.
+        embed_dim: D, size of both embeddings (Wav2Lip: 512).
+        prob_mode: how eq. 4's cosine becomes a probability in [0, 1]:
+            ``"relu"`` (paper 000 / Wav2Lip): embeddings pass a ReLU before L2 normalisation, so
+            the cosine of two non-negative vectors is already in [0, 1];
+            ``"affine"``: no ReLU, ``P = (1 + cos) / 2``.
+    """
+
+    crop_size: int = 128
+    face_channels: tuple[int, ...] = (32, 64, 128, 256, 512, 512)
+    audio_channels: tuple[int, ...] = (32, 64, 128, 256, 512, 512)
+    embed_dim: int = 512
+    prob_mode: str = "relu"
+
+    def __post_init__(self) -> None:
+        self.face_channels = tuple(int(c) for c in self.face_channels)
+        self.audio_channels = tuple(int(c) for c in self.audio_channels)
+        if self.crop_size < 8 or self.crop_size % 2:
+            raise ValueError(f"syncnet.net.crop_size must be even and >= 8, got {self.crop_size}")
+        for name in ("face_channels", "audio_channels"):
+            chans = getattr(self, name)
+            if not chans or min(chans) < 1:
+                raise ValueError(f"syncnet.net.{name} must be a non-empty list of positive ints, got {chans}")
+        if self.embed_dim < 1:
+            raise ValueError(f"syncnet.net.embed_dim must be >= 1, got {self.embed_dim}")
+        if self.prob_mode not in ("relu", "affine"):
+            raise ValueError(f"syncnet.net.prob_mode must be 'relu' or 'affine', got {self.prob_mode!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SyncNetConfig:
+        """Build from a params dict; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown syncnet.net keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists instead of tuples) for JSON / MLflow."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _conv_stack(in_ch: int, channels: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, out_ch in enumerate(channels):
+        k = 5 if i == 0 else 3
+        layers += [nn.Conv2d(in_ch, out_ch, k, stride=2, padding=k // 2, bias=False),
+                   nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+        in_ch = out_ch
+    return nn.Sequential(*layers)
+
+
+class _Encoder(nn.Module):
+    """Conv stack -> flatten -> linear -> (ReLU) -> L2 normalisation."""
+
+    def __init__(self, in_ch: int, in_hw: tuple[int, int], channels: tuple[int, ...], dim: int, relu: bool):
+        super().__init__()
+        self.convs = _conv_stack(in_ch, channels)
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, in_ch, *in_hw)).numel()
+        self.proj = nn.Linear(flat, dim)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.proj(self.convs(x).flatten(1))
+        if self.relu:
+            z = F.relu(z)
+        return F.normalize(z, dim=1, eps=1e-8)
+
+
+class SyncNet(nn.Module):
+    """Expert lip-sync network: face windows and mel windows -> unit-norm embeddings.
+
+    ``forward(faces, mels) -> (v, s)``:
+        faces: ``(B, 15, S/2, S)`` float32 in [0, 1] (see :func:`face_windows`);
+        mels: ``(B, 1, 80, 16)`` float32 in [-4, 4] (see :func:`mel_windows`);
+        returns video and speech embeddings, each ``(B, D)`` float32 with unit L2 norm
+        (non-negative entries when ``prob_mode == "relu"``).
+
+    :meth:`embed_face` / :meth:`embed_audio` compute either side alone (used by the LSE
+    evaluator). Probabilities and the loss: :func:`sync_probability`, :func:`sync_loss`.
+    """
+
+    def __init__(self, cfg: SyncNetConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or SyncNetConfig()
+        relu = self.cfg.prob_mode == "relu"
+        s = self.cfg.crop_size
+        self.face_encoder = _Encoder(3 * SYNC_FRAMES, (s // 2, s), self.cfg.face_channels, self.cfg.embed_dim, relu)
+        self.audio_encoder = _Encoder(1, (80, SYNC_MEL_ROWS), self.cfg.audio_channels, self.cfg.embed_dim, relu)
+
+    def embed_face(self, faces: Tensor) -> Tensor:
+        """``(B, 15, S/2, S)`` in [0, 1] -> ``(B, D)`` unit-norm video embeddings."""
+        s = self.cfg.crop_size
+        if faces.ndim != 4 or faces.shape[1:] != (3 * SYNC_FRAMES, s // 2, s):
+            raise ValueError(f"faces must be (B, 15, {s // 2}, {s}), got {tuple(faces.shape)}")
+        return self.face_encoder(faces * 2.0 - 1.0)
+
+    def embed_audio(self, mels: Tensor) -> Tensor:
+        """``(B, 1, 80, 16)`` mel in [-4, 4] -> ``(B, D)`` unit-norm speech embeddings."""
+        if mels.ndim != 4 or mels.shape[1:] != (1, 80, SYNC_MEL_ROWS):
+            raise ValueError(f"mels must be (B, 1, 80, {SYNC_MEL_ROWS}), got {tuple(mels.shape)}")
+        return self.audio_encoder(mels / 4.0)
+
+    def forward(self, faces: Tensor, mels: Tensor) -> tuple[Tensor, Tensor]:
+        return self.embed_face(faces), self.embed_audio(mels)
+
+    def probability(self, v: Tensor, s: Tensor) -> Tensor:
+        """:func:`sync_probability` with this network's ``prob_mode``."""
+        return sync_probability(v, s, self.cfg.prob_mode)
+
+
+def _as_starts(start: Tensor | int, batch: int, device: torch.device) -> Tensor:
+    start = torch.as_tensor(start, device=device, dtype=torch.long)
+    if start.ndim == 0:
+        start = start.expand(batch)
+    if start.shape != (batch,):
+        raise ValueError(f"start must be an int or a (B,) tensor with B={batch}, got shape {tuple(start.shape)}")
+    return start
+
+
+def face_windows(frames: Tensor, start: Tensor | int) -> Tensor:
+    """Cut 5-frame lower-half windows from a batch of clips.
+
+    Args:
+        frames: ``(B, T, S, S, 3)`` uint8 RGB crops (or float in [0, 1]).
+        start: first frame, an int or ``(B,)`` int64 tensor, ``0 <= start <= T - 5``.
+
+    Returns:
+        ``(B, 15, S/2, S)`` float32 in [0, 1]: rows ``S/2 .. S`` of frames ``start .. start+4``,
+        frame-major channel order (the SyncNet face input).
+    """
+    b, t, h, w, c = frames.shape
+    start = _as_starts(start, b, frames.device)
+    if int(start.min()) < 0 or int(start.max()) > t - SYNC_FRAMES:
+        raise ValueError(f"face window starts must lie in [0, {t - SYNC_FRAMES}], got {start.tolist()}")
+    idx = start[:, None] + torch.arange(SYNC_FRAMES, device=frames.device)  # (B, 5)
+    win = frames[torch.arange(b, device=frames.device)[:, None], idx, h // 2:]  # (B, 5, S/2, S, 3)
+    win = win.permute(0, 1, 4, 2, 3).reshape(b, SYNC_FRAMES * c, h - h // 2, w)
+    return win.float() / 255.0 if frames.dtype == torch.uint8 else win.float()
+
+
+def mel_windows(mel: Tensor, start: Tensor | int) -> Tensor:
+    """Cut the 16-row mel windows matching 5-frame windows that start at video frame ``start``.
+
+    Args:
+        mel: ``(B, M, 80)`` float32 in [-4, 4], row 0 = video frame 0.
+        start: first *video* frame, an int or ``(B,)`` int64 tensor; the window takes rows
+            ``(16 start) // 5 .. + 16`` which must lie inside ``M``.
+
+    Returns:
+        ``(B, 1, 80, 16)`` float32 (mel bins x time), the SyncNet audio input.
+    """
+    b, m, n_mels = mel.shape
+    start = _as_starts(start, b, mel.device)
+    rows = mel_start(start)
+    if int(rows.min()) < 0 or int(rows.max()) + SYNC_MEL_ROWS > m:
+        raise ValueError(f"mel windows for frame starts {start.tolist()} exceed the {m} mel rows")
+    idx = rows[:, None] + torch.arange(SYNC_MEL_ROWS, device=mel.device)  # (B, 16)
+    win = mel[torch.arange(b, device=mel.device)[:, None], idx]  # (B, 16, 80)
+    return win.transpose(1, 2).unsqueeze(1).float()
+
+
+def clip_windows(frames: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+    """All aligned window pairs of one clip, one per frame position.
+
+    Args:
+        frames: ``(T, S, S, 3)`` uint8 RGB crops of one clip.
+        mel: ``(M, 80)`` float32 mel of the same clip (row 0 = frame 0).
+
+    Returns:
+        ``faces (N, 15, S/2, S)`` and ``mels (N, 1, 80, 16)`` for window starts ``t = 0 .. N-1``,
+        where ``N`` is the number of positions where both the 5 frames and the 16 mel rows exist
+        (``N = T - 4`` when ``M >= floor(3.2 T)``).
+    """
+    t_frames, m = frames.shape[0], mel.shape[0]
+    n = t_frames - SYNC_FRAMES + 1
+    while n > 0 and mel_start(n - 1) + SYNC_MEL_ROWS > m:
+        n -= 1
+    if n < 1:
+        raise ValueError(f"clip too short for one sync window: {t_frames} frames, {m} mel rows")
+    starts = torch.arange(n, device=frames.device)
+    faces = face_windows(frames[None].expand(n, *frames.shape), starts)
+    mels = mel_windows(mel[None].expand(n, *mel.shape), starts)
+    return faces, mels
+
+
+def sync_probability(v: Tensor, s: Tensor, mode: str = "relu", eps: float = 1e-8) -> Tensor:
+    """Probability that video and speech embeddings are in sync (paper 000, eq. 4).
+
+    ``cos = v.s / max(|v| |s|, eps)``; ``mode="relu"`` (paper 000 / Wav2Lip: the embeddings are
+    ReLU-activated, hence ``cos`` is in [0, 1]; clamped for safety), ``mode="affine"``:
+    ``(1 + cos) / 2`` for embeddings of any sign.
+
+    Args:
+        v, s: ``(..., D)`` float embeddings (broadcastable).
+
+    Returns:
+        ``(...)`` float tensor in [0, 1].
+    """
+    cos = F.cosine_similarity(v, s, dim=-1, eps=eps)
+    if mode == "relu":
+        return cos.clamp(0.0, 1.0)
+    if mode == "affine":
+        return ((1.0 + cos) / 2.0).clamp(0.0, 1.0)
+    raise ValueError(f"mode must be 'relu' or 'affine', got {mode!r}")
+
+
+def sync_loss(v: Tensor, s: Tensor, labels: Tensor, mode: str = "relu", weight: Tensor | None = None,
+              eps: float = 1e-7) -> Tensor:
+    """Binary cross-entropy on the sync probability (paper 000, eq. 5; Wav2Lip's expert loss).
+
+    ``loss = mean_i -[y_i log P_i + (1 - y_i) log(1 - P_i)]``, ``P`` from :func:`sync_probability`
+    clamped to ``[eps, 1 - eps]``. For ``labels == 1`` everywhere this is eq. 5 exactly (the
+    generator's lip-sync loss); with 0/1 labels it trains the expert.
+
+    Args:
+        v, s: ``(..., D)`` embeddings; labels: ``(...)`` float/bool/int in {0, 1};
+        weight: optional ``(...)`` non-negative per-pair weights (weighted mean; e.g. to balance
+            positives and negatives or mask ambiguous pairs with 0).
+
+    Returns:
+        float32 scalar >= 0.
+    """
+    p = sync_probability(v, s, mode).clamp(eps, 1.0 - eps)
+    y = labels.to(p.dtype).expand_as(p)
+    if weight is None:
+        return F.binary_cross_entropy(p, y)
+    w = weight.to(p.dtype).expand_as(p)
+    return (F.binary_cross_entropy(p, y, reduction="none") * w).sum() / w.sum().clamp_min(eps)

