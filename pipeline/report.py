@@ -113,6 +113,10 @@ def _read_metrics_file(path: Path) -> dict[str, Any]:
     record["metrics"] = {k: v for k, v in metrics.items() if v is not None}
     record["evaluators"] = _check_str_map(data.get("evaluators"), where, "evaluators")
     record["missing"] = _check_str_map(data.get("missing"), where, "missing")
+    protocol = data.get("protocol") or {}
+    if not isinstance(protocol, dict):
+        raise ReportError(f"{where}: 'protocol' must be an object (e.g. the FID protocol)")
+    record["protocol"] = protocol
     for field in ("n_clips", "n_windows"):
         value = data.get(field)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -296,7 +300,7 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
                                    "evaluator": record["evaluators"].get(metric)})
             n_clips = record["n_clips"]
             runs.append({key: record[key] for key in ("method", "split", "n_clips", "n_windows", "checkpoint",
-                                                      "mlflow_run_id", "path")}
+                                                      "mlflow_run_id", "path", "protocol")}
                         | {"comparable": n_clips is not None and n_clips >= MIN_COMPARABLE_CLIPS})
         sources: dict[tuple[str, str], dict[str, Any]] = {}
         notes: dict[str, list[str]] = {}
@@ -362,6 +366,8 @@ def _markdown(report: dict[str, Any]) -> str:
                     line += (f". Measured on the sample data (fewer than {MIN_COMPARABLE_CLIPS} clips): "
                              "not comparable to the paper.")
                 lines.append(line)
+                if run["protocol"]:  # e.g. the FID protocol: resize, layer, frames, weights checksum
+                    lines.append("  - protocol: " + "; ".join(f"{k}: {v}" for k, v in run["protocol"].items()))
             lines.append("")
         if section["sources"]:
             lines += ["Paper rows come from:", ""]

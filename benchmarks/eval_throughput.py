@@ -1,0 +1,81 @@
+"""Evaluation throughput of each metric on CPU (a benchmark script, not a test).
+
+    python benchmarks/eval_throughput.py [--frames 64] [--size 128]
+
+Scores real aligned crops (decoded from a sample clip, resized to --size) against a noisy copy
+and prints frames/s per metric. LSE and EmoAcc use freshly initialised networks of the
+params.yaml sizes (throughput does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from eval_metrics.emotion import EmotionAccuracy
+from eval_metrics.image import CPBD, FramePSNR, FrameSSIM, fid_metric
+from eval_metrics.landmarks import LandmarkMetrics
+from eval_metrics.sync import LSEC, LSED, SyncEvaluator
+from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
+from lightning_modules.networks.syncnet import SyncNet, SyncNetConfig
+from pipeline.extract.video import decode_video
+
+
+def timed(name: str, n_frames: int, fn) -> None:
+    fn()  # warm-up
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    print(f"  {name:<8} {n_frames / seconds:9.1f} frames/s  ({seconds:.2f} s for {n_frames} frames)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args()
+    methods = yaml.safe_load(open("params.yaml"))["train"]["methods"]
+
+    clip = decode_video(args.shared / "talking-clips/sadtalker/WDA_KatieHill_000.mp4").frames[: args.frames]
+    real = torch.from_numpy(np.stack([cv2.resize(f, (args.size, args.size), interpolation=cv2.INTER_AREA)
+                                      for f in clip]))  # (N, S, S, 3) uint8
+    noise = torch.randint(-12, 13, real.shape, generator=torch.Generator().manual_seed(0))
+    fake = (real.int() + noise).clamp(0, 255).to(torch.uint8)
+    n = len(real)
+    real_chw, fake_chw = real.permute(0, 3, 1, 2), fake.permute(0, 3, 1, 2)
+    mel = torch.rand(n * 16 // 5 + 16, 80) * 8 - 4
+    print(f"{n} frames of {args.size}x{args.size}, {torch.get_num_threads()} torch threads")
+
+    timed("PSNR", n, lambda: FramePSNR().update(fake_chw, real_chw))
+    timed("SSIM", n, lambda: FrameSSIM().update(fake_chw.float() / 255, real_chw.float() / 255))
+    timed("CPBD", n, lambda: CPBD().update(fake_chw))
+    try:
+        fid = fid_metric()
+        timed("FID", 2 * n, lambda: (fid.update(real_chw, real=True), fid.update(fake_chw, real=False)))
+    except FileNotFoundError as err:
+        print(f"  FID      missing: {err}")
+    sync = SyncEvaluator(SyncNet(SyncNetConfig.from_dict({**methods["syncnet"]["net"], "crop_size": args.size})),
+                         "untrained SyncNet (timing only)")
+    timed("LSE", n, lambda: sync.update([LSED(), LSEC()], fake, mel))
+    classifier = EmotionClassifier(EmotionClassifierConfig.from_dict(methods["emotion_classifier"]["net"])).eval()
+    timed("EmoAcc", n, lambda: EmotionAccuracy(classifier.predict_proba, "untrained").update([fake], torch.tensor([0])))
+    try:
+        from eval_metrics.identity import CSIM, DlibFaceEmbedder
+
+        csim = CSIM(DlibFaceEmbedder())
+        timed("CSIM", n, lambda: csim.update(fake[None], real[:1]))
+    except (FileNotFoundError, ImportError) as err:
+        print(f"  CSIM     missing: {err}")
+    lmk = torch.rand(1, n, 68, 2) * args.size
+    timed("LD/LVD", n, lambda: LandmarkMetrics().update(lmk + torch.randn_like(lmk), lmk))
+
+
+if __name__ == "__main__":
+    main()
