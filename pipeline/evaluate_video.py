@@ -118,25 +118,72 @@ class _DecodeWithAudio(DecodeSample):
         return out
 
 
+def load_generator(method: str, dataset: str):
+    """A baseline from ``GENERATORS``, or a trained method's ``models/<method>/<dataset>/last.ckpt``.
+
+    Raises:
+        ParamsError: the method is neither, or cannot generate video.
+        FileNotFoundError: the trained method has no checkpoint yet.
+    """
+    from lightning_modules import METHODS
+    from lightning_modules.generation import GENERATORS
+
+    if method in GENERATORS:
+        return GENERATORS[method]()
+    if method not in METHODS or not hasattr(METHODS[method], "generate"):
+        known = sorted(GENERATORS) + sorted(m for m, c in METHODS.items() if hasattr(c, "generate"))
+        raise ParamsError(f"evaluate.video_methods: {method!r} is not a video-generating method (known: {', '.join(known)})")
+    ckpt = Path("models") / method / dataset / "last.ckpt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt} (run `dvc repro train_generator@{method}-{dataset}`)")
+    return METHODS[method].load_from_checkpoint(ckpt, map_location="cpu").eval()
+
+
+def _baselines() -> set[str]:
+    from lightning_modules.generation import GENERATORS
+
+    return set(GENERATORS)
+
+
+@torch.no_grad()
+def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: int = 6) -> Path:
+    """Emotion control (paper 000 Fig. 2): the clip's reference and audio rendered with each of
+    CREMA-D's six emotions; rows = emotions, columns = every 4th frame. Saved as a PNG."""
+    import cv2
+
+    from pipeline.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
+
+    real = torch.from_numpy(clip[frames_key])
+    mel = torch.from_numpy(clip["mel"])[None]
+    rows = []
+    for name in CREMA_D_EMOTIONS.values():
+        frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames)[0]
+        row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
+        cv2.putText(row, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        rows.append(row)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    return path
+
+
 def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> dict:
     """Render and score the test split; returns the metrics.json content."""
-    from lightning_modules.generation import GENERATORS
     from pipeline.extract.video import write_mp4
 
-    if method not in GENERATORS:
-        raise ParamsError(f"evaluate.video_methods: unknown method {method!r} (known: {', '.join(GENERATORS)})")
+    generator = load_generator(method, dataset)
     frames_key = f"frames_{get(params, 'evaluate.crop_size', int, default=128)}"
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
-    generator = GENERATORS[method]()
     evaluators = Evaluators(params, dataset)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
+    first_clip = None
     for clip in test_clips(shard_dir, frames_key):
+        first_clip = first_clip or clip
         real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
         mel = torch.from_numpy(clip["mel"])
         emotion = clip["meta"]["emotion_id"]
-        generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real))[0]
+        with torch.no_grad():
+            generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real))[0]
         evaluators.update(generated, real, real[0], mel, emotion)
         n_clips += 1
         if len(videos) < n_videos:
@@ -145,6 +192,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
             videos.append(path)
     if n_clips == 0:
         raise FileNotFoundError(f"no test clips in {shard_dir}")
+    if isinstance(generator, torch.nn.Module) and method not in _baselines():
+        videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     result = {"method": method, "dataset": dataset, "split": "test", "metrics": evaluators.compute(),
               "evaluators": evaluators.evaluators, "missing": evaluators.missing, "n_clips": n_clips,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",

@@ -101,7 +101,7 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
         DataConfig(shard_dir=str(shard_dir), **data)
     except (TypeError, ValueError) as err:
         raise ParamsError(f"train.data: {err}") from err
-    method_params = dict(get(params, f"train.methods.{method}", dict))
+    method_params = _with_dataset(dict(get(params, f"train.methods.{method}", dict)), dataset)
     try:
         METHODS[method](**method_params)
     except (TypeError, ValueError) as err:
@@ -115,6 +115,15 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
         tracking_uri=get(params, "mlflow.tracking_uri", str, default="sqlite:///mlflow.db"),
         experiment=get(params, "mlflow.experiment", str, default="emotional-talking-face"),
     )
+
+
+def _with_dataset(value, dataset: str):
+    """Replace ``{dataset}`` in every string of a params tree (e.g. ``models/syncnet/{dataset}/last.ckpt``)."""
+    if isinstance(value, dict):
+        return {k: _with_dataset(v, dataset) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_dataset(v, dataset) for v in value]
+    return value.replace("{dataset}", dataset) if isinstance(value, str) else value
 
 
 def build(spec: RunSpec):

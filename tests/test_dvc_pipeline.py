@@ -74,6 +74,13 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
     report = (repo_copy / "report/report.md").read_text()
     assert f"{metrics['metrics']['mouth_ld']:.3f}" in report and "1.45" in report  # ours beside EAPC's M-LD
 
+    for method in ("copy_reference", "cvae"):  # the shared video protocol, every evaluator present
+        video = json.loads((repo_copy / f"eval/{method}/crema_d/metrics.json").read_text())
+        assert set(video["metrics"]) == {"psnr", "ssim", "fid", "cpbd", "lse_d", "lse_c", "emo_acc", "csim"}
+        assert video["missing"] == {} and video["evaluators"]["lse_d"] == "own expert SyncNet trained on crema_d"
+        assert list((repo_copy / f"eval/{method}/crema_d/videos").glob("*.mp4"))
+    assert (repo_copy / "eval/cvae/crema_d/emotion_grid.png").stat().st_size > 10_000
+
     again = _run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in again.stdout  # nothing changed: nothing runs
     status = _run(["dvc", "status"], repo_copy)

@@ -40,4 +40,6 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
     probe = probe_video(video)
     assert probe.has_audio and (probe.width, probe.height) == (64, 64) and probe.fps == 25
     with pytest.raises(ParamsError, match="evaluate.video_methods"):
-        evaluate_video("nope", "crema_d", params, crema_shards / "eval/nope")
+        evaluate_video("eapc", "crema_d", params, crema_shards / "eval/eapc")  # landmarks, not video
+    with pytest.raises(FileNotFoundError, match="train_generator@cvae-crema_d"):
+        evaluate_video("cvae", "crema_d", params, crema_shards / "eval/cvae")
