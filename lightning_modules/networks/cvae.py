@@ -40,15 +40,17 @@ Losses (paper §2.1)
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from eval_metrics.weights import file_sha256
+from lightning_modules.networks.config import config_from_dict, config_to_dict
 
 __all__ = [
     "CVAE",
@@ -123,15 +125,12 @@ class CVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CVAEConfig:
-        """Build from a params dict; unknown keys raise ``ValueError`` naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown cvae.net keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        """Build from ``train.methods.cvae.net``; see :func:`config_from_dict`."""
+        return config_from_dict(cls, d, "cvae.net")
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain dict (lists instead of tuples) for JSON / MLflow."""
+        return config_to_dict(self)
 
 
 class CVAEOutput(NamedTuple):
@@ -321,11 +320,7 @@ def _check_sha256(path: Path, sha256: str | None) -> None:
         if not m:
             return
         expected = m.group(1)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     if not digest.startswith(expected.lower()):
         raise ValueError(f"sha256 mismatch for {path}: got {digest}, expected {expected}")
 

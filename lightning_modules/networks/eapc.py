@@ -70,12 +70,14 @@ Input normalisation (registered buffers, saved in ``state_dict``, identity by de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_modules.networks.config import config_from_dict
 
 __all__ = [
     "EAPCConfig",
@@ -189,17 +191,9 @@ class EAPCConfig:
             )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EAPCConfig":
-        """Build from a mapping (e.g. a ``params.yaml`` section).
-
-        Raises:
-            ValueError: for a key that is not a field (named in the message) or a bad value.
-        """
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"EAPCConfig: unknown field(s) {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict) -> EAPCConfig:
+        """Build from ``train.methods.eapc.net``; see :func:`config_from_dict`."""
+        return config_from_dict(cls, d, "eapc.net")
 
 
 class EAPCOutput(NamedTuple):

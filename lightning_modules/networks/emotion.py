@@ -25,11 +25,13 @@ model rarely predicts them. MEAD uses all 8.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_modules.networks.config import config_from_dict
 
 __all__ = ["EmotionClassifier", "EmotionClassifierConfig", "frames_to_input"]
 
@@ -70,17 +72,9 @@ class EmotionClassifierConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EmotionClassifierConfig":
-        """Build from a params dict.
-
-        Raises:
-            ValueError: unknown keys (typos in params.yaml) or invalid values.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown EmotionClassifierConfig keys: {sorted(unknown)} (known: {sorted(known)})")
-        return cls(**d)
+    def from_dict(cls, d: dict) -> EmotionClassifierConfig:
+        """Build from ``train.methods.emotion_classifier.net``; see :func:`config_from_dict`."""
+        return config_from_dict(cls, d, "emotion_classifier.net")
 
 
 def frames_to_input(frames: Tensor, image_size: int) -> Tensor:

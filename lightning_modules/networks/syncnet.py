@@ -34,11 +34,13 @@ flattened last feature map, which works for any crop size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_modules.networks.config import config_from_dict, config_to_dict
 
 __all__ = [
     "MEL_ROWS_PER_FRAME",
@@ -107,16 +109,12 @@ class SyncNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SyncNetConfig:
-        """Build from a params dict; unknown keys raise ``ValueError`` naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown syncnet.net keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        """Build from ``train.methods.syncnet.net``; see :func:`config_from_dict`."""
+        return config_from_dict(cls, d, "syncnet.net")
 
     def to_dict(self) -> dict:
         """Plain dict (lists instead of tuples) for JSON / MLflow."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
 
 def _conv_stack(in_ch: int, channels: tuple[int, ...]) -> nn.Sequential:
