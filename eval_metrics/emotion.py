@@ -20,8 +20,10 @@ not depend on how clips are split into batches or DDP ranks. Every ``update`` mu
 
 The classifier is named in :attr:`EmotionAccuracy.evaluator`, e.g. ``"own EmotionClassifier
 trained on crema_d train split (checkpoint sha256 ...)"`` (see :func:`load_emotion_classifier`);
-the FER2013 baseline from ``/work/shared/WEIGHTS.md`` has 7 classes in another order and would
-need its outputs mapped onto ``pipeline.vocab.EMOTIONS`` first.
+an external classifier replaces it through :func:`load_external_emotion_classifier` (params
+``evaluate.emotion_weights``). The FER2013 baseline from ``../shared/WEIGHTS.md`` has 7 classes in
+another order and would need its outputs mapped onto ``pipeline.vocab.EMOTIONS`` first (e.g. in a
+TorchScript wrapper).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from torchmetrics import Metric
 
 from eval_metrics.weights import file_sha256
 
-__all__ = ["EmotionAccuracy", "aggregate_windows", "checkpoint_sha256", "load_emotion_classifier", "split_windows"]
+__all__ = ["EmotionAccuracy", "aggregate_windows", "checkpoint_sha256", "load_emotion_classifier",
+           "load_external_emotion_classifier", "split_windows"]
 
 
 def split_windows(clip: Tensor, window: int) -> Tensor:
@@ -188,3 +191,52 @@ def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d t
     module = EmotionClassifierModule.load_from_checkpoint(str(checkpoint), map_location=map_location)
     net = module.net.eval()
     return net.predict_proba, f"own EmotionClassifier trained on {trained_on} (checkpoint sha256 {digest})"
+
+
+def load_external_emotion_classifier(path: str | Path, sha256: str | None = None,
+                                     map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
+    """Load an emotion classifier given by the user instead of the one trained by ``dvc repro``.
+
+    Two formats, told apart by the suffix:
+
+    * ``.ckpt``: an ``EmotionClassifierModule`` Lightning checkpoint trained elsewhere (e.g. on
+      MEAD for a cross-dataset EmoAcc);
+    * anything else: a TorchScript module (``torch.jit.save``) mapping windows ``(W, T, S, S, 3)``
+      uint8 RGB aligned crops to ``(W, 8)`` float logits over ``pipeline.vocab.EMOTIONS`` (neutral,
+      angry, contempt, disgusted, fear, happy, sad, surprised); a softmax is applied here.
+
+    Args:
+        path: local file (nothing is downloaded).
+        sha256: expected hex digest; checked when given.
+
+    Returns:
+        (callable windows -> ``(W, 8)`` probabilities, evaluator string
+        ``"external emotion classifier <file name> (sha256 <hex>)"``).
+
+    Raises:
+        FileNotFoundError: missing file (the message names the params key).
+        ValueError: checksum mismatch, or the file is neither a checkpoint nor TorchScript.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"external emotion classifier not found at {path}: set evaluate.emotion_weights "
+                                "to an EmotionClassifierModule .ckpt or a TorchScript file, or null to use the "
+                                "classifier trained by `dvc repro`")
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise ValueError(f"{path}: sha256 {digest} does not match evaluate.emotion_sha256 {sha256}")
+    name = f"external emotion classifier {path.name} (sha256 {digest})"
+    if path.suffix == ".ckpt":
+        from lightning_modules.emotion_classifier import EmotionClassifierModule
+
+        return EmotionClassifierModule.load_from_checkpoint(str(path), map_location=map_location).net.eval().predict_proba, name
+    try:
+        scripted = torch.jit.load(str(path), map_location=map_location).eval()
+    except RuntimeError as err:
+        raise ValueError(f"{path} is neither a Lightning .ckpt nor a TorchScript file: {err}") from err
+
+    def predict_proba(windows: Tensor) -> Tensor:
+        with torch.no_grad():
+            return scripted(windows).float().softmax(dim=-1)
+
+    return predict_proba, name

