@@ -3,13 +3,15 @@
     python benchmarks/eval_throughput.py [--frames 64] [--size 128]
 
 Scores real aligned crops (decoded from a sample clip, resized to --size) against a noisy copy
-and prints frames/s per metric. LSE and EmoAcc use freshly initialised networks of the
-params.yaml sizes (throughput does not depend on the weights).
+and prints frames/s per metric. LSE (own expert and the public syncnet_v2 port), EmoAcc and
+ArcFace CSIM use freshly initialised networks of the params.yaml / published sizes (throughput
+does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,10 +20,13 @@ import numpy as np
 import torch
 import yaml
 
+from eval_metrics.arcface import ArcFaceEmbedder, IResNet
 from eval_metrics.emotion import EmotionAccuracy
 from eval_metrics.image import CPBD, FramePSNR, FrameSSIM, fid_metric
 from eval_metrics.landmarks import LandmarkMetrics
+from eval_metrics.identity import CSIM
 from eval_metrics.sync import LSEC, LSED, SyncEvaluator
+from eval_metrics.syncnet_v2 import SyncNetV2
 from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
 from lightning_modules.networks.syncnet import SyncNet, SyncNetConfig
 from pipeline.extract.video import decode_video
@@ -64,15 +69,23 @@ def main() -> None:
     sync = SyncEvaluator(SyncNet(SyncNetConfig.from_dict({**methods["syncnet"]["net"], "crop_size": args.size})),
                          "untrained SyncNet (timing only)")
     timed("LSE", n, lambda: sync.update([LSED(), LSEC()], fake, mel))
+    public = SyncEvaluator(SyncNetV2(), "untrained syncnet_v2 (timing only)", chunk=20, inputs="waveform")
+    audio = torch.rand(n * 640) * 0.2 - 0.1  # 16 kHz, n frames at 25 fps
+    timed("LSE v2", n, lambda: public.update([LSED(max_offset=min(15, n - 6)), LSEC(max_offset=min(15, n - 6))],
+                                             fake, audio=audio))
     classifier = EmotionClassifier(EmotionClassifierConfig.from_dict(methods["emotion_classifier"]["net"])).eval()
     timed("EmoAcc", n, lambda: EmotionAccuracy(classifier.predict_proba, "untrained").update([fake], torch.tensor([0])))
     try:
-        from eval_metrics.identity import CSIM, DlibFaceEmbedder
+        from eval_metrics.identity import DlibFaceEmbedder
 
         csim = CSIM(DlibFaceEmbedder())
-        timed("CSIM", n, lambda: csim.update(fake[None], real[:1]))
+        timed("CSIM dlib", n, lambda: csim.update(fake[None], real[:1]))
     except (FileNotFoundError, ImportError) as err:
         print(f"  CSIM     missing: {err}")
+    with tempfile.TemporaryDirectory() as tmp:  # the real embedder class, on an untrained r50 file
+        torch.save(IResNet.from_arch("r50").state_dict(), Path(tmp) / "backbone.pth")
+        arcface = CSIM(ArcFaceEmbedder(Path(tmp) / "backbone.pth", arch="r50"))
+    timed("ArcFace", n, lambda: arcface.update(fake[None], real[:1]))
     lmk = torch.rand(1, n, 68, 2) * args.size
     timed("LD/LVD", n, lambda: LandmarkMetrics().update(lmk + torch.randn_like(lmk), lmk))
 

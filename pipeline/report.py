@@ -292,11 +292,15 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
                 if metric in row["values"]:
                     row["cells"][metric] = format_value(metric, row["values"][metric])
                 elif metric in row["missing"]:
-                    footnote_id += 1
-                    row["footnotes"][metric] = footnote_id
-                    row["cells"][metric] = f"missing [{footnote_id}]"
-                    footnotes.append({"id": footnote_id, "method": row["method"], "metric": metric,
-                                      "reason": row["missing"][metric]})
+                    reason = row["missing"][metric]
+                    note = next((f for f in footnotes if f["reason"] == reason), None)
+                    if note is None:  # one footnote per distinct reason
+                        footnote_id += 1
+                        note = {"id": footnote_id, "targets": [], "reason": reason}
+                        footnotes.append(note)
+                    note["targets"].append({"method": row["method"], "metric": metric})
+                    row["footnotes"][metric] = note["id"]
+                    row["cells"][metric] = f"missing [{note['id']}]"
                 else:
                     row["cells"][metric] = ABSENT
         evaluators = []
@@ -353,7 +357,8 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append("")
         if section["footnotes"]:
             lines += ["Missing metrics:", ""]
-            lines += [f"- [{f['id']}] {f['method']} · {DISPLAY.get(f['metric'], f['metric'])}: {f['reason']}"
+            lines += [f"- [{f['id']}] " + ", ".join(f"{t['method']} · {DISPLAY.get(t['metric'], t['metric'])}"
+                                                    for t in f["targets"]) + f": {f['reason']}"
                       for f in section["footnotes"]]
             lines.append("")
         if section["evaluators"]:

@@ -32,8 +32,9 @@ def eval_dir(tmp_path: Path) -> Path:
     })
     _write(root, "sinha", "mead", {
         "method": "sinha", "dataset": "mead", "split": "test",
-        "metrics": {"psnr": 27.456, "ssim": 0.8123, "csim": 0.61, "lse_d": 8.25},
-        "missing": {"emo_acc": "emotion classifier weights not configured"},
+        "metrics": {"psnr": 27.456, "ssim": 0.8123, "csim": 0.61, "lse_d": 8.25, "lse_d_expert": 0.5},
+        "missing": {"emo_acc": "emotion classifier weights not configured",
+                    "csim_dlib": "emotion classifier weights not configured"},
         "n_clips": 400, "n_windows": 4000,
     })
     return root
@@ -93,7 +94,11 @@ def test_markdown_measured_paper_missing_and_arrows(eval_dir, paper):
     # "missing" with a footnote giving the reason
     assert "missing [1]" in measured_row
     assert f"[1] eapc · FID: {FID_REASON}" in crema
-    assert "missing [2]" in mead and "[2] sinha · EmoAcc: emotion classifier weights not configured" in mead
+    # one footnote per distinct reason; stand-in columns after the papers' twelve, with their direction
+    assert "[2] sinha · EmoAcc, sinha · CSIM (dlib): emotion classifier weights not configured" in mead
+    assert mead.count("missing [2]") == 2 and "[3]" not in mead
+    header = next(line for line in mead.splitlines() if line.startswith("| Method"))
+    assert header.index("CSIM ↑") < header.index("LSE-D (own expert) ↓") < header.index("CSIM (dlib) ↑")
     # evaluators, sources, notes, sample-size warning
     assert "eapc · M-LD: landmarks: mediapipe face mesh -> 68 points, 256 px crop" in crema
     assert "eapc · M-LVD: not recorded" in crema
