@@ -234,7 +234,7 @@ def preprocess_crops(images: Any, face_scale: float = 0.6) -> Tensor:
     Args:
         images: (N, S, S, 3) or (S, S, 3) RGB, uint8 in [0, 255] (float in [0, 1] or [0, 255]
             accepted), numpy or torch.
-        face_scale: the crops' ``preprocess.face_scale``, in (0, 1].
+        face_scale: the crops' ``preprocess.crop_face_scale``, in (0, 1].
 
     Returns:
         (N, 3, 112, 112) float32 in [-1, 1]: ``(pixel / 255 - 0.5) / 0.5`` of the centred
@@ -271,7 +271,7 @@ class ArcFaceEmbedder:
         arch: its network, a key of :data:`ARCHS` (``"r50"`` for ``ms1mv3_arcface_r50_fp16``).
         sha256: expected hex digest of the file; ``None`` skips the check (the digest is still
             computed and named in :attr:`evaluator`).
-        face_scale: the crops' ``preprocess.face_scale`` (template size relative to ArcFace's
+        face_scale: the crops' ``preprocess.crop_face_scale`` (template size relative to ArcFace's
             112 px crop), in (0, 1].
         batch_size: frames per forward pass (bounds memory).
         device: torch device the network runs on.
