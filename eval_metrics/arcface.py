@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from eval_metrics.identity import _to_uint8_images
 from eval_metrics.weights import file_sha256
 
-__all__ = ["ARCFACE_WHERE", "ARCHS", "ArcFaceEmbedder", "IBasicBlock", "IResNet", "IResNetConfig", "crop_matrix", "infer_arch",
-           "load_arcface_state_dict", "preprocess_crops"]
+__all__ = ["ARCFACE_WHERE", "ARCHS", "ArcFaceEmbedder", "IBasicBlock", "IResNet", "IResNetConfig", "crop_matrix",
+           "infer_arch", "load_arcface_state_dict", "preprocess_crops"]
 
 ARCHS: dict[str, tuple[int, int, int, int]] = {
     "r18": (2, 2, 2, 2),

@@ -229,7 +229,8 @@ def load_external_emotion_classifier(path: str | Path, sha256: str | None = None
     if path.suffix == ".ckpt":
         from lightning_modules.emotion_classifier import EmotionClassifierModule
 
-        return EmotionClassifierModule.load_from_checkpoint(str(path), map_location=map_location).net.eval().predict_proba, name
+        module = EmotionClassifierModule.load_from_checkpoint(str(path), map_location=map_location)
+        return module.net.eval().predict_proba, name
     try:
         scripted = torch.jit.load(str(path), map_location=map_location).eval()
     except RuntimeError as err:

@@ -52,7 +52,6 @@ class Evaluators:
         self.skipped: dict[str, int] = {}
         self.fid_params: dict = {}
         self.sync: dict = {}  # metric-key suffix -> SyncEvaluator
-        self.emotion = None
         self._add("fid", lambda: self._fid(params))
         self._add("lse", lambda: self._public_sync(params), keys=("lse_d", "lse_c"))
         self._add("lse_expert", lambda: self._own_sync(dataset), keys=("lse_d_expert", "lse_c_expert"))
@@ -62,9 +61,12 @@ class Evaluators:
 
     def _add(self, name: str, build, keys: tuple[str, ...] | None = None) -> None:
         """Run ``build`` (which fills ``metrics`` / ``evaluators``); a missing evaluator becomes a
-        ``missing`` entry for each of ``keys`` (default: ``name``) with the reason."""
+        ``missing`` entry for each of ``keys`` (default: ``name``) with the reason. A malformed
+        parameter (:class:`ParamsError`) is not a missing evaluator: it stops the stage."""
         try:
             build()
+        except ParamsError:
+            raise
         except (FileNotFoundError, ImportError, ValueError) as err:
             for key in keys or (name,):
                 self.missing[key] = str(err)
@@ -104,7 +106,8 @@ class Evaluators:
             raise FileNotFoundError(f"no SyncNet expert at {ckpt}: run `dvc repro train@syncnet-{dataset}`")
         from lightning_modules.syncnet import SyncNetModule
 
-        self._add_sync("_expert", SyncEvaluator.own_expert(SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net, dataset))
+        net = SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net
+        self._add_sync("_expert", SyncEvaluator.own_expert(net, dataset))
 
     def _emotion(self, params: dict, dataset: str) -> None:
         from eval_metrics.emotion import EmotionAccuracy, load_emotion_classifier, load_external_emotion_classifier
@@ -123,13 +126,13 @@ class Evaluators:
         self.evaluators["emo_acc"] = name
 
     def _arcface(self, params: dict) -> None:
-        from eval_metrics.arcface import ARCFACE_WHERE, ArcFaceEmbedder
+        from eval_metrics.arcface import ARCFACE_WHERE, ARCHS, ArcFaceEmbedder
         from eval_metrics.identity import CSIM
 
         path = get(params, "evaluate.arcface_weights", str, default=None)
         if path is None:
             raise FileNotFoundError(f"ArcFace weights not configured: {ARCFACE_WHERE}")
-        embedder = ArcFaceEmbedder(path, arch=get(params, "evaluate.arcface_arch", str, default="r50"),
+        embedder = ArcFaceEmbedder(path, arch=get(params, "evaluate.arcface_arch", str, default="r50", choices=ARCHS),
                                    sha256=get(params, "evaluate.arcface_sha256", str, default=None),
                                    face_scale=get(params, "preprocess.crop_face_scale", float, default=0.6))
         self.metrics["csim"] = CSIM(embedder)

@@ -87,3 +87,6 @@ def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_
     params["evaluate"]["syncnet_v2_sha256"] = "0" * 64
     with_bad_checksum = Evaluators(params, "crema_d")
     assert "does not match" in with_bad_checksum.missing["lse_d"] and "lse_d" not in with_bad_checksum.metrics
+    params["evaluate"]["arcface_arch"] = "r51"  # a malformed parameter is an error, not a missing metric
+    with pytest.raises(ParamsError, match="evaluate.arcface_arch"):
+        Evaluators(params, "crema_d")
