@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from eval_metrics.identity import _to_uint8_images
-from eval_metrics.weights import file_sha256
+from eval_metrics.weights import checked_sha256
 
 __all__ = ["ARCFACE_WHERE", "ARCHS", "ArcFaceEmbedder", "IBasicBlock", "IResNet", "IResNetConfig", "crop_matrix",
            "infer_arch", "load_arcface_state_dict", "preprocess_crops"]
@@ -300,9 +300,7 @@ class ArcFaceEmbedder:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ArcFace weight file not found: {self.path}; {ARCFACE_WHERE}")
-        self.sha256 = file_sha256(self.path)
-        if sha256 is not None and self.sha256 != sha256.lower():
-            raise ValueError(f"checksum mismatch for {self.path}: sha256 {self.sha256}, expected {sha256}")
+        self.sha256 = checked_sha256(self.path, sha256)
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError) as err:

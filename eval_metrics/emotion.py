@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from eval_metrics.weights import file_sha256
+from eval_metrics.weights import checked_sha256, file_sha256
 
 __all__ = ["EmotionAccuracy", "aggregate_windows", "checkpoint_sha256", "load_emotion_classifier",
            "load_external_emotion_classifier", "split_windows"]
@@ -222,9 +222,7 @@ def load_external_emotion_classifier(path: str | Path, sha256: str | None = None
         raise FileNotFoundError(f"external emotion classifier not found at {path}: set evaluate.emotion_weights "
                                 "to an EmotionClassifierModule .ckpt or a TorchScript file, or null to use the "
                                 "classifier trained by `dvc repro`")
-    digest = file_sha256(path)
-    if sha256 is not None and digest != sha256.lower():
-        raise ValueError(f"{path}: sha256 {digest} does not match evaluate.emotion_sha256 {sha256}")
+    digest = checked_sha256(path, sha256)
     name = f"external emotion classifier {path.name} (sha256 {digest})"
     if path.suffix == ".ckpt":
         from lightning_modules.emotion_classifier import EmotionClassifierModule

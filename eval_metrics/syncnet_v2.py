@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval_metrics.weights import file_sha256
+from eval_metrics.weights import checked_sha256
 
 __all__ = [
     "DEFAULT_SYNCNET_V2_PATH",
@@ -284,9 +284,7 @@ def load_public_syncnet(path: str | Path, sha256: str | None = None) -> SyncNetV
             f"download_model.sh -> {SYNCNET_V2_URL}) on a machine with internet access and copy it "
             f"to {path} (e.g. {DEFAULT_SYNCNET_V2_PATH}; then pin its sha256). Without it, LSE is "
             f"computed with our own expert SyncNet and labelled 'own expert SyncNet trained on <dataset>'.")
-    digest = file_sha256(path)
-    if sha256 is not None and digest.lower() != sha256.lower():
-        raise ValueError(f"{path}: sha256 {digest} does not match the expected {sha256}")
+    digest = checked_sha256(path, sha256)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors vary with the file's corruption

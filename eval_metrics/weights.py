@@ -17,3 +17,17 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checked_sha256(path: str | Path, expected: str | None) -> str:
+    """The file's hex sha256, compared with ``expected`` when one is given (case-insensitive).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the digest differs from ``expected`` (a wrong or corrupt file).
+    """
+    digest = file_sha256(path)
+    if expected is not None and digest != expected.lower():
+        raise ValueError(f"checksum mismatch for {path}: sha256 {digest} does not match the expected {expected} "
+                         "(wrong or corrupt file)")
+    return digest
