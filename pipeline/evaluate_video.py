@@ -198,6 +198,18 @@ class _DecodeWithAudio(DecodeSample):
         return out
 
 
+def _clips_in_shard_stats(shard_dir: Path, split: str) -> int | None:
+    """Clips the preprocess stage wrote into ``<split>-*.tar`` (from the per-shard stats json), or
+    None when a stats file is missing."""
+    total = 0
+    for tar in sorted(shard_dir.glob(f"{split}-*.tar")):
+        stats = tar.with_suffix(".json")
+        if not stats.is_file():
+            return None
+        total += int(json.loads(stats.read_text())["clips"])
+    return total
+
+
 def load_generator(method: str, dataset: str):
     """A baseline from ``GENERATORS``, or a trained method's ``models/<method>/<dataset>/last.ckpt``.
 
@@ -272,11 +284,14 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
             videos.append(path)
     if n_clips == 0:
         raise FileNotFoundError(f"no test clips in {shard_dir}")
+    expected = _clips_in_shard_stats(shard_dir, "test")
     if isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     result = {"method": method, "dataset": dataset, "split": "test", "metrics": evaluators.compute(),
               "evaluators": evaluators.evaluators, "missing": evaluators.missing, "n_clips": n_clips,
               "skipped_clips": evaluators.skipped,
+              # clips the shard stats promise but a broken shard did not give back (logged while reading)
+              "unreadable_clips": None if expected is None else expected - n_clips,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
                            "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params}}
@@ -314,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result["metrics"], indent=1), file=sys.stderr)
     for name, reason in result["missing"].items():
         print(f"missing {name}: {reason}", file=sys.stderr)
+    if result["unreadable_clips"]:
+        print(f"warning: {result['unreadable_clips']} test clips could not be read (broken shard, see the log)",
+              file=sys.stderr)
     return 0
 
 

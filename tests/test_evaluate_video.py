@@ -38,6 +38,7 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
     assert "train@emotion_classifier-crema_d" in missing["emo_acc"]
     assert "backbone.pth" in missing["csim"] and "evaluate.arcface_weights" in missing["csim"]
     assert result["evaluators"]["csim_dlib"] == "dlib ResNet face embedding (not ArcFace)"
+    assert result["unreadable_clips"] == 0
     saved = json.loads((crema_shards / "eval/copy_reference/crema_d/metrics.json").read_text())
     assert saved["metrics"] == m and saved["protocol"]["frames_scored"] == "1..T-1"
     video = crema_shards / "eval/copy_reference/crema_d/videos/9906_IOM_NEU_XX.mp4"
@@ -90,3 +91,20 @@ def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_
     params["evaluate"]["arcface_arch"] = "r51"  # a malformed parameter is an error, not a missing metric
     with pytest.raises(ParamsError, match="evaluate.arcface_arch"):
         Evaluators(params, "crema_d")
+
+
+def test_broken_test_shard_is_counted_not_silent(crema_shards, tmp_path, monkeypatch):
+    """A truncated test shard: the clip it held is reported as unreadable, the run still ends."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(crema_shards / "shards", work / "shards")
+    for tar in (work / "shards/crema_d").glob("test-*.tar"):
+        tar.write_bytes(tar.read_bytes()[:3000])  # a header and part of the first member
+    (work / "shards/crema_d/val-000000.tar").rename(work / "shards/crema_d/test-000099.tar")  # one clip left
+    (work / "shards/crema_d/val-000000.json").rename(work / "shards/crema_d/test-000099.json")
+    monkeypatch.chdir(work)
+    params = {"evaluate": {"crop_size": 64, "n_videos": 0, "fid_weights": "weights/missing_inception.pt"},
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "video"}}
+    result = evaluate_video("copy_reference", "crema_d", params, work / "eval")
+    assert result["n_clips"] == 1 and result["unreadable_clips"] == 1
