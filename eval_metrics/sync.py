@@ -57,7 +57,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 # SYNCNET_V2_URL and load_public_syncnet are re-exported here (their home is eval_metrics.syncnet_v2)
-from eval_metrics.syncnet_v2 import SYNCNET_V2_URL, load_public_syncnet, syncnet_v2_embed
+from eval_metrics.syncnet_v2 import SYNCNET_V2_URL, load_public_syncnet, syncnet_v2_embed, syncnet_v2_window_count
 
 __all__ = [
     "LSEC",
@@ -273,6 +273,13 @@ class SyncEvaluator:
         net = load_public_syncnet(path, sha256)
         name = f"public syncnet_v2 (syncnet_python weights, sha256 {net.weights_sha256[:12]})"
         return cls(net, name, max_offset=max_offset, chunk=chunk, inputs="waveform")
+
+    def n_windows(self, n_frames: int, n_samples: int) -> int:
+        """Window positions N this evaluator gets from a clip of ``n_frames`` video frames and
+        ``n_samples`` 16 kHz audio samples; LSE needs ``N > max_offset``."""
+        if self.inputs == "waveform":
+            return syncnet_v2_window_count(n_frames, n_samples)
+        return n_frames - 4  # our expert: every 5-frame window of the video
 
     @torch.no_grad()
     def embed(self, frames: Tensor, mel: Tensor | None = None, audio: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -52,23 +52,23 @@ class Evaluators:
         self.skipped: dict[str, int] = {}
         self.fid_params: dict = {}
         self.sync: dict = {}  # metric-key suffix -> SyncEvaluator
-        self._add("fid", lambda: self._fid(params))
-        self._add("lse", lambda: self._public_sync(params), keys=("lse_d", "lse_c"))
-        self._add("lse_expert", lambda: self._own_sync(dataset), keys=("lse_d_expert", "lse_c_expert"))
-        self._add("emo_acc", lambda: self._emotion(params, dataset))
-        self._add("csim", lambda: self._arcface(params))
-        self._add("csim_dlib", self._dlib)
+        self._add(lambda: self._fid(params), "fid")
+        self._add(lambda: self._public_sync(params), "lse_d", "lse_c")
+        self._add(lambda: self._own_sync(dataset), "lse_d_expert", "lse_c_expert")
+        self._add(lambda: self._emotion(params, dataset), "emo_acc")
+        self._add(lambda: self._arcface(params), "csim")
+        self._add(self._dlib, "csim_dlib")
 
-    def _add(self, name: str, build, keys: tuple[str, ...] | None = None) -> None:
+    def _add(self, build, *keys: str) -> None:
         """Run ``build`` (which fills ``metrics`` / ``evaluators``); a missing evaluator becomes a
-        ``missing`` entry for each of ``keys`` (default: ``name``) with the reason. A malformed
-        parameter (:class:`ParamsError`) is not a missing evaluator: it stops the stage."""
+        ``missing`` entry for each of ``keys`` with the reason. A malformed parameter
+        (:class:`ParamsError`) is not a missing evaluator: it stops the stage."""
         try:
             build()
         except ParamsError:
             raise
         except (FileNotFoundError, ImportError, ValueError) as err:
-            for key in keys or (name,):
+            for key in keys:
                 self.missing[key] = str(err)
 
     def _fid(self, params: dict) -> None:
@@ -158,10 +158,11 @@ class Evaluators:
             self.metrics["fid"].update(tgt, real=True)
             self.metrics["fid"].update(gen, real=False)
         for suffix, sync in self.sync.items():
-            try:
-                sync.update([self.metrics[f"lse_d{suffix}"], self.metrics[f"lse_c{suffix}"]], generated, mel, audio)
-            except ValueError:  # fewer windows than sync offsets: counted, never silently dropped
-                for key in (f"lse_d{suffix}", f"lse_c{suffix}"):
+            keys = (f"lse_d{suffix}", f"lse_c{suffix}")
+            if sync.n_windows(len(generated), len(audio)) > sync.max_offset:
+                sync.update([self.metrics[k] for k in keys], generated, mel, audio)
+            else:  # fewer windows than sync offsets: counted, never silently dropped
+                for key in keys:
                     self.skipped[key] = self.skipped.get(key, 0) + 1
         if "emo_acc" in self.metrics:
             self.metrics["emo_acc"].update([generated], torch.tensor([emotion]))

@@ -240,3 +240,12 @@ def test_public_evaluator(weights, real_clip):
         own.score(frames, audio=audio)
     with pytest.raises(ValueError, match="inputs must be"):
         SyncEvaluator(SyncNetV2(), "x", inputs="mfcc")
+
+
+def test_window_counts_per_evaluator():
+    """What evaluate_video checks before scoring a clip (a 2 s clip: 50 frames, 32000 samples)."""
+    public = SyncEvaluator(SyncNetV2(), "untrained syncnet_v2", inputs="waveform")
+    own = SyncEvaluator(torch.nn.Linear(1, 1), "untrained expert")
+    assert public.n_windows(50, 32000) == 45 and own.n_windows(50, 32000) == 46
+    assert public.n_windows(50, 640 * 20) == 15  # the audio is shorter: it limits syncnet_v2's windows
+    assert public.n_windows(50, 640 * 20) <= public.max_offset  # too short for +-15 offsets: skipped
