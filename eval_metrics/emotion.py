@@ -21,9 +21,9 @@ not depend on how clips are split into batches or DDP ranks. Every ``update`` mu
 The classifier is named in :attr:`EmotionAccuracy.evaluator`, e.g. ``"own EmotionClassifier
 trained on crema_d train split (checkpoint sha256 ...)"`` (see :func:`load_emotion_classifier`);
 an external classifier replaces it through :func:`load_external_emotion_classifier` (params
-``evaluate.emotion_weights``). The FER2013 baseline from ``../shared/WEIGHTS.md`` has 7 classes in
-another order and would need its outputs mapped onto ``pipeline.vocab.EMOTIONS`` first (e.g. in a
-TorchScript wrapper).
+``evaluate.emotion_weights``). The FER2013 classifier of ``../shared/WEIGHTS.md`` is a window
+classifier for the same metric (:class:`eval_metrics.emotion_fer.FerEmotionClassifier`, reported
+beside it as ``emo_acc_fer``).
 """
 
 from __future__ import annotations

