@@ -3,8 +3,8 @@
     python benchmarks/eval_throughput.py [--frames 64] [--size 128]
 
 Scores real aligned crops (decoded from a sample clip, resized to --size) against a noisy copy
-and prints frames/s per metric. LSE (own expert and the public syncnet_v2 port), EmoAcc and
-ArcFace CSIM use freshly initialised networks of the params.yaml / published sizes (throughput
+and prints frames/s per metric. LSE (own expert and the public syncnet_v2 port), EmoAcc (own
+classifier) and ArcFace CSIM use freshly initialised networks of the params.yaml / published sizes (throughput
 does not depend on the weights).
 """
 
@@ -37,7 +37,7 @@ def timed(name: str, n_frames: int, fn) -> None:
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
-    print(f"  {name:<8} {n_frames / seconds:9.1f} frames/s  ({seconds:.2f} s for {n_frames} frames)")
+    print(f"  {name:<10} {n_frames / seconds:9.1f} frames/s  ({seconds:.2f} s for {n_frames} frames)")
 
 
 def main() -> None:
@@ -75,6 +75,13 @@ def main() -> None:
                                              fake, audio=audio))
     classifier = EmotionClassifier(EmotionClassifierConfig.from_dict(methods["emotion_classifier"]["net"])).eval()
     timed("EmoAcc", n, lambda: EmotionAccuracy(classifier.predict_proba, "untrained").update([fake], torch.tensor([0])))
+    try:
+        from eval_metrics.emotion_fer import FerEmotionClassifier
+
+        fer = FerEmotionClassifier()
+        timed("EmoAcc FER", n, lambda: EmotionAccuracy(fer, fer.evaluator).update([fake], torch.tensor([0])))
+    except (FileNotFoundError, ImportError) as err:
+        print(f"  EmoAcc FER missing: {err}")
     try:
         from eval_metrics.identity import DlibFaceEmbedder
 
