@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from eval_metrics.identity import _to_uint8_images
 from eval_metrics.weights import checked_sha256
+from pipeline.extract.align import square_crop_matrix, warp_frames
 
 __all__ = ["ARCFACE_WHERE", "ARCHS", "ArcFaceEmbedder", "IBasicBlock", "IResNet", "IResNetConfig", "crop_matrix",
            "infer_arch", "load_arcface_state_dict", "preprocess_crops"]
@@ -223,9 +223,7 @@ def crop_matrix(size: int, face_scale: float) -> np.ndarray:
     Returns:
         (2, 3) float64 matrix for ``cv2.warpAffine``.
     """
-    k = INPUT_SIZE / (face_scale * size)  # ArcFace px per crop px
-    shift = INPUT_SIZE / 2 - k * size / 2  # crop centre -> (56, 56)
-    return np.array([[k, 0.0, shift], [0.0, k, shift]])
+    return square_crop_matrix((size / 2, size / 2), face_scale * size, INPUT_SIZE)
 
 
 def preprocess_crops(images: Any, face_scale: float = 0.6) -> Tensor:
@@ -249,11 +247,7 @@ def preprocess_crops(images: Any, face_scale: float = 0.6) -> Tensor:
     n, h, w = arr.shape[:3]
     if h != w:
         raise ValueError(f"ArcFace preprocessing expects square aligned face crops, got {h}x{w}")
-    matrix = crop_matrix(h, face_scale)
-    out = np.empty((n, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-    for i, img in enumerate(arr):  # the square lies inside the crop: the border mode never matters
-        out[i] = cv2.warpAffine(img, matrix, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
+    out = warp_frames(arr, crop_matrix(h, face_scale), INPUT_SIZE)  # the square lies inside the crop
     x = torch.from_numpy(out).permute(0, 3, 1, 2).float()  # (N, 3, 112, 112) in [0, 255]
     return (x / 255.0 - 0.5) / 0.5
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from eval_metrics.weights import checked_sha256
+from pipeline.extract.align import square_crop_matrix, warp_frames
 from pipeline.vocab import EMOTION_TO_ID, EMOTIONS
 
 __all__ = ["FER_CLASSES", "FER_SHA256", "FER_TO_VOCAB", "HAAR_BOX", "FerEmotionClassifier", "fer_face_crops"]
@@ -81,17 +82,11 @@ def fer_face_crops(frames: np.ndarray, face_scale: float = 0.6, margin: float = 
         raise ValueError(f"need face_scale in (0, 1] and margin >= 0, got {face_scale}, {margin}")
     size = frames.shape[1]
     unit = face_scale * size
-    side = HAAR_BOX[2] * unit * (1 + 2 * margin)
-    cx, cy = size / 2 + HAAR_BOX[0] * unit, size / 2 + HAAR_BOX[1] * unit
-    k = INPUT_SIZE / side  # model px per crop px
-    matrix = np.array([[k, 0.0, INPUT_SIZE / 2 - k * cx], [0.0, k, INPUT_SIZE / 2 - k * cy]])
-    out = np.empty((len(frames), INPUT_SIZE, INPUT_SIZE, 1), dtype=np.float32)
-    for i, img in enumerate(frames):
-        gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-        face = cv2.warpAffine(gray, matrix, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
-        out[i, ..., 0] = (face.astype(np.float32) / 255.0 - 0.5) * 2.0
-    return out
+    centre = (size / 2 + HAAR_BOX[0] * unit, size / 2 + HAAR_BOX[1] * unit)
+    matrix = square_crop_matrix(centre, HAAR_BOX[2] * unit * (1 + 2 * margin), INPUT_SIZE)
+    gray = np.stack([cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY) for img in frames])
+    faces = warp_frames(gray, matrix, INPUT_SIZE)  # (N, 64, 64) uint8
+    return ((faces.astype(np.float32) / 255.0 - 0.5) * 2.0)[..., None]
 
 
 def _default_path() -> Path:

@@ -83,17 +83,31 @@ def crop_transforms(lmk68: np.ndarray, size: int, face_scale: float, mode: str =
     raise ValueError(f"preprocess.align must be 'clip' or 'frame', got {mode!r}")
 
 
+def square_crop_matrix(centre: tuple[float, float], side: float, size: int) -> np.ndarray:
+    """Affine map taking the axis-aligned square of ``side`` pixels centred at ``centre`` (x, y)
+    onto a ``size`` x ``size`` output (pixel coordinates as ``cv2.warpAffine``); used to cut an
+    evaluator's input (ArcFace, FER2013) out of our aligned crops.
+
+    Returns:
+        (2, 3) float64 matrix for :func:`warp_frames`.
+    """
+    k = size / side  # output px per input px
+    return np.array([[k, 0.0, size / 2 - k * centre[0]], [0.0, k, size / 2 - k * centre[1]]])
+
+
 def warp_frames(frames: np.ndarray, matrices: np.ndarray, size: int) -> np.ndarray:
     """Apply per-frame affine transforms and crop.
 
     Args:
-        frames: (T, H, W, 3) uint8.
-        matrices: (T, 2, 3) from :func:`crop_transforms`.
+        frames: (T, H, W, 3) or (T, H, W) uint8.
+        matrices: (T, 2, 3) from :func:`crop_transforms` (or (2, 3): the same for every frame).
         size: output side in pixels.
 
     Returns:
-        (T, size, size, 3) uint8; pixels outside the frame replicate its border.
+        (T, size, size[, 3]) uint8, bilinear; pixels outside the frame replicate its border.
     """
+    if matrices.ndim == 2:
+        matrices = np.repeat(matrices[None], len(frames), axis=0)
     return np.stack([
         cv2.warpAffine(f, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         for f, m in zip(frames, matrices)
