@@ -93,7 +93,9 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
 
 
 def _summarise(out_dir: Path, plans: list, reused: int) -> dict:
-    """Merge per-shard stats into ``stats.json`` and ``failures.jsonl``."""
+    """Merge per-shard stats into ``stats.json`` and ``failures.jsonl``; the returned summary adds
+    this run's ``reused_shards`` / ``written_shards``, which stay out of ``stats.json`` so that a
+    resumed run leaves the shard folder (a DVC output) byte-identical and retrains nothing."""
     totals = {s: {"clips": 0, "frames": 0, "seconds": 0.0, "failures": 0, "shards": 0} for s in SPLITS}
     failures = []
     for plan in plans:
@@ -108,10 +110,9 @@ def _summarise(out_dir: Path, plans: list, reused: int) -> dict:
     failures.sort(key=lambda f: f["id"])
     with open(out_dir / "failures.jsonl", "w") as fh:
         fh.writelines(json.dumps(f, sort_keys=True) + "\n" for f in failures)
-    summary = {"splits": totals, "failures": len(failures), "reused_shards": reused,
-               "written_shards": len(plans) - reused}
+    summary = {"splits": totals, "failures": len(failures)}
     (out_dir / "stats.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-    return summary
+    return {**summary, "reused_shards": reused, "written_shards": len(plans) - reused}
 
 
 def main(argv: list[str] | None = None) -> int:

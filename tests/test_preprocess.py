@@ -95,7 +95,7 @@ def test_serial_run_writes_shards_stats_failures_and_resumes(tmp_path, rows):
     with tarfile.open(out / "train-000000.tar") as tar:
         names = tar.getnames()
     assert "9901_IEO_SAD_HI.lmk.npy" in names and "9901_IEO_SAD_HI.meta.json" in names
-    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    before = {p.name: p.read_bytes() for p in [*out.glob("*.tar"), out / "stats.json"]}
 
     again = run_preprocess(rows, out, CFG, serial=True)  # nothing to do
     assert again["reused_shards"] == 4 and again["written_shards"] == 0
@@ -104,7 +104,8 @@ def test_serial_run_writes_shards_stats_failures_and_resumes(tmp_path, rows):
     (out / "train-000000.json").write_text("{not json")  # and one half-written stats file
     resumed = run_preprocess(rows, out, CFG, serial=True)
     assert resumed["written_shards"] == 2
-    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before  # byte-identical shards
+    # byte-identical shards and stats: the folder's DVC hash does not change, nothing downstream re-runs
+    assert {p.name: p.read_bytes() for p in [*out.glob("*.tar"), out / "stats.json"]} == before
 
 
 def test_ray_gives_the_same_shards_as_serial(tmp_path, rows):
