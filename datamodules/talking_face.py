@@ -2,28 +2,39 @@
 
 Pipeline (webdataset's ``DataPipeline``, every step a named, picklable object)::
 
-    shards --(train: ResampledShards, seeded per rank/worker | eval: SimpleShardList,
-              split_by_node + split_by_worker)--ReadShards--> tar samples --DecodeSample--> clip dicts
-           --ClipWindows--> windows --detshuffle (train)--> batched(collate_windows)
+    shards --(train: ResampledShardList | eval: SimpleShardList, split_by_node + split_by_worker)
+           --ReadShards--> tar samples --DecodeSample--> clip dicts
+           --ClipWindows--> windows --shuffle (train)--> batched(collate_windows)
 
 Training draws shards with replacement and has a fixed epoch length (``train_batches`` per rank),
 so DDP ranks never wait on each other when shards divide unevenly. Evaluation reads every window
 once; with fewer shards than ranks every rank reads all shards (means stay exact).
+
+Epochs (:class:`TrainWindows`): DataLoader workers get a fresh copy of the dataset every epoch,
+so no random state may live on it. The trainer pushes the epoch in (:class:`DataEpochCallback`,
+and ``train_dataloader`` reads ``trainer.current_epoch``, which covers epoch 0 and a resumed run),
+and every worker builds its pipeline from seeds derived from ``(seed, epoch, rank, worker)``: new
+windows every epoch, the same ones on a rerun, and a run resumed from ``last.ckpt`` at epoch ``e``
+draws epoch ``e``'s windows. The ``train_batches`` of an epoch are split between the workers, so
+the epoch length is ``train_batches`` per rank whatever ``num_workers`` is.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
+import random
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
+from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +127,13 @@ class DecodeSample:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipWindows:
     """Cut a decoded clip into windows of ``window`` frames.
 
-    ``train=True``: ``per_clip`` windows at random starts (a ``numpy`` Generator seeded from
-    ``seed``, the worker and the rank, so runs are reproducible); ``train=False``: consecutive
+    ``train=True``: ``per_clip`` windows at random starts drawn by ``np.random.default_rng(seed)``
+    (``seed``: an int or a tuple of ints, e.g. ``(seed, epoch, rank, worker)``; the generator is
+    created anew on each call, so one call = one reproducible stream); ``train=False``: consecutive
     non-overlapping windows covering the clip (the tail shorter than a window is dropped).
     Every window also carries ``ref_lmk``: the landmarks of the clip's first frame (the reference
     frame of the one-shot protocol).
@@ -130,23 +142,16 @@ class ClipWindows:
     window: int
     train: bool
     per_clip: int = 1
-    seed: int = 0
-    _rng: np.random.Generator | None = field(default=None, init=False, repr=False)
-
-    def _generator(self) -> np.random.Generator:
-        if self._rng is None:
-            info = torch.utils.data.get_worker_info()
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            self._rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
-        return self._rng
+    seed: int | tuple[int, ...] = 0
 
     def __call__(self, clips):
+        rng = np.random.default_rng(self.seed) if self.train else None
         for clip in clips:
             n = len(clip["lmk"])
             if n < self.window:
                 continue
             if self.train:
-                starts = self._generator().integers(0, n - self.window + 1, size=self.per_clip)
+                starts = rng.integers(0, n - self.window + 1, size=self.per_clip)
             else:
                 starts = range(0, n - self.window + 1, self.window)
             for start in starts:
@@ -159,6 +164,79 @@ class ClipWindows:
                     elif name.startswith("frames_"):
                         item[name] = value[start: start + self.window]
                 yield item
+
+
+class ResampledShardList(torch.utils.data.IterableDataset):
+    """Endless stream of ``{"url": ...}`` drawn with replacement from ``urls`` by
+    ``random.Random(seed)`` (``seed`` a str, e.g. ``"0-3-1-0-shards"``): a fresh, reproducible
+    stream on every iteration. Replaces ``wds.ResampledShards``, whose epoch counter lives on the
+    dataset object and restarts in every DataLoader worker."""
+
+    def __init__(self, urls: tuple[str, ...], seed: str):
+        super().__init__()
+        self.urls, self.seed = tuple(urls), seed
+
+    def __iter__(self):
+        rng = random.Random(self.seed)
+        while True:
+            yield {"url": rng.choice(self.urls)}
+
+
+class TrainWindows(torch.utils.data.IterableDataset):
+    """The training stream of one rank: exactly ``cfg.train_batches`` batches per epoch.
+
+    Set the epoch with :meth:`set_epoch` (and ``rank`` / ``world_size`` for DDP) in the main
+    process before the DataLoader iterator is created. Each DataLoader worker ``w`` of ``W``
+    yields ``train_batches // W`` batches (+1 for ``w < train_batches % W``), from a pipeline
+    seeded by ``(cfg.seed, epoch, rank, w)``: shard draws, window starts and the shuffle buffer.
+
+    Yields:
+        dicts from :func:`collate_windows` with ``cfg.batch_size`` windows each.
+    """
+
+    def __init__(self, urls: list[str], cfg: "DataConfig"):
+        super().__init__()
+        self.urls, self.cfg = tuple(urls), cfg
+        self.epoch, self.rank = 0, 0
+
+    def set_epoch(self, epoch: int, rank: int | None = None) -> None:
+        """Select the epoch (and, under DDP, the global rank) whose windows the next iterator yields."""
+        self.epoch = int(epoch)
+        if rank is not None:
+            self.rank = int(rank)
+
+    def __len__(self) -> int:
+        return self.cfg.train_batches
+
+    def _worker(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        return (info.id, info.num_workers) if info else (0, 1)
+
+    def __iter__(self):
+        cfg = self.cfg
+        worker, n_workers = self._worker()
+        n_batches = cfg.train_batches // n_workers + (worker < cfg.train_batches % n_workers)
+        tag = f"{cfg.seed}-{self.epoch}-{self.rank}-{worker}"
+        pipeline = wds.DataPipeline(
+            ResampledShardList(self.urls, f"{tag}-shards"),
+            ReadShards(SelectMembers(cfg.keys)),
+            wds.map(DecodeSample(cfg.keys), handler=log_and_continue),
+            ClipWindows(cfg.window, True, cfg.windows_per_clip, (cfg.seed, self.epoch, self.rank, worker)),
+            wds.shuffle(cfg.shuffle_buffer, initial=min(64, cfg.shuffle_buffer), seed=f"{tag}-shuffle"),
+            wds.batched(cfg.batch_size, collation_fn=collate_windows, partial=False),
+        )
+        return itertools.islice(iter(pipeline), n_batches)
+
+
+class DataEpochCallback(Callback):
+    """Pushes ``trainer.current_epoch`` and the global rank into the DataModule's training stream
+    at every epoch start (Lightning creates the epoch's DataLoader iterator after this hook for
+    every epoch but the first of a run, which ``TalkingFaceDataModule.train_dataloader`` covers)."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, TalkingFaceDataModule):
+            datamodule.set_epoch(trainer.current_epoch, trainer.global_rank)
 
 
 def collate_windows(items: list[dict]) -> dict:
@@ -226,6 +304,8 @@ class TalkingFaceDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig):
         super().__init__()
         self.cfg = cfg
+        self._epoch, self._rank = 0, 0
+        self._train: TrainWindows | None = None
 
     def urls(self, split: str) -> list[str]:
         return shard_urls(self.cfg.shard_dir, split)
@@ -234,40 +314,40 @@ class TalkingFaceDataModule(L.LightningDataModule):
         if stage in (None, "fit") and not self.urls("train"):
             raise FileNotFoundError(f"no train-*.tar shards in {self.cfg.shard_dir}")
 
-    def _pipeline(self, split: str, train: bool) -> wds.DataPipeline:
+    def set_epoch(self, epoch: int, rank: int | None = None) -> None:
+        """Select the training epoch (and global rank) of the next ``train_dataloader`` iterator."""
+        self._epoch, self._rank = int(epoch), (self._rank if rank is None else int(rank))
+        if self._train is not None:
+            self._train.set_epoch(self._epoch, self._rank)
+
+    def _eval_pipeline(self, split: str) -> wds.DataPipeline:
         cfg = self.cfg
         urls = self.urls(split)
-        if train:
-            source = [wds.ResampledShards(urls, seed=cfg.seed, deterministic=True)]
-        else:
-            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-            # fewer shards than ranks: every rank reads all of them (no rank without data)
-            source = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if len(urls) >= world else [])
-            source.append(wds.split_by_worker)
-        stages = source + [
-            ReadShards(SelectMembers(cfg.keys)),
-            wds.map(DecodeSample(cfg.keys), handler=log_and_continue),
-            ClipWindows(cfg.window, train, cfg.windows_per_clip, cfg.seed),
-        ]
-        if train:
-            stages.append(wds.detshuffle(cfg.shuffle_buffer, initial=min(64, cfg.shuffle_buffer), seed=cfg.seed))
-        stages.append(wds.batched(cfg.batch_size, collation_fn=collate_windows, partial=not train))
-        pipeline = wds.DataPipeline(*stages)
-        return pipeline.with_epoch(nbatches=cfg.train_batches) if train else pipeline
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        # fewer shards than ranks: every rank reads all of them (no rank without data)
+        source = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if len(urls) >= world else [])
+        return wds.DataPipeline(*source, wds.split_by_worker, ReadShards(SelectMembers(cfg.keys)),
+                                wds.map(DecodeSample(cfg.keys), handler=log_and_continue),
+                                ClipWindows(cfg.window, False),
+                                wds.batched(cfg.batch_size, collation_fn=collate_windows, partial=True))
 
-    def _loader(self, split: str, train: bool) -> torch.utils.data.DataLoader:
-        workers = self.cfg.num_workers if train else min(self.cfg.num_workers, len(self.urls(split)))
-        return torch.utils.data.DataLoader(self._pipeline(split, train), batch_size=None, num_workers=workers,
-                                           persistent_workers=False)
+    def _loader(self, dataset, workers: int) -> torch.utils.data.DataLoader:
+        # persistent_workers=False: workers must be re-created (with the new epoch) every epoch
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
 
     def train_dataloader(self):
-        return self._loader("train", train=True)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # epoch 0, or the epoch a resumed run restarts at
+            self._epoch, self._rank = trainer.current_epoch, trainer.global_rank
+        self._train = TrainWindows(self.urls("train"), self.cfg)
+        self._train.set_epoch(self._epoch, self._rank)
+        return self._loader(self._train, self.cfg.num_workers)
 
     def val_dataloader(self):
-        return self._loader("val", train=False)
+        return self._loader(self._eval_pipeline("val"), min(self.cfg.num_workers, len(self.urls("val"))))
 
     def test_dataloader(self):
-        return self._loader("test", train=False)
+        return self._loader(self._eval_pipeline("test"), min(self.cfg.num_workers, len(self.urls("test"))))
 
     def training_arrays(self, key: str, max_clips: int = 256) -> np.ndarray:
         """Frames of ``key`` (e.g. ``"llf"`` -> (N, 25)) from the first ``max_clips`` training clips

@@ -201,7 +201,9 @@ def train(spec: RunSpec) -> dict:
     has_val = bool(datamodule.urls("val"))
     if not has_val:
         print(f"warning: no val shards in {spec.shard_dir}: training without validation", file=sys.stderr)
-    trainer = L.Trainer(logger=logger, callbacks=[sync, checkpoint], deterministic=True, enable_progress_bar=False,
+    from datamodules.talking_face import DataEpochCallback
+
+    trainer = L.Trainer(logger=logger, callbacks=[sync, checkpoint, DataEpochCallback()], deterministic=True, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=None if has_val else 0, **spec.trainer)
     trainer.fit(model, datamodule=datamodule, ckpt_path="last" if resume else None)
     if trainer.is_global_zero:

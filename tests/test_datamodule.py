@@ -63,8 +63,68 @@ def test_eval_reads_every_window_once_and_training_is_seeded(crema_shards):
 
 def test_pipeline_steps_pickle(crema_shards):
     dm = make_dm(crema_shards, num_workers=1)
-    pickle.dumps(dm._pipeline("train", train=True))
-    assert len(list(dm.train_dataloader())) == 3  # runs in a worker process too
+    loader = dm.train_dataloader()
+    pickle.dumps(loader.dataset)
+    pickle.dumps(dm.val_dataloader().dataset)
+    assert len(list(loader)) == len(loader) == 3  # runs in a worker process too
+
+
+def _epoch_keys(dm, epoch):
+    dm.set_epoch(epoch)
+    return [tuple(b["key"]) for b in dm.train_dataloader()]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_epoch_draws_new_windows_reproducibly(crema_shards, num_workers):
+    """Workers get fresh dataset copies every epoch: the epoch must come from outside."""
+    dm = make_dm(crema_shards, num_workers=num_workers, train_batches=5, windows_per_clip=1)
+    e0, e1, e0_again = _epoch_keys(dm, 0), _epoch_keys(dm, 1), _epoch_keys(dm, 0)
+    assert len(e0) == len(e1) == 5  # train_batches per rank, not train_batches x num_workers
+    assert e0 != e1
+    assert e0 == e0_again  # a rerun with the same seed repeats the epoch
+    assert _epoch_keys(make_dm(crema_shards, num_workers=num_workers, train_batches=5, windows_per_clip=1), 1) == e1
+    dm.set_epoch(0, rank=1)
+    assert [tuple(b["key"]) for b in dm.train_dataloader()] != e0  # ranks draw different windows
+
+
+def test_trainer_pushes_epochs_and_resume_continues_the_stream(crema_shards, tmp_path):
+    """With num_workers=2 under a real Trainer: epochs differ, and a run resumed from its
+    checkpoint after epoch 1 sees epoch 2's windows (those of the uninterrupted run)."""
+    import lightning as L
+
+    from datamodules.talking_face import DataEpochCallback
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list] = {}
+
+        def training_step(self, batch, _):
+            self.seen.setdefault(self.current_epoch, []).append(tuple(batch["key"]))
+            return (self.w - batch["lmk"].mean()) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def fit(max_epochs, ckpt=None, root=tmp_path / "full"):
+        module = Recorder()
+        trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, callbacks=[DataEpochCallback()],
+                            default_root_dir=str(root))
+        trainer.fit(module, datamodule=make_dm(crema_shards, num_workers=2, train_batches=3, windows_per_clip=1),
+                    ckpt_path=ckpt)
+        return module.seen, trainer
+
+    full, _ = fit(3)
+    assert sorted(full) == [0, 1, 2] and all(len(v) == 3 for v in full.values())
+    assert full[0] != full[1] != full[2]
+    first, trainer = fit(2, root=tmp_path / "first")
+    assert first == {0: full[0], 1: full[1]}  # same seed: the same stream
+    ckpt = tmp_path / "two_epochs.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed, _ = fit(3, ckpt=str(ckpt), root=tmp_path / "resumed")
+    assert resumed == {2: full[2]}
 
 
 def test_broken_and_missing_shards(crema_shards, tmp_path, caplog):
