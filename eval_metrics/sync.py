@@ -1,28 +1,33 @@
 """Lip-sync error LSE-D / LSE-C (Prajwal et al. 2020) as torchmetrics ``Metric`` classes and functions.
 
-Definition (syncnet_python's ``calc_pdist`` / Wav2Lip's evaluation, re-implemented)
-----------------------------------------------------------------------------------
+Definition (syncnet_python's ``SyncNetInstance.calc_pdist`` + ``evaluate``, the papers' LSE)
+------------------------------------------------------------------------------------------
 For one clip let ``V[t]`` be the visual embedding of the 5-frame window starting at frame ``t`` and
-``A[t]`` the audio embedding of the matching 0.2 s of audio, ``t = 0 .. N-1``. For every offset
-``o`` in ``[-max_offset, max_offset]`` (default 15 frames = +-0.6 s)::
+``A[t]`` the audio embedding of the matching 0.2 s of audio, ``t = 0 .. N-1``. syncnet_python pads
+the audio embeddings with ``vshift`` zero vectors on both sides (``A[u] = 0`` for ``u < 0`` or
+``u >= N``) and, for every offset ``o`` in ``[-vshift, vshift]`` (``vshift`` = ``max_offset`` =
+15 frames = +-0.6 s), averages over ALL ``N`` visual positions::
 
-    d[o] = mean over t with 0 <= t < N and 0 <= t + o < N of ||V[t] - A[t + o]||_2
+    d[o] = (1 / N) sum_{t=0}^{N-1} ||V[t] - A[t + o] + 1e-6||_2
 
-* **LSE-D** = ``min_o d[o]`` -- lower is better;
-* **LSE-C** = ``median_o d[o] - min_o d[o]`` -- higher is better (the "confidence");
+(the ``1e-6`` is ``torch.nn.functional.pairwise_distance``'s ``eps``, added to the difference).
+
+* **LSE-D** = ``min_o d[o]`` -- lower is better ("Min dist");
+* **LSE-C** = ``median_o d[o] - min_o d[o]`` -- higher is better ("Confidence");
 * the **offset** ``argmin_o d[o]``: a positive offset means the audio matching frame ``t`` sits at
   window ``t + o`` (the audio lags the video by ``o`` frames).
 
-Dataset values are means over clips (each clip weighs the same, as in Wav2Lip's scripts).
+``padding="overlap"`` gives the variant that averages only over the positions where both
+embeddings exist (no zero vectors at the clip ends); it is NOT the papers' definition and never
+fills the ``lse_d`` / ``lse_c`` keys. Dataset values are means over clips (each clip weighs the
+same, as in Wav2Lip's scripts).
 
 Differences from syncnet_python (read before comparing numbers)
 ---------------------------------------------------------------
-* syncnet_python (``SyncNetInstance.calc_pdist``) zero-pads the audio features by ``vshift`` on
-  both sides, so distances to the zero vector enter ``d[o]`` at the clip ends, and its pipeline
-  drops face tracks shorter than 100 frames; CREMA-D clips are about 2.5 s. Here only the
-  overlapping positions enter ``d[o]`` (no padding), so 2 s clips work (50 frames: N = 46 with
-  our expert, N = 45 with syncnet_v2); a clip needs ``N > max_offset`` windows so that every
-  offset has at least one overlapping position (else ``ValueError``).
+* syncnet_python's pipeline drops face tracks shorter than 100 frames; CREMA-D clips are about
+  2.5 s, so we score 2 s clips too (50 frames: N = 46 with our expert, N = 45 with syncnet_v2).
+  We require ``N > max_offset`` windows (so every offset compares at least one real pair; else
+  ``ValueError``, and the video protocol counts the clip in ``skipped_clips``).
 * syncnet_python prints ``AV offset = vshift - argmin``, i.e. ``-offset`` in the convention above;
   its "Min dist" and "Confidence" are LSE-D and LSE-C.
 * The numbers depend on the evaluator network (:class:`SyncEvaluator`):
@@ -53,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -71,22 +77,33 @@ __all__ = [
 ]
 
 
-def sync_distances(v: Tensor, a: Tensor, max_offset: int = 15) -> Tensor:
-    """Mean audio-visual embedding distance per offset, over overlapping positions only.
+PADDINGS = ("syncnet_python", "overlap")
+
+
+def sync_distances(v: Tensor, a: Tensor, max_offset: int = 15, padding: str = "syncnet_python") -> Tensor:
+    """Mean audio-visual embedding distance ``d[o]`` per offset (see the module docstring).
 
     Args:
         v: ``(N, D)`` or ``(B, N, D)`` visual embeddings (one per 5-frame window position).
         a: audio embeddings of the same shape (window ``t`` of ``a`` matches window ``t`` of ``v``).
-        max_offset: largest |offset| in frames (syncnet_python: 15); needs ``N > max_offset``.
+        max_offset: largest |offset| in frames (syncnet_python's ``vshift``: 15); needs ``N > max_offset``.
+        padding: ``"syncnet_python"`` (zero-padded audio, mean over all N positions, the papers'
+            definition) or ``"overlap"`` (mean over overlapping positions only).
 
     Returns:
         ``(2 max_offset + 1,)`` or ``(B, 2 max_offset + 1)`` float64 distances ``d[o]``, index
         ``o + max_offset``.
+
+    Raises:
+        ValueError: shapes differ or are not 2-/3-D, ``max_offset < 0``, ``N <= max_offset``,
+            unknown ``padding``.
     """
     if v.shape != a.shape or v.ndim not in (2, 3):
         raise ValueError(f"v and a must both be (N, D) or (B, N, D), got {tuple(v.shape)} and {tuple(a.shape)}")
     if max_offset < 0:
         raise ValueError(f"max_offset must be >= 0, got {max_offset}")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
     single = v.ndim == 2
     v64, a64 = (v[None], a[None]) if single else (v, a)
     v64, a64 = v64.double(), a64.double()
@@ -94,11 +111,15 @@ def sync_distances(v: Tensor, a: Tensor, max_offset: int = 15) -> Tensor:
     if n <= max_offset:
         raise ValueError(f"LSE needs more than max_offset={max_offset} window positions per clip, got {n} "
                          f"(a clip of T frames has T - 4 positions)")
-    dist = torch.cdist(v64, a64)  # (B, N, N): dist[b, t, u] = ||V[t] - A[u]||
-    out = []
-    for o in range(-max_offset, max_offset + 1):
-        out.append(torch.diagonal(dist, offset=o, dim1=1, dim2=2).mean(dim=-1))  # u = t + o
-    d = torch.stack(out, dim=-1)
+    if padding == "syncnet_python":
+        win = 2 * max_offset + 1
+        a_pad = F.pad(a64, (0, 0, max_offset, max_offset))  # (B, N + 2 vshift, D), zero vectors at the ends
+        shifted = a_pad.unfold(1, win, 1).transpose(2, 3)  # (B, N, win, D): shifted[b, t, j] = A[t + j - vshift]
+        d = torch.linalg.vector_norm(v64[:, :, None, :] - shifted + 1e-6, dim=-1).mean(dim=1)  # (B, win)
+    else:
+        dist = torch.cdist(v64, a64)  # (B, N, N): dist[b, t, u] = ||V[t] - A[u]||
+        d = torch.stack([torch.diagonal(dist, offset=o, dim1=1, dim2=2).mean(dim=-1)  # u = t + o
+                         for o in range(-max_offset, max_offset + 1)], dim=-1)
     return d[0] if single else d
 
 
@@ -119,17 +140,19 @@ class LSEResult:
     distances: Tensor
 
 
-def lip_sync_error(v: Tensor, a: Tensor, max_offset: int = 15) -> LSEResult:
+def lip_sync_error(v: Tensor, a: Tensor, max_offset: int = 15, padding: str = "syncnet_python") -> LSEResult:
     """LSE-D, LSE-C and best offset of each clip (see the module docstring).
 
     Args:
         v, a: ``(N, D)`` (one clip) or ``(B, N, D)`` visual / audio embeddings.
         max_offset: offsets searched, ``[-max_offset, max_offset]`` frames.
+        padding: see :func:`sync_distances` (default: syncnet_python's definition).
 
     Returns:
-        :class:`LSEResult` with ``(B,)`` tensors (``B = 1`` for a single clip).
+        :class:`LSEResult` with ``(B,)`` tensors (``B = 1`` for a single clip); syncnet_python's
+        printed "AV offset" is ``-offset``.
     """
-    d = sync_distances(v, a, max_offset)
+    d = sync_distances(v, a, max_offset, padding)
     d = d[None] if d.ndim == 1 else d
     lse_d, idx = d.min(dim=-1)
     # torch.median returns the lower of the two middle values; 2 max_offset + 1 is odd -> exact

@@ -45,37 +45,66 @@ def one_thread():
 
 
 # --------------------------------------------------------------------------- (a) LSE metric
-@pytest.mark.parametrize("k", [0, 3, -4, 15])
-def test_lse_finds_known_offset_on_2s_clip(k):
-    n, d, noise = 46, 16, 0.01  # 50 frames = 2 s -> 46 window positions
-    g = torch.Generator().manual_seed(1)
-    v = torch.randn(n, d, generator=g)
-    a = torch.randn(n, d, generator=g)
-    for t in range(n):  # A[t + k] = V[t] + noise where both exist
-        if 0 <= t + k < n:
-            a[t + k] = v[t] + noise * torch.randn(d, generator=g)
+def _calc_pdist_np(feat1, feat2, vshift):
+    """NumPy transcription of joonson/syncnet_python ``SyncNetInstance.calc_pdist``: audio features
+    zero-padded by ``vshift``, ``torch.nn.functional.pairwise_distance`` (eps 1e-6 added to the
+    difference) between each visual feature and the 2 vshift + 1 audio features around it."""
+    win_size = vshift * 2 + 1
+    feat2p = np.pad(feat2, ((vshift, vshift), (0, 0)))
+    dists = []
+    for i in range(len(feat1)):
+        diff = np.repeat(feat1[[i], :], win_size, axis=0) - feat2p[i:i + win_size, :] + 1e-6
+        dists.append(np.sqrt((diff ** 2).sum(axis=1)))
+    return dists
+
+
+def _syncnet_python_evaluate(im_feat, cc_feat, vshift=15):
+    """The statistics ``SyncNetInstance.evaluate`` prints: (AV offset, Min dist, Confidence)."""
+    dists = _calc_pdist_np(im_feat, cc_feat, vshift)
+    mdist = np.mean(np.stack(dists, 1), 1)
+    minidx = int(np.argmin(mdist))
+    minval = mdist[minidx]
+    return vshift - minidx, minval, np.median(mdist) - minval, mdist
+
+
+@pytest.mark.parametrize("n_frames,shift", [(50, 0), (50, 3), (120, 0), (120, -7)])
+def test_lse_is_syncnet_pythons_definition(n_frames, shift):
+    """LSE-D / LSE-C / offset equal syncnet_python's Min dist / Confidence / -AV offset to 1e-6 on
+    syncnet_v2-sized (1024-d) embeddings of a 2 s and a 4.8 s clip, with a known shift recovered."""
+    n, d = n_frames - 4, 1024
+    g = torch.Generator().manual_seed(n_frames + shift)
+    v = 3 * torch.randn(n, d, generator=g)
+    a = 3 * torch.randn(n, d, generator=g)
+    for t in range(n):  # A[t + shift] = V[t] + noise where both exist
+        if 0 <= t + shift < n:
+            a[t + shift] = v[t] + 0.5 * torch.randn(d, generator=g)
+    av_offset, min_dist, conf, mdist = _syncnet_python_evaluate(v.numpy().astype(np.float64),
+                                                                a.numpy().astype(np.float64))
     r = lip_sync_error(v, a, max_offset=15)
-    assert int(r.offset[0]) == k
-    expected_noise = noise * math.sqrt(d)  # E||noise|| ~ sigma sqrt(D)
-    assert float(r.lse_d[0]) == pytest.approx(expected_noise, rel=0.3)
-    assert float(r.lse_c[0]) > 1.0  # random pairs are ~sqrt(2 D) apart
-    assert r.distances.shape == (1, 31)
+    np.testing.assert_allclose(r.distances[0].numpy(), mdist, rtol=1e-6)
+    assert float(r.lse_d[0]) == pytest.approx(min_dist, rel=1e-6)
+    assert float(r.lse_c[0]) == pytest.approx(conf, rel=1e-6)
+    assert int(r.offset[0]) == -av_offset == shift
+    overlap = lip_sync_error(v, a, max_offset=15, padding="overlap")  # the variant differs when shifted
+    assert int(overlap.offset[0]) == shift
+    assert (float(overlap.lse_d[0]) == pytest.approx(min_dist, rel=1e-6)) == (shift == 0)
 
 
-def test_lse_against_loop_reference_and_shapes():
+def test_lse_overlap_variant_and_shapes():
     g = torch.Generator().manual_seed(2)
     v, a = torch.randn(3, 20, 4, generator=g), torch.randn(3, 20, 4, generator=g)
-    d = sync_distances(v, a, max_offset=5)
+    d = sync_distances(v, a, max_offset=5, padding="overlap")
     assert d.shape == (3, 11) and d.dtype == torch.float64
     for b in range(3):
-        for o in range(-5, 6):
+        for o in (-5, 0, 4):
             ref = np.mean([np.linalg.norm(v[b, t].numpy() - a[b, t + o].numpy())
                            for t in range(20) if 0 <= t + o < 20])
             assert float(d[b, o + 5]) == pytest.approx(ref, rel=1e-5)
-    r = lip_sync_error(v, a, max_offset=5)
-    assert torch.allclose(r.lse_c, d.median(-1).values - d.min(-1).values)
+    assert sync_distances(v, a, max_offset=5).shape == (3, 11)
     with pytest.raises(ValueError, match="max_offset"):
         sync_distances(v[:, :5], a[:, :5], max_offset=15)
+    with pytest.raises(ValueError, match="padding"):
+        sync_distances(v, a, padding="zeros")
 
 
 def test_lse_metric_is_batch_split_independent():
