@@ -275,9 +275,25 @@ def test_frame_alignment_of_a_burst():
     assert (energy[:30] == -4.0).all() and (energy[39:] == -4.0).all()
     mfcc = mfcc_windows(wav, n_frames, CFG)
     changed = [t for t in range(n_frames) if not np.allclose(mfcc[t], mfcc[0])]
-    # MFCC frames j = 39..45 (centred on 160 j, 25 ms window) overlap samples [6400, 7040); the
-    # window of video frame t holds MFCC frames 4 t - 12 .. 4 t + 15, so t = 6..14 see the burst
+    # MFCC frames j = 38..44 (samples 160 j .. 160 j + 399) overlap samples [6400, 7041) (the
+    # pre-emphasis carries the burst one sample on); the window of video frame t holds MFCC
+    # frames 4 t - 12 .. 4 t + 15, so t = 6..14 see the burst
     assert changed == list(range(6, 15))
+
+
+def test_mfcc_is_python_speech_features_on_a_real_clip(speech):
+    """Known answer: the rows of frame t's window are psf.mfcc's default MFCCs (c1..c12) of the
+    whole clip, rows 4 t - 12 .. 4 t + 15 (ATVGnet's indexing), edges replicated."""
+    import python_speech_features
+
+    n_frames = 90
+    wav = fit_to_frames(speech, n_frames, CFG)
+    ref = python_speech_features.mfcc(wav.astype(np.float64), samplerate=16000)[:, 1:]  # psf defaults, 13 cepstra
+    assert ref.shape == (4 * n_frames - 1, 12)
+    got = mfcc_windows(wav, n_frames, CFG)
+    for t in (3, 40, 89):
+        rows = np.clip(np.arange(4 * t - 12, 4 * t + 16), 0, len(ref) - 1)
+        np.testing.assert_allclose(got[t], ref[rows], rtol=1e-5, atol=1e-4)
 
 
 def test_silence_features_are_finite():

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-import scipy.fft
+import python_speech_features
 import soundfile as sf
 
 from pipeline.extract.errors import ClipFailure
@@ -95,7 +95,7 @@ class AudioConfig:
 
     Mel (Wav2Lip / SadTalker convention, see the module docstring for the hop):
         sample_rate, n_mels, n_fft, hop_length, win_length, fmin, fmax, preemphasis.
-    MFCC (EAPC paper 001 §3.2, ATVGnet layout; HTK-style like ``python_speech_features.mfcc``):
+    MFCC (EAPC paper 001 §3.2, ATVGnet layout; computed by ``python_speech_features.mfcc``):
         n_mfcc: output coefficients per MFCC frame (c1..c12; c0 is computed and dropped).
         mfcc_hop: MFCC hop in samples (160 = 100 Hz, 4 per video frame).
         mfcc_window: MFCC frames per video frame window (28 = 7 video frames = 280 ms).
@@ -503,42 +503,32 @@ def log_mel(wav: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 
 
 def _mfcc_frames(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """HTK-style MFCCs c1..c12 at 100 Hz: ``(N / mfcc_hop, n_mfcc)`` float32, frame j centred on
-    sample ``j * mfcc_hop``."""
-    y = _preemphasis(x, cfg.preemphasis)
-    power = np.abs(
-        librosa.stft(
-            y, n_fft=cfg.mfcc_n_fft, hop_length=cfg.mfcc_hop, win_length=cfg.mfcc_win_length,
-            window="hann", center=True, pad_mode="constant",
-        )
-    ) ** 2
-    power = power[:, : x.size // cfg.mfcc_hop]
-    mel = _mel_basis(cfg.sample_rate, cfg.mfcc_n_fft, cfg.mfcc_n_mels, 0.0, cfg.sample_rate / 2.0, True) @ power
-    log_mel_e = np.log(np.maximum(mel, np.float32(1e-10)))
-    cep = scipy.fft.dct(log_mel_e, type=2, norm="ortho", axis=0)[: cfg.n_mfcc + 1]
-    if cfg.mfcc_lifter > 0:
-        n = np.arange(cfg.n_mfcc + 1, dtype=np.float64)
-        lift = 1.0 + (cfg.mfcc_lifter / 2.0) * np.sin(np.pi * n / cfg.mfcc_lifter)
-        cep = cep * lift[:, None].astype(cep.dtype)
-    return np.ascontiguousarray(cep[1:].T, dtype=np.float32)
+    """``python_speech_features.mfcc`` c1..c12 at 100 Hz: ``(4 T - 1, n_mfcc)`` float32; frame
+    ``j`` covers samples ``[j * mfcc_hop, j * mfcc_hop + mfcc_win_length)``."""
+    sr = cfg.sample_rate
+    cep = python_speech_features.mfcc(
+        x.astype(np.float64), samplerate=sr, winlen=cfg.mfcc_win_length / sr, winstep=cfg.mfcc_hop / sr,
+        numcep=cfg.n_mfcc + 1, nfilt=cfg.mfcc_n_mels, nfft=cfg.mfcc_n_fft, preemph=cfg.preemphasis,
+        ceplifter=cfg.mfcc_lifter,
+    )  # (frames, 13); column 0 is psf's log frame energy (appendEnergy), dropped below
+    return np.ascontiguousarray(cep[:, 1:], dtype=np.float32)
 
 
 def mfcc_windows(wav: np.ndarray, n_frames: int, cfg: AudioConfig) -> np.ndarray:
     """EAPC's per-frame MFCC input: 28 x 12 MFCCs around each video frame (paper 001 §3.2).
 
-    MFCCs (as ``python_speech_features.mfcc`` used by ATVGnet/EVP/EAPC code, HTK style):
-    pre-emphasis 0.97; 25 ms hann window (400 samples, FFT 512), hop 10 ms (160 samples,
-    ``center=True`` with zero padding, so MFCC frame ``j`` is centred on sample ``160 j``);
-    power spectrum; 26 HTK mel filters 0-8000 Hz (unit peak, no slaney norm); natural log
-    (floor 1e-10); DCT-II (orthonormal); 13 cepstra liftered with L = 22 (``1 + 11 sin(pi n /
-    22)``); c0 is dropped (as ATVGnet's ``mfcc[..., 1:]``), leaving ``cfg.n_mfcc`` = 12
-    coefficients c1..c12.  Dropping c0 makes the features independent of overall gain.
+    MFCCs: ``python_speech_features.mfcc`` (psf 0.6, used by the ATVGnet/EVP/EAPC code) with its
+    defaults at 16 kHz: pre-emphasis 0.97; rectangular (no) window of 25 ms (400 samples, FFT 512)
+    every 10 ms (160 samples), frames starting at sample 0 (frame ``j`` covers samples
+    ``160 j .. 160 j + 399``; the last frame is zero-padded); power spectrum / 512; 26 psf mel
+    filters 0-8000 Hz; natural log; DCT-II (orthonormal); 13 cepstra liftered with L = 22; c0
+    (psf replaces it by the log frame energy) is dropped, as ATVGnet's ``mfcc[..., 1:]``, leaving
+    ``cfg.n_mfcc`` = 12 coefficients c1..c12. Dropping c0 makes the features independent of gain.
 
-    Windows: video frame ``t`` has its centre on MFCC frame ``c = 4 t + 2``; its window is MFCC
-    frames ``c - 14 .. c + 13`` (= ``4 t - 12 .. 4 t + 15``, 280 ms, exactly ATVGnet's
-    ``mfcc[(ind - 3) * 4:(ind + 4) * 4]`` rows), centred within 5 ms.  Frames before the start or
-    after the end of the clip replicate the first/last MFCC frame (ATVGnet pads 120 ms of zeros
-    instead).
+    Windows: video frame ``t``'s window is MFCC frames ``4 t - 12 .. 4 t + 15`` (280 ms, exactly
+    ATVGnet's ``mfcc[(ind - 3) * 4:(ind + 4) * 4]`` rows), whose centre lies 7.5 ms after the
+    video frame's centre. Frames before the start or after the end of the clip replicate the
+    first/last MFCC frame (ATVGnet pads 120 ms of zeros instead).
 
     Args:
         wav: float32 ``(T * samples_per_frame,)`` from :func:`fit_to_frames`.
@@ -553,11 +543,10 @@ def mfcc_windows(wav: np.ndarray, n_frames: int, cfg: AudioConfig) -> np.ndarray
         ValueError: ``wav`` does not have ``T * samples_per_frame`` samples.
     """
     x = _check_fitted(wav, n_frames, cfg)
-    frames = _mfcc_frames(x, cfg)  # (k T, 12)
+    frames = _mfcc_frames(x, cfg)  # (k T - 1, 12)
     k = cfg.mfcc_frames_per_frame
-    centres = np.arange(n_frames) * k + k // 2
-    offsets = np.arange(cfg.mfcc_window) - cfg.mfcc_window // 2
-    idx = np.clip(centres[:, None] + offsets[None, :], 0, frames.shape[0] - 1)
+    first = np.arange(n_frames) * k - (cfg.mfcc_window // 2 - k // 2)  # 4 t - 12
+    idx = np.clip(first[:, None] + np.arange(cfg.mfcc_window)[None, :], 0, frames.shape[0] - 1)
     return np.ascontiguousarray(frames[idx], dtype=np.float32)
 
 

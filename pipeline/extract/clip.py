@@ -27,7 +27,7 @@ from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mes
 from pipeline.extract.video import decode_video
 from pipeline.vocab import EMOTION_TO_ID
 
-PREPROCESS_VERSION = "2"
+PREPROCESS_VERSION = "3"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
 
 
