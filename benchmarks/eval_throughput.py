@@ -23,7 +23,8 @@ import yaml
 
 from eval_metrics.arcface import ArcFaceEmbedder, IResNet
 from eval_metrics.emotion import EmotionAccuracy
-from eval_metrics.image import CPBD, FramePSNR, FrameSSIM, fid_metric
+from eval_metrics.cpbd import CPBD
+from eval_metrics.image import FramePSNR, FrameSSIM, fid_metric
 from eval_metrics.landmarks import LandmarkMetrics
 from eval_metrics.identity import CSIM
 from eval_metrics.sync import LSEC, LSED, SyncEvaluator

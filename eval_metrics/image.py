@@ -9,7 +9,7 @@ Every function and metric here takes **RGB frames** as tensors of shape ``(N, 3,
   :func:`to_unit_float` before anything else happens.
 
 ``N`` is a batch of frames (frames of one or several clips, flattened). CPBD's functional form
-works on one NumPy frame ``(H, W)`` or ``(H, W, 3)`` uint8 instead (see :func:`cpbd`).
+works on one NumPy frame ``(H, W)`` or ``(H, W, 3)`` uint8 instead (:mod:`eval_metrics.cpbd`).
 
 Protocols (what the report / MLflow params should state)
 --------------------------------------------------------
@@ -20,7 +20,7 @@ Protocols (what the report / MLflow params should state)
   data_range=1.0)`` (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03) on RGB: per frame the mean
   SSIM over channels and pixels, then averaged over frames.
 * **FID**: see :data:`FID_PROTOCOL` and :func:`inception_feature_extractor`.
-* **CPBD**: see :func:`cpbd`.
+* **CPBD**: see :mod:`eval_metrics.cpbd`.
 """
 
 from __future__ import annotations
@@ -43,13 +43,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from eval_metrics.weights import checked_sha256
 
 __all__ = [
-    "CPBD",
     "FID_INCEPTION_SHA256",
     "FID_PROTOCOL",
     "FramePSNR",
     "FrameSSIM",
     "InceptionFeatureExtractor",
-    "cpbd",
     "default_inception_path",
     "fid_metric",
     "fid_protocol",
@@ -338,191 +336,3 @@ def fid_metric(feature: Optional[nn.Module] = None, path: Union[str, Path, None]
         feature = inception_feature_extractor(path, sha256)
     kwargs.setdefault("normalize", True)
     return FrechetInceptionDistance(feature=feature, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# CPBD (Narvekar & Karam 2009)
-# --------------------------------------------------------------------------------------------
-
-CPBD_BLOCK = 64
-CPBD_EDGE_BLOCK_FRACTION = 0.002
-CPBD_BETA = 3.6
-CPBD_P_JNB = 0.63
-_MAX_MARGIN = 100
-
-
-def _to_gray_float(image: np.ndarray) -> np.ndarray:
-    if image.dtype != np.uint8:
-        raise ValueError(f"cpbd expects a uint8 image, got dtype {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # ITU-R 601 luma, like PIL's mode 'L'
-    elif image.ndim != 2:
-        raise ValueError(f"cpbd expects an (H, W) or (H, W, 3) image, got shape {image.shape}")
-    return image.astype(np.float64)
-
-
-def _canny_edges(gray: np.ndarray) -> np.ndarray:
-    """Canny edges close to ``skimage.feature.canny(gray_float)`` defaults (sigma 1, thresholds 0.1 / 0.2)."""
-    smooth = cv2.GaussianBlur(gray.astype(np.float32), (9, 9), sigmaX=1.0, sigmaY=1.0, borderType=cv2.BORDER_REFLECT)
-    scale = 16.0  # sub-unit precision for the int16 gradients cv2.Canny takes
-    dx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
-    dy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
-    dx16 = np.clip(np.round(dx * scale), -32768, 32767).astype(np.int16)
-    dy16 = np.clip(np.round(dy * scale), -32768, 32767).astype(np.int16)
-    edges = cv2.Canny(dx16, dy16, 0.1 * scale, 0.2 * scale, L2gradient=True) > 0
-    edges[[0, -1], :] = False  # skimage erodes its mask by one pixel
-    edges[:, [0, -1]] = False
-    return edges
-
-
-def _sobel_vertical_edges(gray: np.ndarray) -> np.ndarray:
-    """Thinned vertical-edge map of the reference (Octave ``edge(..., 'sobel', 'vertical')``)."""
-    h1 = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float64) / 8.0
-    # scipy.ndimage.convolve (flipped kernel, 'reflect' = cv2 BORDER_REFLECT); cv2.filter2D correlates
-    strength2 = np.square(cv2.filter2D(gray, cv2.CV_64F, h1[::-1, ::-1].copy(), borderType=cv2.BORDER_REFLECT))
-    strength2[strength2 <= 2.0 * np.sqrt(np.mean(strength2))] = 0.0
-    s = strength2
-    z_col = np.zeros((s.shape[0], 1))
-    z_row = np.zeros((1, s.shape[1]))
-    x = (s > np.hstack([z_col, s[:, :-1]])) & (s > np.hstack([s[:, 1:], z_col]))
-    y = (s > np.vstack([z_row, s[:-1, :]])) & (s > np.vstack([s[1:, :], z_row]))
-    return x | y
-
-
-def _edge_widths(edges: np.ndarray, gray: np.ndarray) -> np.ndarray:
-    """Marziliano edge widths along image rows at edge pixels whose gradient is horizontal.
-
-    Vectorised equivalent of the reference ``marziliano_method``: the gradient angle (from
-    ``np.gradient``; 0 where the x-gradient is 0, as in the reference code) is quantised to 45
-    degrees; at edge pixels with angle 0 (intensity rising left to right) or +-180 (falling), the
-    width is the distance between the local extrema on either side along the row (each side
-    searched at most 101 px). Returns an (H, W) array, 0 at non-measured pixels.
-    """
-    h, w = gray.shape
-    widths = np.zeros((h, w))
-    gy, gx = np.gradient(gray)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        angles = np.where(gx != 0, np.degrees(np.arctan2(gy, gx)), 0.0)
-    if not np.any(angles):
-        return widths
-    q = 45.0 * np.round(angles / 45.0)
-    inner = np.zeros_like(edges)
-    inner[1:-1, 1:-1] = edges[1:-1, 1:-1]
-    rows, cols = np.nonzero(inner & ((q == 0) | (np.abs(q) == 180)))
-    if rows.size == 0:
-        return widths
-    sign = np.where(q[rows, cols] == 0, 1.0, -1.0)
-
-    def side(direction: int) -> np.ndarray:
-        margin = np.full(rows.size, _MAX_MARGIN)
-        active = np.ones(rows.size, dtype=bool)
-        for m in range(_MAX_MARGIN + 1):
-            idx = np.nonzero(active)[0]
-            if idx.size == 0:
-                break
-            inner_c = cols[idx] + direction * (1 + m)
-            outer_c = cols[idx] + direction * (2 + m)
-            outside = (outer_c < 0) | (outer_c >= w)
-            oc = np.clip(outer_c, 0, w - 1)
-            ic = np.clip(inner_c, 0, w - 1)
-            diff = sign[idx] * (gray[rows[idx], oc] - gray[rows[idx], ic])
-            stop = outside | ((diff >= 0) if direction < 0 else (diff <= 0))
-            margin[idx[stop]] = m
-            active[idx[stop]] = False
-        return margin + 1
-
-    widths[rows, cols] = side(-1) + side(+1)
-    return widths
-
-
-def _cpbd_counts(image: np.ndarray) -> tuple[int, int]:
-    """(number of measured edges with P_blur <= P_JNB, number of measured edges) in edge blocks."""
-    gray = _to_gray_float(image)
-    canny = _canny_edges(gray)
-    widths = _edge_widths(_sobel_vertical_edges(gray), gray)
-    h, w = gray.shape
-    sharp = total = 0
-    for i in range(h // CPBD_BLOCK):
-        for j in range(w // CPBD_BLOCK):
-            rs = slice(CPBD_BLOCK * i, CPBD_BLOCK * (i + 1))
-            cs = slice(CPBD_BLOCK * j, CPBD_BLOCK * (j + 1))
-            if np.count_nonzero(canny[rs, cs]) <= CPBD_BLOCK * CPBD_BLOCK * CPBD_EDGE_BLOCK_FRACTION:
-                continue
-            block_w = widths[rs, cs]
-            block_w = block_w[block_w != 0]
-            if block_w.size == 0:
-                continue
-            block = gray[rs, cs]
-            contrast = int(block.max() - block.min())
-            w_jnb = 5.0 if contrast <= 50 else 3.0
-            p_blur = 1.0 - np.exp(-np.abs(block_w / w_jnb) ** CPBD_BETA)
-            buckets = np.round(p_blur * 100.0)  # the reference's 101-bin histogram, bins 0..63 summed
-            sharp += int(np.count_nonzero(buckets <= round(CPBD_P_JNB * 100)))
-            total += int(block_w.size)
-    return sharp, total
-
-
-def cpbd(image: np.ndarray) -> float:
-    """No-reference sharpness CPBD of one frame (higher = sharper).
-
-    Source: N. D. Narvekar and L. J. Karam, "A No-Reference Image Blur Metric Based on the
-    Cumulative Probability of Blur Detection (CPBD)", IEEE TIP 20(9), 2011 (QoMEX 2009); this
-    follows the authors' MATLAB release as ported in the PyPI package ``cpbd`` 1.0.7
-    (``cpbd/compute.py``, ``cpbd/octave.py``), which no longer imports on current SciPy
-    (``scipy.ndimage.imread`` was removed) and is not used here.
-
-    Steps: grayscale (ITU-R 601 luma); Canny edges (sigma 1, thresholds 0.1 / 0.2 as
-    ``skimage.feature.canny`` on the float image; here via OpenCV) decide the **edge blocks**
-    (64x64 tiles, remainder ignored, with more than 0.2% edge pixels); a thinned Sobel
-    vertical-edge map gives the edges whose **widths** are measured along rows (edges with a
-    horizontal gradient, as in the reference code); per block the contrast ``max - min`` sets the
-    just-noticeable-blur width ``w_JNB = 5`` if contrast <= 50 else 3; per edge
-    ``P_blur = 1 - exp(-|w / w_JNB|^3.6)``; CPBD = fraction of edges with ``P_blur <= 0.63``
-    (``P_JNB``; P_blur rounded to 1/100 as the reference histogram does).
-
-    Args:
-        image: uint8 frame, ``(H, W)`` grayscale or ``(H, W, 3)`` RGB. The value depends on the
-            resolution (state it); frames smaller than 64x64 have no block and give 0.
-
-    Returns:
-        float in ``[0, 1]``; 0.0 when no edge is measured.
-
-    Raises:
-        ValueError: wrong dtype or shape.
-    """
-    sharp, total = _cpbd_counts(np.asarray(image))
-    return sharp / total if total else 0.0
-
-
-class CPBD(Metric):
-    """Mean per-frame CPBD (see :func:`cpbd`) as a torchmetrics ``Metric``.
-
-    ``update(frames)``: ``(N, 3, H, W)`` RGB tensor, uint8 ``[0, 255]`` or float ``[0, 1]`` (float
-    frames are quantised with ``round(x * 255)``). ``compute()``: scalar float64 tensor, the mean of
-    per-frame CPBD over all frames seen (0 when none). States ``total`` (sum of per-frame CPBD)
-    and ``count`` (frames), both summed across processes.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, frames: Tensor) -> None:  # noqa: D102 - documented on the class
-        if frames.dtype != torch.uint8:
-            frames = torch.round(to_unit_float(frames).clamp(0, 1) * 255.0).to(torch.uint8)
-        elif frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"expected RGB frames of shape (N, 3, H, W), got {tuple(frames.shape)}")
-        arr = frames.permute(0, 2, 3, 1).cpu().numpy()
-        values = [cpbd(np.ascontiguousarray(f)) for f in arr]
-        self.total += float(math.fsum(values))
-        self.count += len(values)
-
-    def compute(self) -> Tensor:  # noqa: D102 - documented on the class
-        if self.count == 0:
-            return torch.tensor(0.0, dtype=torch.float64)
-        return self.total / self.count

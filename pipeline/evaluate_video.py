@@ -32,7 +32,7 @@ class Evaluators:
 
     Metric keys (``metrics.json``, MLflow ``test/<key>``, the report):
 
-    * ``psnr``, ``ssim``, ``cpbd``, ``fid``;
+    * ``psnr``, ``ssim``, ``cpbd`` (the authors' MATLAB Canny), ``cpbd_python`` (python-cpbd's), ``fid``;
     * ``lse_d``, ``lse_c``: the public syncnet_v2 evaluator (``evaluate.syncnet_v2_weights``), the
       papers' evaluator; ``lse_d_expert``, ``lse_c_expert``: our own expert SyncNet;
     * ``emo_acc``: our emotion classifier, or the external one in ``evaluate.emotion_weights``;
@@ -45,11 +45,14 @@ class Evaluators:
     """
 
     def __init__(self, params: dict, dataset: str):
-        from eval_metrics.image import CPBD, FramePSNR, FrameSSIM
+        from eval_metrics.cpbd import CPBD
+        from eval_metrics.image import FramePSNR, FrameSSIM
 
-        self.metrics: dict = {"psnr": FramePSNR(), "ssim": FrameSSIM(), "cpbd": CPBD()}
+        self.metrics: dict = {"psnr": FramePSNR(), "ssim": FrameSSIM(), "cpbd": CPBD("matlab"),
+                              "cpbd_python": CPBD("python_cpbd")}
         self.evaluators = {"psnr": "torchmetrics PSNR, data_range 1, per frame", "ssim": "torchmetrics SSIM",
-                           "cpbd": "own CPBD (Narvekar & Karam 2009)"}
+                           "cpbd": "own CPBD (Narvekar & Karam 2009), MATLAB edge(I, 'canny')",
+                           "cpbd_python": "own CPBD, python-cpbd 1.0.7 compatible (scikit-image-like Canny)"}
         self.missing: dict[str, str] = {}
         self.skipped: dict[str, int] = {}
         self.fid_params: dict = {}
@@ -167,6 +170,7 @@ class Evaluators:
         self.metrics["psnr"].update(gen, tgt)
         self.metrics["ssim"].update(gen.float() / 255, tgt.float() / 255)
         self.metrics["cpbd"].update(gen)
+        self.metrics["cpbd_python"].update(gen)
         if "fid" in self.metrics:
             self.metrics["fid"].update(tgt, real=True)
             self.metrics["fid"].update(gen, real=False)

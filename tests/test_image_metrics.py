@@ -1,10 +1,9 @@
-"""Tests for eval_metrics.image: PSNR/SSIM wrappers, FID (custom Inception extractor), CPBD."""
+"""Tests for eval_metrics.image: PSNR/SSIM wrappers, FID (custom Inception extractor)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,12 +11,10 @@ from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from eval_metrics.image import (
-    CPBD,
     FID_INCEPTION_SHA256,
     FID_PROTOCOL,
     FramePSNR,
     FrameSSIM,
-    cpbd,
     default_inception_path,
     fid_metric,
     fid_protocol,
@@ -165,29 +162,3 @@ def test_fid_monotonic_in_noise_real_inception(inception, real_frames):
     scale = float(inception(frames).var(0).sum())
     assert abs(curve[0]) < 1e-3 * scale, curve
     assert curve[0] < curve[1] < curve[2], curve
-
-
-# ---------------------------------------------------------------- CPBD
-
-
-def test_cpbd_ranks_sharp_above_blurred(real_frames):
-    frame = real_frames[0]
-    values = [cpbd(frame)] + [cpbd(cv2.GaussianBlur(frame, (0, 0), s)) for s in (1, 2, 3)]
-    assert all(0.0 <= v <= 1.0 for v in values)
-    assert all(a > b for a, b in zip(values, values[1:])), values
-    assert values[0] > 0.2
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    assert cpbd(gray) == pytest.approx(values[0])
-    assert cpbd(np.zeros((32, 32), np.uint8)) == 0.0  # no 64x64 block
-    with pytest.raises(ValueError):
-        cpbd(frame.astype(np.float32))
-
-
-def test_cpbd_metric_accumulates(real_frames):
-    frames = torch.from_numpy(real_frames[:6]).permute(0, 3, 1, 2)
-    metric = CPBD()
-    metric.update(frames[:2])
-    metric.update(frames[2:].float() / 255)  # float frames are quantised back to the same uint8
-    expected = np.mean([cpbd(f) for f in real_frames[:6]])
-    assert float(metric.compute()) == pytest.approx(expected, abs=1e-12)
-    assert 0.0 <= float(metric.compute()) <= 1.0
