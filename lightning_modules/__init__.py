@@ -1,8 +1,11 @@
 """LightningModules, one per method, and the registry the train/evaluate stages look methods up in.
 
 A new method joins by adding one entry to ``METHODS``; its instances have ``data_keys`` (arrays
-the DataModule loads) and ``resolved_config()``. The evaluators that are trained on the training
-split (SyncNet expert, emotion classifier) are trained through the same registry.
+the DataModule loads) and ``resolved_config()``. The networks trained on the training split are
+trained through the same registry, twice each, as separate checkpoints from separate DVC stages
+with different seeds: ``syncnet`` / ``emotion_classifier`` are what generators learn from (their
+losses); ``syncnet_eval`` / ``emotion_classifier_eval`` only score (``evaluate_video`` refuses a
+generator whose config names an evaluator checkpoint).
 """
 
 from lightning_modules.cvae import CVAEModule
@@ -13,6 +16,10 @@ from lightning_modules.syncnet import SyncNetModule
 METHODS: dict[str, type] = {
     "eapc": EAPCModule,
     "cvae": CVAEModule,  # emotion-controllable conditional VAE generator (paper 000)
-    "emotion_classifier": EmotionClassifierModule,  # the EmoAcc evaluator (paper 000 §2.1)
-    "syncnet": SyncNetModule,  # the expert lip-sync evaluator / loss (Wav2Lip-style, paper 000 eq. 4-5)
+    "emotion_classifier": EmotionClassifierModule,  # emotion loss network of the generators (paper 000 §2.1)
+    "syncnet": SyncNetModule,  # expert lip-sync loss network (Wav2Lip-style, paper 000 eq. 4-5)
+    "emotion_classifier_eval": EmotionClassifierModule,  # the EmoAcc evaluator: same architecture, own seed
+    "syncnet_eval": SyncNetModule,  # the lse_*_expert evaluator: same architecture, own seed
 }
+LOSS_NETWORKS: dict[str, str] = {"syncnet": "syncnet_eval", "emotion_classifier": "emotion_classifier_eval"}
+"""Loss network -> the evaluator that replaces it when scoring (never the same checkpoint)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.eval_outputs import write_eval_outputs
 from pipeline.params import ParamsError
 from pipeline.train import run_arg_parser, spec_from_args
 
@@ -96,8 +97,7 @@ def evaluate(spec, out_dir: Path) -> dict:
     result = {"method": spec.method, "dataset": spec.dataset, "split": "test", "metrics": values,
               "evaluators": {name: LANDMARK_EVALUATOR for name in values}, "n_clips": len(clips),
               "n_windows": n_windows, "checkpoint": str(ckpt), "mlflow_run_id": config.get("mlflow_run_id")}
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    _log_to_mlflow(spec, config.get("mlflow_run_id"), values, [out_dir / "metrics.json", plot_path])
+    _log_to_mlflow(spec, config.get("mlflow_run_id"), values, [*write_eval_outputs(out_dir, result), plot_path])
     return result
 
 

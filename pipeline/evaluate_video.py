@@ -4,10 +4,16 @@
 
 Every test clip is rendered from ONE reference frame (its first frame), its own audio (mel) and
 its emotion label; the rendering is compared with the real clip on frames 1..T-1 (frame 0 is the
-reference itself). Writes ``eval/<method>/<dataset>/metrics.json`` with PSNR, SSIM, FID, CPBD,
-LSE-D, LSE-C, EmoAcc and CSIM, the evaluator behind each number, and for each metric that could
-not be computed the reason and the file to download (never a made-up value); a few rendered clips
-as MP4 with their audio; (``videos/``) and everything to MLflow.
+reference itself). Writes ``eval/<method>/<dataset>/metrics.json`` (numbers only: PSNR, SSIM, FID,
+CPBD, LSE-D, LSE-C, EmoAcc, CSIM and clip counts) and ``provenance.json`` (the evaluator behind each
+number, and for each metric that could not be computed the reason and the file to download, never
+a made-up value); a few rendered clips as MP4 with their audio (``videos/``), and everything to an
+MLflow run that is a child of the generator's training run.
+
+The evaluators are never a network the generator was trained against: the expert SyncNet and the
+emotion classifier that score come from ``train@syncnet_eval`` / ``train@emotion_classifier_eval``,
+and :func:`check_independent_evaluators` stops the stage when the generator's resolved config names
+one of their checkpoints (by path or by sha256).
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ import torch
 import webdataset as wds
 
 from datamodules.talking_face import DecodeSample, ReadShards, SelectMembers, shard_urls
+from pipeline.eval_outputs import write_eval_outputs
 from pipeline.params import ParamsError, get, load_params
+
+SYNC_EVALUATOR = "syncnet_eval"
+EMOTION_EVALUATOR = "emotion_classifier_eval"
+"""Registry names of the evaluators trained by this project (separate from the loss networks)."""
+
+
+class EvaluatorLeakError(ValueError):
+    """A generator's config references a checkpoint of the network that would score it."""
 
 
 class Evaluators:
@@ -55,6 +70,7 @@ class Evaluators:
                            "cpbd_python": "own CPBD, python-cpbd 1.0.7 compatible (scikit-image-like Canny)"}
         self.missing: dict[str, str] = {}
         self.skipped: dict[str, int] = {}
+        self.checkpoints: dict[str, Path] = {}  # metric key -> evaluator checkpoint trained by this project
         self.fid_params: dict = {}
         self.sync: dict = {}  # metric-key suffix -> SyncEvaluator
         self._add(lambda: self._fid(params), "fid")
@@ -107,13 +123,14 @@ class Evaluators:
     def _own_sync(self, dataset: str) -> None:
         from eval_metrics.sync import SyncEvaluator
 
-        ckpt = Path("models/syncnet") / dataset / "last.ckpt"
+        ckpt = Path("models") / SYNC_EVALUATOR / dataset / "last.ckpt"
         if not ckpt.is_file():
-            raise FileNotFoundError(f"no SyncNet expert at {ckpt}: run `dvc repro train@syncnet-{dataset}`")
+            raise FileNotFoundError(f"no SyncNet evaluator at {ckpt}: run `dvc repro train@{SYNC_EVALUATOR}-{dataset}`")
         from lightning_modules.syncnet import SyncNetModule
 
         net = SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net
         self._add_sync("_expert", SyncEvaluator.own_expert(net, dataset))
+        self.checkpoints["lse_d_expert"] = self.checkpoints["lse_c_expert"] = ckpt
 
     def _emotion(self, params: dict, dataset: str) -> None:
         from eval_metrics.emotion import EmotionAccuracy, load_emotion_classifier, load_external_emotion_classifier
@@ -123,11 +140,14 @@ class Evaluators:
             classifier, name = load_external_emotion_classifier(
                 external, get(params, "evaluate.emotion_sha256", str, default=None))
         else:
-            ckpt = Path("models/emotion_classifier") / dataset / "last.ckpt"
+            ckpt = Path("models") / EMOTION_EVALUATOR / dataset / "last.ckpt"
             if not ckpt.is_file():
                 raise FileNotFoundError(f"no emotion classifier at {ckpt}: run `dvc repro "
-                                        f"train@emotion_classifier-{dataset}` or set evaluate.emotion_weights")
+                                        f"train@{EMOTION_EVALUATOR}-{dataset}` or set evaluate.emotion_weights")
             classifier, name = load_emotion_classifier(ckpt, trained_on=f"{dataset} train split")
+            self.checkpoints["emo_acc"] = ckpt
+        if external is not None:
+            self.checkpoints["emo_acc"] = Path(external)
         self.metrics["emo_acc"] = EmotionAccuracy(classifier, name)
         self.evaluators["emo_acc"] = name
 
@@ -229,6 +249,39 @@ def _clips_in_shard_stats(shard_dir: Path, split: str) -> int | None:
     return total
 
 
+def _named_files(value) -> list[Path]:
+    """Every string in a (nested) config that names an existing file."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _named_files(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _named_files(v)]
+    return [Path(value)] if isinstance(value, str) and value and Path(value).is_file() else []
+
+
+def check_independent_evaluators(config: dict, evaluator_checkpoints: dict[str, Path]) -> None:
+    """Refuse to score a generator with a network its training used.
+
+    Args:
+        config: the generator's ``config.json`` (``resolved`` holds its method parameters).
+        evaluator_checkpoints: metric key -> the evaluator checkpoint that computes it.
+
+    Raises:
+        EvaluatorLeakError: a file named anywhere in ``config["resolved"]`` is an evaluator
+            checkpoint (same resolved path, or same sha256); the message names both paths.
+    """
+    from eval_metrics.weights import file_sha256
+
+    named = {p.resolve(): p for p in _named_files(config.get("resolved", {}))}
+    digests = {file_sha256(p): p for p in named.values()}
+    for key, ckpt in evaluator_checkpoints.items():
+        twin = named.get(Path(ckpt).resolve()) or digests.get(file_sha256(ckpt))
+        if twin is not None:
+            raise EvaluatorLeakError(
+                f"{key}: the evaluator checkpoint {ckpt} is the file {twin} that {config.get('method')}'s config "
+                f"names (a training loss): a method is never scored by a network it was trained against; "
+                f"train a separate evaluator (train@{SYNC_EVALUATOR}, train@{EMOTION_EVALUATOR})")
+
+
 def load_generator(method: str, dataset: str):
     """A baseline from ``GENERATORS``, or a trained method's ``models/<method>/<dataset>/last.ckpt``.
 
@@ -281,11 +334,20 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
     """Render and score the test split; returns the metrics.json content."""
     from pipeline.extract.video import write_mp4
 
-    generator = load_generator(method, dataset)
-    frames_key = f"frames_{get(params, 'evaluate.crop_size', int, default=128)}"
+    crop_size = get(params, "evaluate.crop_size", int, default=128)
+    frames_key = f"frames_{crop_size}"
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
+    generator = load_generator(method, dataset)
+    config_path = Path("models") / method / dataset / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    _check_crop_size(crop_size, "generator", getattr(getattr(generator, "net_cfg", None), "crop_size", None),
+                     f"train.methods.{method}.net.crop_size")
     evaluators = Evaluators(params, dataset)
+    if "_expert" in evaluators.sync:
+        _check_crop_size(crop_size, "SyncNet evaluator", evaluators.sync["_expert"].net.cfg.crop_size,
+                         f"train.methods.{SYNC_EVALUATOR}.net.crop_size")
+    check_independent_evaluators(config, evaluators.checkpoints)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
     first_clip = None
@@ -308,6 +370,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
     if isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     result = {"method": method, "dataset": dataset, "split": "test", "metrics": evaluators.compute(),
+              "training_run_id": config.get("mlflow_run_id"),
+              "evaluator_checkpoints": {k: str(v) for k, v in evaluators.checkpoints.items()},
               "evaluators": evaluators.evaluators, "missing": evaluators.missing, "n_clips": n_clips,
               "skipped_clips": evaluators.skipped,
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
@@ -315,9 +379,15 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
                            "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params}}
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1, sort_keys=True))
-    _log_to_mlflow(params, method, dataset, result, [out_dir / "metrics.json", *videos])
+    _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
     return result
+
+
+def _check_crop_size(crop_size: int, who: str, expected: int | None, key: str) -> None:
+    """``evaluate.crop_size`` must be the crop the generator renders and the SyncNet evaluator reads."""
+    if expected is not None and expected != crop_size:
+        raise ParamsError(f"evaluate.crop_size is {crop_size} but the {who} works on {expected} px crops ({key}): "
+                          f"make the two equal")
 
 
 def _log_to_mlflow(params: dict, method: str, dataset: str, result: dict, artifacts: list[Path]) -> None:
@@ -325,7 +395,10 @@ def _log_to_mlflow(params: dict, method: str, dataset: str, result: dict, artifa
 
     mlflow.set_tracking_uri(get(params, "mlflow.tracking_uri", str, default="sqlite:///mlflow.db"))
     mlflow.set_experiment(get(params, "mlflow.experiment", str, default="emotional-talking-face"))
-    with mlflow.start_run(run_name=f"{method}-{dataset}-eval", tags={"method": method, "dataset": dataset}):
+    tags = {"method": method, "dataset": dataset}
+    if result.get("training_run_id"):  # shown nested under the run it scores
+        tags.update({"training_run_id": result["training_run_id"], "mlflow.parentRunId": result["training_run_id"]})
+    with mlflow.start_run(run_name=f"{method}-{dataset}-eval", tags=tags):
         mlflow.log_params({k: str(v)[:500] for k, v in result["protocol"].items()})
         mlflow.log_params({f"evaluator.{k}": v[:500] for k, v in result["evaluators"].items()})
         mlflow.log_params({f"missing.{k}": v[:1000] for k, v in result["missing"].items()})
@@ -343,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate_video(args.method, args.dataset, load_params(args.params),
                                 Path("eval") / args.method / args.dataset)
-    except ParamsError as err:
+    except (ParamsError, EvaluatorLeakError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result["metrics"], indent=1), file=sys.stderr)

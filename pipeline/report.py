@@ -103,6 +103,15 @@ def _read_metrics_file(path: Path) -> dict[str, Any]:
         raise ReportError(f"{where}: cannot read metrics: {err}") from err
     if not isinstance(data, dict):
         raise ReportError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    provenance_path = path.with_name("provenance.json")  # evaluators, missing reasons, protocol
+    if provenance_path.is_file():
+        try:
+            provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ReportError(f"{provenance_path}: cannot read provenance: {err}") from err
+        if not isinstance(provenance, dict):
+            raise ReportError(f"{provenance_path}: expected a JSON object")
+        data = {**provenance, **data}
     record: dict[str, Any] = {}
     for field, from_dir in (("method", path.parent.parent.name), ("dataset", path.parent.name)):
         value = data.get(field, from_dir)

@@ -102,6 +102,9 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     except (TypeError, ValueError) as err:
         raise ParamsError(f"train.data: {err}") from err
     method_params = _with_dataset(dict(get(params, f"train.methods.{method}", dict)), dataset)
+    # a network trained twice (loss network and evaluator) differs by its own seed
+    seed = get(params, f"train.methods.{method}.seed", int, default=get(params, "train.seed", int, default=0))
+    method_params.pop("seed", None)
     try:
         METHODS[method](**method_params)
     except (TypeError, ValueError) as err:
@@ -111,7 +114,7 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
         raise ParamsError(f"train.datasets: no training shards in {shard_dir} (run `dvc repro preprocess@{dataset}`)")
     return RunSpec(
         method=method, dataset=dataset, shard_dir=shard_dir, model_dir=Path("models") / method / dataset,
-        trainer=trainer, data=data, method_params=method_params, seed=get(params, "train.seed", int, default=0),
+        trainer=trainer, data=data, method_params=method_params, seed=seed,
         tracking_uri=get(params, "mlflow.tracking_uri", str, default="sqlite:///mlflow.db"),
         experiment=get(params, "mlflow.experiment", str, default="emotional-talking-face"),
     )

@@ -69,7 +69,8 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
             assert json.loads(sample["meta.json"])["split"] == split
 
     metrics = json.loads((repo_copy / "eval/eapc/crema_d/metrics.json").read_text())
-    assert metrics["checkpoint"] == "models/eapc/crema_d/last.ckpt" and metrics["n_clips"] == 1
+    provenance = json.loads((repo_copy / "eval/eapc/crema_d/provenance.json").read_text())
+    assert provenance["checkpoint"] == "models/eapc/crema_d/last.ckpt" and metrics["n_clips"] == 1
     assert all(np.isfinite(v) and v > 0 for v in metrics["metrics"].values())
     report = (repo_copy / "report/report.md").read_text()
     assert f"{metrics['metrics']['mouth_ld']:.3f}" in report and "1.45" in report  # ours beside EAPC's M-LD
@@ -77,16 +78,57 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
 
     for method in ("copy_reference", "cvae"):  # the shared video protocol, every evaluator present
         video = json.loads((repo_copy / f"eval/{method}/crema_d/metrics.json").read_text())
-        assert set(video["metrics"]) == {"psnr", "ssim", "fid", "cpbd", "lse_d_expert", "lse_c_expert", "emo_acc",
-                                         "emo_acc_fer", "csim_dlib"}
-        assert video["evaluators"]["lse_d_expert"] == "own expert SyncNet trained on crema_d"
+        about = json.loads((repo_copy / f"eval/{method}/crema_d/provenance.json").read_text())
+        assert set(video["metrics"]) == {"psnr", "ssim", "fid", "cpbd", "cpbd_python", "lse_d_expert", "lse_c_expert",
+                                         "emo_acc", "emo_acc_fer", "csim_dlib"}
+        assert about["evaluators"]["lse_d_expert"] == "own expert SyncNet trained on crema_d"
         # the papers' evaluators need files that cannot be downloaded here: missing, with what to get
-        assert set(video["missing"]) == {"lse_d", "lse_c", "csim"}
-        assert "syncnet_v2.model" in video["missing"]["lse_d"] and "backbone.pth" in video["missing"]["csim"]
+        assert set(about["missing"]) == {"lse_d", "lse_c", "csim"}
+        assert "syncnet_v2.model" in about["missing"]["lse_d"] and "backbone.pth" in about["missing"]["csim"]
         assert list((repo_copy / f"eval/{method}/crema_d/videos").glob("*.mp4"))
     assert (repo_copy / "eval/cvae/crema_d/emotion_grid.png").stat().st_size > 10_000
+    # no generator is scored by a network it learnt from: evaluators differ from every file cvae names
+    from eval_metrics.weights import file_sha256
+
+    cvae_config = json.loads((repo_copy / "models/cvae/crema_d/config.json").read_text())
+    named = [v for v in cvae_config["resolved"]["optim"].values() if isinstance(v, str) and v.endswith(".ckpt")]
+    assert sorted(named) == ["models/emotion_classifier/crema_d/last.ckpt", "models/syncnet/crema_d/last.ckpt"]
+    about = json.loads((repo_copy / "eval/cvae/crema_d/provenance.json").read_text())
+    evaluator_digests = {file_sha256(repo_copy / p) for p in set(about["evaluator_checkpoints"].values())}
+    assert len(evaluator_digests) == 2 and not evaluator_digests & {file_sha256(repo_copy / p) for p in named}
 
     again = _run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in again.stdout  # nothing changed: nothing runs
     status = _run(["dvc", "status"], repo_copy)
     assert "up to date" in status.stdout
+
+
+@pytest.mark.slow
+def test_dvc_exp_show_compares_ablations(repo_copy):
+    """Two named experiments of the EAPC ablations; `dvc exp show --json` holds both experiments'
+    metrics (the metrics files are git-tracked, so experiments keep them)."""
+    if not (repo_copy / "dvc.lock").is_file():
+        _run(["dvc", "repro"], repo_copy)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "main"]):
+        _run(cmd, repo_copy)
+    for name, key in (("no-prev-frame", "use_prev_frame"), ("no-attention", "use_attention")):
+        _run(["dvc", "exp", "run", "-n", name, "-S", f"train.methods.eapc.net.{key}=false"], repo_copy)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo_copy).stdout)
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            name = node.get("name")
+            data = node.get("data") or {}
+            metrics = (data.get("metrics") or {}).get("eval/eapc/crema_d/metrics.json")
+            if name and metrics and "data" in metrics:
+                found[name] = metrics["data"]["metrics"]["mouth_ld"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(shown)
+    assert {"no-prev-frame", "no-attention"} <= set(found), shown
+    assert all(np.isfinite(v) and v > 0 for v in found.values())

