@@ -301,8 +301,11 @@ class CVAEModule(L.LightningModule):
             if self.emotion_disc is not None:  # fine-tuned: CE on real frames trains the discriminator
                 losses["emotion_disc"] = F.cross_entropy(self.emotion_disc(target.permute(0, 1, 3, 4, 2) * 255.0),
                                                          emotion)
+                # generator's CE through a detached copy of the discriminator: no gradient reaches its
+                # weights, and its BatchNorm running statistics (cloned buffers, discarded) are
+                # updated by real frames only, never by generated ones
                 params = {n: p.detach() for n, p in self.emotion_disc.named_parameters()}
-                params.update(dict(self.emotion_disc.named_buffers()))
+                params.update({n: b.clone() for n, b in self.emotion_disc.named_buffers()})
                 logits = torch.func.functional_call(self.emotion_disc, params, (gen_255,))
                 total = total + losses["emotion_disc"]
             else:

@@ -159,6 +159,29 @@ def test_sync_and_finetuned_emotion_losses_backprop(real_batch):
     assert all(p.grad is None for p in model._aux["sync"].parameters())  # frozen expert
 
 
+def test_finetuned_discriminator_statistics_see_real_frames_only(real_batch):
+    """The emotion discriminator's BatchNorm running statistics after one step equal those of one
+    train-mode pass over the real target frames: generated frames never enter them."""
+    import copy
+
+    torch.manual_seed(0)
+    model = CVAEModule(net=NET, optim={"gamma": 0.0, "delta": 0.1, "emotion_finetune": True, "augment": False,
+                                       "reference": "first"})
+    model.set_emotion_discriminator(EmotionClassifier(EmotionClassifierConfig(widths=(8, 16))))
+    reference = copy.deepcopy(model.emotion_disc)
+    torch.manual_seed(1)
+    model.model_step(real_batch, train=True)
+    stats = {n: b for n, b in model.emotion_disc.named_buffers() if "running" in n}
+    # replay the one real-frame pass the step made, on the copy taken before the step
+    torch.manual_seed(1)
+    idx, _ = model._pick(real_batch[f"frames_{S}"], True)
+    rows = torch.arange(len(idx))
+    real = real_batch[f"frames_{S}"][rows[:, None], idx].float()  # (B, 1, S, S, 3) in 0..255
+    reference(real)
+    expected = {n: b for n, b in reference.named_buffers() if "running" in n}
+    assert stats and all(torch.allclose(stats[n], expected[n], atol=1e-6) for n in stats)
+
+
 class _Recorder(Callback):
     def __init__(self):
         self.recon: list[float] = []
