@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -162,6 +163,27 @@ class CVAEModule(L.LightningModule):
     out of the module tree, hence out of checkpoints; a fine-tuned discriminator is a submodule.
     Reloading a checkpoint re-reads the configured ``*_ckpt`` paths (missing -> FileNotFoundError).
     """
+
+    @staticmethod
+    def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
+        """Check the params without building the module or loading any weights.
+
+        Raises:
+            ValueError: a bad ``net`` / ``optim`` value.
+            FileNotFoundError: a configured ``*_ckpt`` is missing; the message names the key and
+                the DVC stage that writes it (``models/<name>/<dataset>/last.ckpt`` ->
+                ``train@<name>-<dataset>``).
+        """
+        CVAEConfig.from_dict(dict(net or {}))
+        cfg = CVAETrainConfig(**(optim or {}))
+        for key in ("syncnet_ckpt", "emotion_ckpt"):
+            path = getattr(cfg, key)
+            if path is not None and not Path(path).is_file():
+                parts = Path(path).parts
+                stage = (f"`dvc repro train@{parts[-3]}-{parts[-2]}`" if len(parts) >= 3 and parts[-1] == "last.ckpt"
+                         else "the stage that writes it")
+                raise FileNotFoundError(f"train.methods.cvae.optim.{key}: checkpoint {path} does not exist "
+                                        f"(train it first: {stage})")
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()

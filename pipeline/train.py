@@ -105,8 +105,10 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     # a network trained twice (loss network and evaluator) differs by its own seed
     seed = get(params, f"train.methods.{method}.seed", int, default=get(params, "train.seed", int, default=0))
     method_params.pop("seed", None)
-    try:
-        METHODS[method](**method_params)
+    try:  # a module that loads weights validates its params without loading them
+        getattr(METHODS[method], "validate_params", METHODS[method])(**method_params)
+    except FileNotFoundError as err:
+        raise ParamsError(str(err)) from err
     except (TypeError, ValueError) as err:
         message = str(err)
         raise ParamsError(message if message.startswith("train.") else f"train.methods.{method}: {message}") from err

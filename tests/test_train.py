@@ -75,6 +75,20 @@ def test_bad_params_fail_before_work_naming_the_key(workdir, monkeypatch):
     assert not (workdir / "models").exists() and not (workdir / "unused.db").exists()
 
 
+def test_generator_params_validated_without_loading_weights(workdir, monkeypatch):
+    """cvae's loss-network checkpoints are checked for existence (naming the stage that writes
+    them), never loaded, while validating params; a per-method seed overrides train.seed."""
+    monkeypatch.chdir(workdir)
+    params = tiny_params("sqlite:///unused.db")
+    with pytest.raises(ParamsError, match=r"optim.syncnet_ckpt: checkpoint models/syncnet/crema_d/last.ckpt "
+                                          r"does not exist .*train@syncnet-crema_d"):
+        run_spec(params, "cvae", "crema_d")
+    params["train"]["methods"]["cvae"]["optim"].update({"syncnet_ckpt": None, "emotion_ckpt": None})
+    assert run_spec(params, "cvae", "crema_d").method_params["optim"]["syncnet_ckpt"] is None
+    assert run_spec(params, "syncnet_eval", "crema_d").seed == 1 != run_spec(params, "syncnet", "crema_d").seed
+    assert "seed" not in run_spec(params, "syncnet_eval", "crema_d").method_params
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_one_mlflow_run_same_metrics(workdir):
     from mlflow import MlflowClient
