@@ -38,12 +38,14 @@ def repo_copy(tmp_path_factory, shared_datasets):
     params["preprocess"].update({"crop_sizes": [128, 64], "decode_max_side": 480})
     params["train"]["trainer"].update({"max_epochs": 2, "accelerator": "cpu"})
     params["train"]["data"].update({"batch_size": 4, "train_batches": 3})
-    params["train"]["methods"]["eapc"]["net"] = {"audio_hidden": 16, "audio_layers": 1, "llf_hidden": 16,
+    params["train"]["methods"]["eapc"]["net"].update({"audio_hidden": 16, "audio_layers": 1, "llf_hidden": 16,
                                                  "llf_layers": 1, "lm_hidden": 16, "lm_layers": 1,
-                                                 "attention_dim": 16, "fc_dims": [64]}
+                                                 "attention_dim": 16, "fc_dims": [64]})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], repo)
+    for key, value in (("user.name", "test"), ("user.email", "test@example.org")):  # dvc exp commits
+        _run(["git", "config", key, value], repo)
     return repo
 
 
@@ -109,7 +111,7 @@ def test_dvc_exp_show_compares_ablations(repo_copy):
     metrics (the metrics files are git-tracked, so experiments keep them)."""
     if not (repo_copy / "dvc.lock").is_file():
         _run(["dvc", "repro"], repo_copy)
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "main"]):
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "main"]):
         _run(cmd, repo_copy)
     for name, key in (("no-prev-frame", "use_prev_frame"), ("no-attention", "use_attention")):
         _run(["dvc", "exp", "run", "-n", name, "-S", f"train.methods.eapc.net.{key}=false"], repo_copy)
