@@ -95,23 +95,22 @@ def _check_str_map(value: Any, where: str, field: str) -> dict[str, str]:
     return dict(value)
 
 
-def _read_metrics_file(path: Path) -> dict[str, Any]:
-    where = str(path)
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{where}: cannot read metrics: {err}") from err
+        raise ReportError(f"{path}: cannot read {what}: {err}") from err
     if not isinstance(data, dict):
-        raise ReportError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_metrics_file(path: Path) -> dict[str, Any]:
+    where = str(path)
+    data = _read_json_object(path, "metrics")
     provenance_path = path.with_name("provenance.json")  # evaluators, missing reasons, protocol
     if provenance_path.is_file():
-        try:
-            provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ReportError(f"{provenance_path}: cannot read provenance: {err}") from err
-        if not isinstance(provenance, dict):
-            raise ReportError(f"{provenance_path}: expected a JSON object")
-        data = {**provenance, **data}
+        data = {**_read_json_object(provenance_path, "provenance"), **data}
     record: dict[str, Any] = {}
     for field, from_dir in (("method", path.parent.parent.name), ("dataset", path.parent.name)):
         value = data.get(field, from_dir)
