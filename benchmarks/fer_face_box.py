@@ -22,10 +22,11 @@ import torch
 import yaml
 
 from eval_metrics.emotion_fer import FerEmotionClassifier, default_fer_path
-from pipeline.extract.align import crop_transforms, warp_frames
+from pipeline.extract.align import crop_transforms
+from primitives.geometry import warp_frames
 from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
 from pipeline.extract.video import decode_video
-from pipeline.vocab import EMOTION_TO_ID
+from primitives.vocab import EMOTION_TO_ID
 
 
 def haar_boxes(shards: Path, face_scale: float) -> np.ndarray:

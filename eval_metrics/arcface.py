@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from eval_metrics.identity import _to_uint8_images
-from eval_metrics.weights import checked_sha256
-from pipeline.extract.align import square_crop_matrix, warp_frames
+from primitives.checksum import checked_sha256
+from primitives.geometry import square_crop_matrix, warp_frames
 
 __all__ = ["ARCFACE_WHERE", "ARCHS", "ArcFaceEmbedder", "IBasicBlock", "IResNet", "IResNetConfig", "crop_matrix",
            "infer_arch", "load_arcface_state_dict", "preprocess_crops"]

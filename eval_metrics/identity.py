@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from eval_metrics.weights import checked_sha256
+from primitives.checksum import checked_sha256
 
 __all__ = ["CSIM", "DLIB_WEIGHTS", "DlibFaceEmbedder", "cosine_similarity_to_reference", "load_weights",
            "packaged_weight_path"]
@@ -70,12 +70,8 @@ def load_weights(path: str | Path, sha256: str | None = None) -> Path:
         FileNotFoundError: the file does not exist (the message names it and where to get it).
         ValueError: its sha256 differs from the expected one.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}; {_WHERE.format(name=path.name)}")
-    if sha256 is not None:
-        checked_sha256(path, sha256)
-    return path
+    checked_sha256(path, sha256, where=_WHERE.format(name=Path(path).name))
+    return Path(path)
 
 
 def packaged_weight_path(name: str) -> Path:
@@ -218,30 +214,34 @@ class CSIM(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update_embeddings(self, ref_emb: Tensor, gen_emb: Tensor) -> None:
-        """Accumulate from precomputed embeddings: ref (B, D), generated (B, T, D)."""
-        sims = cosine_similarity_to_reference(torch.as_tensor(ref_emb), torch.as_tensor(gen_emb))
-        self._computed = None  # also reached outside the wrapped ``update``: drop the cached result
-        self._update_count += 1
-        self.sim_sum += sims.sum().to(self.sim_sum.device)
-        self.count += sims.numel()
+        """Accumulate from precomputed embeddings: ref (B, D), generated (B, T, D) (same as
+        ``update(ref_emb=..., gen_emb=...)``)."""
+        self.update(ref_emb=ref_emb, gen_emb=gen_emb)
 
-    def update(self, generated: Tensor, reference: Tensor) -> None:
-        """Embed and accumulate. generated (B, T, H, W, 3), reference (B, H, W, 3) uint8 RGB.
+    def update(self, generated: Tensor | None = None, reference: Tensor | None = None,
+               ref_emb: Tensor | None = None, gen_emb: Tensor | None = None) -> None:
+        """Embed and accumulate: generated (B, T, H, W, 3), reference (B, H, W, 3) uint8 RGB; or
+        precomputed embeddings ``ref_emb`` (B, D) and ``gen_emb`` (B, T, D).
 
         Raises:
-            RuntimeError: no embedder was given.
-            ValueError: shapes do not match.
+            RuntimeError: images given to a metric built without an embedder.
+            ValueError: neither or both of images / embeddings, or shapes that do not match.
         """
-        if self.embedder is None:
-            raise RuntimeError("CSIM was built without an embedder; use update_embeddings")
-        generated, reference = torch.as_tensor(generated), torch.as_tensor(reference)
-        if generated.ndim != 5 or reference.ndim != 4 or generated.shape[0] != reference.shape[0]:
-            raise ValueError(f"expected generated (B, T, H, W, 3) and reference (B, H, W, 3), got "
-                             f"{tuple(generated.shape)} and {tuple(reference.shape)}")
-        b, t = generated.shape[:2]
-        ref_emb = torch.as_tensor(self.embedder(reference))
-        gen_emb = torch.as_tensor(self.embedder(generated.reshape(b * t, *generated.shape[2:]))).reshape(b, t, -1)
-        self.update_embeddings(ref_emb, gen_emb)
+        if (generated is None) == (gen_emb is None) or (reference is None) == (ref_emb is None):
+            raise ValueError("CSIM.update needs either generated + reference or gen_emb + ref_emb")
+        if gen_emb is None:
+            if self.embedder is None:
+                raise RuntimeError("CSIM was built without an embedder; use update_embeddings")
+            generated, reference = torch.as_tensor(generated), torch.as_tensor(reference)
+            if generated.ndim != 5 or reference.ndim != 4 or generated.shape[0] != reference.shape[0]:
+                raise ValueError(f"expected generated (B, T, H, W, 3) and reference (B, H, W, 3), got "
+                                 f"{tuple(generated.shape)} and {tuple(reference.shape)}")
+            b, t = generated.shape[:2]
+            ref_emb = torch.as_tensor(self.embedder(reference))
+            gen_emb = torch.as_tensor(self.embedder(generated.reshape(b * t, *generated.shape[2:]))).reshape(b, t, -1)
+        sims = cosine_similarity_to_reference(torch.as_tensor(ref_emb), torch.as_tensor(gen_emb))
+        self.sim_sum += sims.sum().to(self.sim_sum.device)
+        self.count += sims.numel()
 
     def compute(self) -> Tensor:
         """Mean cosine similarity (float64 scalar); NaN when nothing was accumulated."""

@@ -40,7 +40,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 # not re-exported by torchmetrics.image unless torch-fidelity is installed; we never use its default network
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from eval_metrics.weights import checked_sha256
+from primitives.checksum import checked_sha256
 
 __all__ = [
     "FID_INCEPTION_SHA256",

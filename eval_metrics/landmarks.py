@@ -56,6 +56,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
+from primitives.geometry import umeyama
+
 __all__ = [
     "FACE_IDX",
     "MOUTH_IDX",
@@ -138,31 +140,6 @@ def _work_dtype(device: torch.device) -> torch.dtype:
 # --------------------------------------------------------------------------------------------
 # alignment
 # --------------------------------------------------------------------------------------------
-def _umeyama_apply(points: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    """Fit, per leading index, the similarity ``y = s R x + t`` taking ``src`` onto ``dst`` (least
-    squares, Umeyama 1991, reflections excluded) and apply it to ``points``.
-
-    ``src`` is ``(..., K, 2)``, ``dst`` broadcasts against it, ``points`` is ``(..., P, 2)`` with
-    the same leading dims as ``src``. Vectorised over all leading dims (no loop over frames).
-    """
-    k = src.shape[-2]
-    mu_src = src.mean(dim=-2, keepdim=True)  # (..., 1, 2)
-    mu_dst = dst.mean(dim=-2, keepdim=True)
-    src_c = src - mu_src
-    dst_c = dst - mu_dst
-    cov = dst_c.transpose(-1, -2) @ src_c / k  # (..., 2, 2)
-    u, sig, vh = torch.linalg.svd(cov)
-    det = torch.linalg.det(u) * torch.linalg.det(vh)
-    d = torch.where(det < 0, -torch.ones_like(det), torch.ones_like(det))
-    diag = torch.stack([torch.ones_like(d), d], dim=-1)  # (..., 2)
-    rot = (u * diag.unsqueeze(-2)) @ vh  # U diag(1, d) V^T
-    var_src = (src_c**2).sum(dim=(-1, -2)) / k
-    scale = (sig * diag).sum(dim=-1) / var_src.clamp_min(_EPS_VAR)  # (...)
-    scale = scale[..., None, None]
-    # y = s R x + t,  t = mu_dst - s R mu_src   (row vectors: x R^T)
-    return scale * ((points - mu_src) @ rot.transpose(-1, -2)) + mu_dst
-
-
 def _reference_stable(reference: Tensor, batch: int) -> Tensor:
     """Stable points ``(B, 1, K, 2)`` of a reference given as 68 points or as the K stable ones."""
     n_stable = len(STABLE_IDX)
@@ -188,7 +165,8 @@ def _reference_stable(reference: Tensor, batch: int) -> Tensor:
 def _align(lmk: Tensor, ref_stable: Tensor) -> Tensor:
     """Align ``(B, T, 68, 2)`` landmarks to ``ref_stable`` ``(B|1, 1, K, 2)`` (same dtype)."""
     stable = lmk[..., list(STABLE_IDX), :]
-    return _umeyama_apply(lmk, stable, ref_stable)
+    matrix = umeyama(stable, ref_stable, eps=_EPS_VAR)  # (B, T, 2, 3)
+    return lmk @ matrix[..., :2].mT + matrix[..., None, :, 2]
 
 
 def _sequence_reference(lmk: Tensor) -> Tensor:

@@ -64,6 +64,7 @@ from torchmetrics import Metric
 
 # SYNCNET_V2_URL and load_public_syncnet are re-exported here (their home is eval_metrics.syncnet_v2)
 from eval_metrics.syncnet_v2 import SYNCNET_V2_URL, load_public_syncnet, syncnet_v2_embed, syncnet_v2_window_count
+from primitives.sync_windows import clip_windows
 
 __all__ = [
     "LSEC",
@@ -313,8 +314,6 @@ class SyncEvaluator:
             return syncnet_v2_embed(self.net, frames, audio, batch_size=self.chunk)
         if mel is None:
             raise ValueError(f"{self.name} needs the clip's mel spectrogram (M, 80)")
-        from lightning_modules.networks.syncnet import clip_windows
-
         device = next(self.net.parameters()).device
         frames, mel = torch.as_tensor(frames), torch.as_tensor(mel)
         faces, mels = clip_windows(frames, mel)

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval_metrics.weights import checked_sha256
+from primitives.checksum import checked_sha256
 
 __all__ = [
     "DEFAULT_SYNCNET_V2_PATH",

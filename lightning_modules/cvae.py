@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from lightning_modules.networks.cvae import (CVAE, MEL_WINDOW, CVAEConfig, VGGPerceptual, kl_divergence,
                                              mask_lower_half, recon_loss)
-from lightning_modules.networks.syncnet import SYNC_FRAMES, face_windows, mel_windows, sync_loss
+from lightning_modules.networks.syncnet import sync_loss
+from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
 
 log = logging.getLogger(__name__)
 

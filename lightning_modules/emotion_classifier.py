@@ -8,14 +8,18 @@ emotion (B,) int64}``; logs ``train/total``, ``val/loss`` and multiclass accurac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
+from primitives.checksum import checked_sha256, file_sha256
 
 
 @dataclass
@@ -114,3 +118,82 @@ class EmotionClassifierModule(L.LightningModule):
         net = asdict(self.net_cfg)
         net["widths"] = list(net["widths"])
         return {"net": net, "optim": asdict(self.optim_cfg), "data_keys": list(self.data_keys)}
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (for naming the evaluator).
+
+    Raises:
+        FileNotFoundError: missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (train it: dvc repro, method emotion_classifier)")
+    return file_sha256(path)
+
+
+def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d train split",
+                            map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
+    """Load an ``EmotionClassifierModule`` Lightning checkpoint for evaluation.
+
+    Returns:
+        (``predict_proba`` of the network in eval mode, evaluator string
+        ``"own EmotionClassifier trained on <trained_on> (checkpoint sha256 <hex>)"``).
+
+    Raises:
+        FileNotFoundError: missing checkpoint.
+    """
+    digest = checkpoint_sha256(checkpoint)
+    name = f"own EmotionClassifier trained on {trained_on} (checkpoint sha256 {digest})"
+    return _checkpoint_classifier(checkpoint, map_location), name
+
+
+def _checkpoint_classifier(checkpoint: str | Path, map_location: str) -> Callable[[Tensor], Tensor]:
+    """``predict_proba`` of the network in an ``EmotionClassifierModule`` checkpoint (eval mode)."""
+    module = EmotionClassifierModule.load_from_checkpoint(str(checkpoint), map_location=map_location)
+    return module.net.eval().predict_proba
+
+
+def load_external_emotion_classifier(path: str | Path, sha256: str | None = None,
+                                     map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
+    """Load an emotion classifier given by the user instead of the one trained by ``dvc repro``.
+
+    Two formats, told apart by the suffix:
+
+    * ``.ckpt``: an ``EmotionClassifierModule`` Lightning checkpoint trained elsewhere (e.g. on
+      MEAD for a cross-dataset EmoAcc);
+    * anything else: a TorchScript module (``torch.jit.save``) mapping windows ``(W, T, S, S, 3)``
+      uint8 RGB aligned crops to ``(W, 8)`` float logits over ``primitives.vocab.EMOTIONS`` (neutral,
+      angry, contempt, disgusted, fear, happy, sad, surprised); a softmax is applied here.
+
+    Args:
+        path: local file (nothing is downloaded).
+        sha256: expected hex digest; checked when given.
+
+    Returns:
+        (callable windows -> ``(W, 8)`` probabilities, evaluator string
+        ``"external emotion classifier <file name> (sha256 <hex>)"``).
+
+    Raises:
+        FileNotFoundError: missing file (the message names the params key).
+        ValueError: checksum mismatch, or the file is neither a checkpoint nor TorchScript.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"external emotion classifier not found at {path}: set evaluate.emotion_weights "
+                                "to an EmotionClassifierModule .ckpt or a TorchScript file, or null to use the "
+                                "classifier trained by `dvc repro`")
+    digest = checked_sha256(path, sha256)
+    name = f"external emotion classifier {path.name} (sha256 {digest})"
+    if path.suffix == ".ckpt":
+        return _checkpoint_classifier(path, map_location), name
+    try:
+        scripted = torch.jit.load(str(path), map_location=map_location).eval()
+    except RuntimeError as err:
+        raise ValueError(f"{path} is neither a Lightning .ckpt nor a TorchScript file: {err}") from err
+
+    def predict_proba(windows: Tensor) -> Tensor:
+        with torch.no_grad():
+            return scripted(windows).float().softmax(dim=-1)
+
+    return predict_proba, name

@@ -24,7 +24,7 @@ class VideoGenerator(Protocol):
             reference: (B, S, S, 3) uint8 RGB, one aligned face crop per clip.
             mel: (B, M, 80) float32 in [-4, 4], the driving audio's log-mel at 80 frames/s
                 (M >= floor(3.2 * n_frames)).
-            emotion: (B,) int64 in [0, 8), the target emotion (``pipeline.vocab.EMOTIONS``).
+            emotion: (B,) int64 in [0, 8), the target emotion (``primitives.vocab.EMOTIONS``).
             n_frames: frames to render at 25 fps.
 
         Returns:

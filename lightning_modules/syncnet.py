@@ -32,14 +32,8 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.networks.syncnet import (
-    SYNC_FRAMES,
-    SyncNet,
-    SyncNetConfig,
-    face_windows,
-    mel_windows,
-    sync_probability,
-)
+from lightning_modules.networks.syncnet import SyncNet, SyncNetConfig, sync_probability
+from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
 
 
 @dataclass

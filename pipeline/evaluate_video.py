@@ -133,7 +133,8 @@ class Evaluators:
         self.checkpoints["lse_d_expert"] = self.checkpoints["lse_c_expert"] = ckpt
 
     def _emotion(self, params: dict, dataset: str) -> None:
-        from eval_metrics.emotion import EmotionAccuracy, load_emotion_classifier, load_external_emotion_classifier
+        from eval_metrics.emotion import EmotionAccuracy
+        from lightning_modules.emotion_classifier import load_emotion_classifier, load_external_emotion_classifier
 
         external = get(params, "evaluate.emotion_weights", str, default=None)
         if external is not None:
@@ -269,7 +270,7 @@ def check_independent_evaluators(config: dict, evaluator_checkpoints: dict[str, 
         EvaluatorLeakError: a file named anywhere in ``config["resolved"]`` is an evaluator
             checkpoint (same resolved path, or same sha256); the message names both paths.
     """
-    from eval_metrics.weights import file_sha256
+    from primitives.checksum import file_sha256
 
     named = {p.resolve(): p for p in _named_files(config.get("resolved", {}))}
     digests = {file_sha256(p): p for p in named.values()}
@@ -316,7 +317,7 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
     CREMA-D's six emotions; rows = emotions, columns = every 4th frame. Saved as a PNG."""
     import cv2
 
-    from pipeline.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
+    from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 
     real = torch.from_numpy(clip[frames_key])
     mel = torch.from_numpy(clip["mel"])[None]

@@ -154,8 +154,9 @@ def mlflow_logger(spec: RunSpec, run_id: str | None = None):
 
 
 class MLflowRunSync(Callback):
-    """Lightning callback: once DDP is up, every rank takes rank zero's MLflow run id, and rank zero
-    logs the params and the resolved config and writes ``config.json`` (kept for a resume)."""
+    """Lightning callback: once DDP is up, every rank takes rank zero's MLflow run id into its config
+    (only rank zero's logger talks to MLflow), and rank zero logs the params and the resolved config
+    and writes ``config.json`` (kept for a resume)."""
 
     def __init__(self, config: dict, config_path: Path):
         self.config, self.config_path = config, config_path
@@ -164,7 +165,6 @@ class MLflowRunSync(Callback):
         logger = trainer.logger
         run_id = logger.run_id if trainer.is_global_zero else None
         run_id = trainer.strategy.broadcast(run_id, src=0)
-        logger._run_id = run_id
         self.config["mlflow_run_id"] = run_id
         if trainer.is_global_zero:
             logger.log_hyperparams(flatten({k: self.config[k] for k in ("method", "dataset", "resolved", "data",

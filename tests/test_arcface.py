@@ -13,7 +13,7 @@ import torch
 from eval_metrics.arcface import (ARCHS, ArcFaceEmbedder, IResNet, crop_matrix, infer_arch, load_arcface_state_dict,
                                   preprocess_crops)
 from eval_metrics.identity import CSIM
-from eval_metrics.weights import file_sha256
+from primitives.checksum import file_sha256
 from pipeline.extract.align import ARCFACE_TEMPLATE
 
 R50_PARAMS = 43_590_848  # IResNet-50, 512 features (insightface's r50: ~43.6M)

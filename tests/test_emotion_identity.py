@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval_metrics.emotion import (EmotionAccuracy, aggregate_windows, load_external_emotion_classifier,
-                                  split_windows)
+from eval_metrics.emotion import EmotionAccuracy, aggregate_windows, split_windows
+from lightning_modules.emotion_classifier import load_external_emotion_classifier
 from eval_metrics.identity import (CSIM, DLIB_WEIGHTS, DlibFaceEmbedder, cosine_similarity_to_reference,
                                    load_weights, packaged_weight_path)
 from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
@@ -139,7 +139,7 @@ class _ScriptedOracle(torch.nn.Module):
 
 
 def test_external_torchscript_classifier_replaces_ours(tmp_path):
-    from eval_metrics.weights import file_sha256
+    from primitives.checksum import file_sha256
 
     path = tmp_path / "oracle.pt"
     torch.jit.save(torch.jit.script(_ScriptedOracle()), str(path))

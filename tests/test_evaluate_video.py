@@ -69,7 +69,7 @@ def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_
     the wiring, labels and checksums are under test, not the values)."""
     from eval_metrics.arcface import IResNet
     from eval_metrics.syncnet_v2 import SyncNetV2
-    from eval_metrics.weights import file_sha256
+    from primitives.checksum import file_sha256
 
     monkeypatch.chdir(crema_shards)
     torch.manual_seed(0)

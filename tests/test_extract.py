@@ -1,9 +1,11 @@
 """Video decoding, face mesh -> 68 points, and alignment, on the real sample clips."""
 
 import numpy as np
+import torch
 import pytest
 
-from pipeline.extract.align import crop_transforms, five_points, transform_points, umeyama_similarity, warp_frames
+from pipeline.extract.align import crop_transforms, five_points, transform_points
+from primitives.geometry import umeyama, warp_frames
 from pipeline.extract.errors import ClipFailure
 from pipeline.extract.landmarks import MP_TO_68, detect_face_mesh, fill_missing_faces, mesh_to_68
 from pipeline.extract.video import decode_video, probe_video, resample_indices
@@ -114,15 +116,26 @@ def test_fill_missing_faces_interpolates_and_bounds():
         fill_missing_faces(lmk, found, max_missing=0.5)
 
 
-def test_umeyama_recovers_similarity():
+def test_umeyama_recovers_similarity_batched_and_matches_skimage():
     rng = np.random.default_rng(0)
-    src = rng.normal(size=(10, 2))
-    angle, scale, shift = 0.3, 1.7, np.array([4.0, -2.0])
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    dst = scale * src @ rot.T + shift
-    matrix = umeyama_similarity(src, dst)
-    np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
-    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+    src = rng.normal(size=(3, 10, 2))
+    angles, scales = np.array([0.3, -2.0, 3.0]), np.array([1.7, 0.4, 2.5])
+    shifts = rng.normal(size=(3, 2)) * 5
+    rot = np.stack([[[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]] for a in angles])  # (3, 2, 2)
+    dst = scales[:, None, None] * src @ rot.transpose(0, 2, 1) + shifts[:, None]
+    matrix = umeyama(torch.from_numpy(src), torch.from_numpy(dst)).numpy()  # (3, 2, 3)
+    np.testing.assert_allclose(matrix[..., :2], scales[:, None, None] * rot, atol=1e-9)
+    np.testing.assert_allclose(matrix[..., 2], shifts, atol=1e-9)
+    # noisy, mirrored targets: in 2-D the reflection-free similarity [[a, -b, tx], [b, a, ty]] is
+    # linear in (a, b, tx, ty), so its least-squares fit is an ordinary linear solve
+    noisy = dst * np.array([1.0, -1.0]) + rng.normal(size=dst.shape) * 0.3
+    ours = umeyama(torch.from_numpy(src), torch.from_numpy(noisy)).numpy()
+    for i in range(3):
+        x, y = src[i].T
+        one, zero = np.ones_like(x), np.zeros_like(x)
+        design = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+        (a, b, tx, ty), *_ = np.linalg.lstsq(design, np.concatenate(noisy[i].T), rcond=None)
+        np.testing.assert_allclose(ours[i], [[a, -b, tx], [b, a, ty]], atol=1e-9)
 
 
 def test_crop_puts_face_on_template(crema_clip):

@@ -19,7 +19,7 @@ from pipeline.datasets.mead import read_mead
 from pipeline.manifest import COLUMNS, dataset_config, main, read_manifest
 from pipeline.params import ParamsError, get, load_params
 from pipeline.splits import assign_sentence_splits, assign_speaker_splits, validate_fractions
-from pipeline.vocab import EMOTIONS
+from primitives.vocab import EMOTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}

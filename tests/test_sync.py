@@ -21,15 +21,8 @@ from eval_metrics.sync import (
     load_public_syncnet,
     sync_distances,
 )
-from lightning_modules.networks.syncnet import (
-    SyncNet,
-    SyncNetConfig,
-    clip_windows,
-    face_windows,
-    mel_windows,
-    sync_loss,
-    sync_probability,
-)
+from lightning_modules.networks.syncnet import SyncNet, SyncNetConfig, sync_loss, sync_probability
+from primitives.sync_windows import clip_windows, face_windows, mel_windows
 from lightning_modules.syncnet import SyncNetModule
 
 TINY = dict(crop_size=64, face_channels=(8, 16, 32), audio_channels=(8, 16, 32), embed_dim=32)

@@ -26,7 +26,7 @@ from eval_metrics.syncnet_v2 import (
     syncnet_v2_mfcc,
     syncnet_v2_window_count,
 )
-from eval_metrics.weights import file_sha256
+from primitives.checksum import file_sha256
 
 # Sequential indices of the Conv layers in S.netcnnaud / S.netcnnlip (each followed by its BatchNorm
 # at index + 1), and of the Linear (0, 3) / BatchNorm1d (1) layers of netfcaud / netfclip.

@@ -12,7 +12,7 @@ Data flow (one video frame per call, Wav2Lip-style; paper §2)
   as a visual reference" -- we follow Wav2Lip: half-masked target + unmasked reference).
 * Audio: a 16-row mel window ``(B, 1, 16, 80)`` (0.2 s at 80 Hz, time x mel bins, values in
   [-4, 4]) centred on the frame -> conv encoder -> ``audio_dim`` feature.
-* Emotion: one-hot of ``n_emotions`` (8, ``pipeline.vocab.EMOTIONS``) -> MLP with LeakyReLU
+* Emotion: one-hot of ``n_emotions`` (8, ``primitives.vocab.EMOTIONS``) -> MLP with LeakyReLU
   (paper §2: "encoded via a Multi-Layer Perceptron with Leaky ReLU") -> ``emotion_dim`` feature.
 * Conditioning: ``cond = Linear(concat(audio, emotion)) -> cond_channels``; it is "upsampled to
   align with the resolution of visual features in both the encoder and decoder" (paper §2) by
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval_metrics.weights import file_sha256
+from primitives.checksum import checked_sha256, hub_name_prefix
 from lightning_modules.networks.config import config_from_dict, config_to_dict
 
 __all__ = [
@@ -80,7 +80,7 @@ class CVAEConfig:
         audio_channels: channels of the audio encoder's conv stages.
         audio_dim: audio feature size.
         emotion_dim: emotion MLP output size (hidden layer has the same size).
-        n_emotions: one-hot size (8 = ``pipeline.vocab.EMOTIONS``).
+        n_emotions: one-hot size (8 = ``primitives.vocab.EMOTIONS``).
         cond_channels: channels of the broadcast audio+emotion condition at every stage.
         groups: GroupNorm groups (batch-size independent, so ``generate`` on one clip behaves as
             in training; ours).
@@ -313,19 +313,6 @@ def vgg19_features(upto: int = 36) -> nn.Sequential:
     return nn.Sequential(*layers[:upto])
 
 
-def _check_sha256(path: Path, sha256: str | None) -> None:
-    """Full hash when ``sha256`` is given, else the torch.hub ``name-<hexprefix>.pth`` prefix if present."""
-    expected = sha256
-    if expected is None:
-        m = re.search(r"-([0-9a-f]{8,})\.pth$", path.name)
-        if not m:
-            return
-        expected = m.group(1)
-    digest = file_sha256(path)
-    if not digest.startswith(expected.lower()):
-        raise ValueError(f"sha256 mismatch for {path}: got {digest}, expected {expected}")
-
-
 class VGGPerceptual(nn.Module):
     """Perceptual loss: mean over ``layers`` of the MSE between VGG-19 features of generated and
     ground-truth frames (paper 000 §2.1 "Perceptual Loss", Johnson et al. [8]).
@@ -348,11 +335,8 @@ class VGGPerceptual(nn.Module):
                  layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_4", "relu4_4")):
         super().__init__()
         path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"VGG-19 weights not found: {path} (expected torchvision's {VGG19_FILENAME}, "
-                f"https://download.pytorch.org/models/{VGG19_FILENAME})")
-        _check_sha256(path, sha256)
+        checked_sha256(path, sha256 or hub_name_prefix(path),
+                       where=f"expected torchvision's {VGG19_FILENAME}, https://download.pytorch.org/models/{VGG19_FILENAME}")
         unknown = [n for n in layers if n not in VGG19_LAYERS]
         if unknown or not layers:
             raise ValueError(f"unknown VGG-19 layers {unknown}; known: {sorted(VGG19_LAYERS)}")

@@ -100,7 +100,7 @@ class EAPCConfig:
         mfcc_window: MFCC frames (100 Hz) per video frame, 28 (§3.2 "28 x 12").
         n_mfcc: MFCC coefficients per MFCC frame, 12 (§3.2).
         n_llf: low-level features per video frame, 25 (§3.3).
-        n_emotions: emotion classes, 8 (§3.3; the shared vocabulary ``pipeline.vocab.EMOTIONS``).
+        n_emotions: emotion classes, 8 (§3.3; the shared vocabulary ``primitives.vocab.EMOTIONS``).
         n_landmarks: landmarks per frame, 68 (eq. 8-9).
         crop_size: side of the aligned face crop in pixels; landmarks are normalised by
             ``crop_size / 2`` around the crop centre inside the model.

@@ -17,7 +17,7 @@ Architecture (our reading; the paper gives no layer list beyond "similar to [3]"
   Eskimez et al.'s recurrent discriminator);
 * dropout ``dropout`` then ``Linear -> n_emotions`` logits.
 
-Classes: ``n_emotions`` = 8 in the shared vocabulary ``pipeline.vocab.EMOTIONS`` (neutral, angry,
+Classes: ``n_emotions`` = 8 in the shared vocabulary ``primitives.vocab.EMOTIONS`` (neutral, angry,
 contempt, disgusted, fear, happy, sad, surprised). CREMA-D has only 6 of them (no contempt, no
 surprise); trained on CREMA-D those two logits simply never receive a positive target, so the
 model rarely predicts them. MEAD uses all 8.
@@ -41,7 +41,7 @@ class EmotionClassifierConfig:
     """Hyper-parameters of :class:`EmotionClassifier` (``train.methods.emotion_classifier.net``).
 
     Attributes:
-        n_emotions: number of classes (8 = ``pipeline.vocab.EMOTIONS``; CREMA-D uses 6 of them).
+        n_emotions: number of classes (8 = ``primitives.vocab.EMOTIONS``; CREMA-D uses 6 of them).
         image_size: side frames are resized to (paper 000 §2.1: 64), >= 16.
         widths: output channels of the stride-2 conv blocks (default (32, 64, 128, 256), ~0.4M params).
         temporal: ``"mean"`` (average frame features) or ``"gru"`` (last GRU state).

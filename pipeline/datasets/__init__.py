@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.vocab import EMOTIONS
+from primitives.vocab import EMOTIONS
 
 SEXES: tuple[str, ...] = ("female", "male", "")
 """Allowed ``ClipRow.sex`` values ("" = unknown)."""
@@ -47,7 +47,7 @@ class ClipRow:
         audio_path: separate audio file, or "" to use the video's own audio track.
         speaker: speaker / actor id.
         sex: ``"female"``, ``"male"`` or ``""`` (unknown).
-        emotion: one of :data:`pipeline.vocab.EMOTIONS`.
+        emotion: one of :data:`primitives.vocab.EMOTIONS`.
         intensity: 0 = unspecified, else the dataset's level (CREMA-D LO/MD/HI = 1/2/3, MEAD level n).
         sentence: sentence code (CREMA-D ``"IEO"``, MEAD clip index ``"001"``).
         split: ``"train"``, ``"val"``, ``"test"``, or ``""`` before splits are assigned.

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from pipeline.datasets import Candidate, ClipRow, ManifestIssue, finalize, is_ignorable
-from pipeline.vocab import CREMA_D_EMOTIONS, CREMA_D_LEVELS, CREMA_D_VOTES
+from primitives.vocab import CREMA_D_EMOTIONS, CREMA_D_LEVELS, CREMA_D_VOTES
 
 CROWD_FILTERS: dict[str, str | None] = {
     "none": None, "voice": "VoiceVote", "face": "FaceVote", "multimodal": "MultiModalVote",

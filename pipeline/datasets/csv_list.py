@@ -5,7 +5,7 @@ are optional. Relative paths are relative to the CSV's folder (joined, not resol
 
 Policy (every problem is a :class:`~pipeline.datasets.ManifestIssue`):
 
-* ``emotion``: a name from :data:`pipeline.vocab.EMOTIONS` (case-insensitive), else
+* ``emotion``: a name from :data:`primitives.vocab.EMOTIONS` (case-insensitive), else
   ``unknown_emotion``, dropped;
 * ``intensity``: a non-negative integer, empty = 0 (unspecified), else ``bad_intensity``, dropped;
 * empty ``speaker`` -> ``missing_speaker``, dropped; missing video file -> ``missing_video``, dropped;
@@ -21,7 +21,7 @@ import csv
 from pathlib import Path
 
 from pipeline.datasets import Candidate, ClipRow, ManifestIssue, finalize, is_valid_id, sanitize_id
-from pipeline.vocab import EMOTIONS
+from primitives.vocab import EMOTIONS
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("video_path", "speaker", "emotion", "intensity")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("audio_path", "sex", "sentence", "id")

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from pipeline.datasets import Candidate, ClipRow, ManifestIssue, finalize, is_ignorable, is_valid_id
-from pipeline.vocab import EMOTIONS, MEAD_LEVELS
+from primitives.vocab import EMOTIONS, MEAD_LEVELS
 
 _LEVEL_RE = re.compile(r"^level_(\d+)$")
 _SEX_PREFIX = {"M": "male", "W": "female"}

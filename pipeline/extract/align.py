@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+
+from primitives.geometry import umeyama
 
 # ArcFace's five-point template (insightface), divided by its 112 px crop size.
 ARCFACE_TEMPLATE = np.array(
@@ -34,28 +37,6 @@ def five_points(lmk68: np.ndarray) -> np.ndarray:
     )
 
 
-def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (rotation, uniform scale, translation) taking src to dst.
-
-    Args:
-        src, dst: (N, 2) corresponding points, N >= 2.
-
-    Returns:
-        (2, 3) float64 matrix ``M`` with ``dst ~= src @ M[:, :2].T + M[:, 2]``.
-    """
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / len(src)  # (2, 2)
-    u, s, vt = np.linalg.svd(cov)
-    d = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
-    rotation = u @ np.diag(d) @ vt
-    scale = (s * d).sum() / src_c.var(0).sum()
-    matrix = np.zeros((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
-    return matrix
-
-
 def crop_transforms(lmk68: np.ndarray, size: int, face_scale: float, mode: str = "clip") -> np.ndarray:
     """Per-frame similarity transforms from frame pixels to a ``size`` x ``size`` face crop.
 
@@ -75,43 +56,11 @@ def crop_transforms(lmk68: np.ndarray, size: int, face_scale: float, mode: str =
     template = (0.5 + face_scale * (ARCFACE_TEMPLATE - 0.5)) * size  # (5, 2) crop pixels
     points = five_points(lmk68.astype(np.float64))  # (T, 5, 2)
     if mode == "clip":
-        n = len(points)
-        matrix = umeyama_similarity(points.reshape(-1, 2), np.tile(template, (n, 1)))
-        return np.repeat(matrix[None], n, axis=0)
+        matrix = umeyama(torch.from_numpy(points.reshape(-1, 2)), torch.from_numpy(template).repeat(len(points), 1))
+        return np.repeat(matrix.numpy()[None], len(points), axis=0)
     if mode == "frame":
-        return np.stack([umeyama_similarity(p, template) for p in points])
+        return umeyama(torch.from_numpy(points), torch.from_numpy(template)).numpy()  # (T, 2, 3)
     raise ValueError(f"preprocess.align must be 'clip' or 'frame', got {mode!r}")
-
-
-def square_crop_matrix(centre: tuple[float, float], side: float, size: int) -> np.ndarray:
-    """Affine map taking the axis-aligned square of ``side`` pixels centred at ``centre`` (x, y)
-    onto a ``size`` x ``size`` output (pixel coordinates as ``cv2.warpAffine``); used to cut an
-    evaluator's input (ArcFace, FER2013) out of our aligned crops.
-
-    Returns:
-        (2, 3) float64 matrix for :func:`warp_frames`.
-    """
-    k = size / side  # output px per input px
-    return np.array([[k, 0.0, size / 2 - k * centre[0]], [0.0, k, size / 2 - k * centre[1]]])
-
-
-def warp_frames(frames: np.ndarray, matrices: np.ndarray, size: int) -> np.ndarray:
-    """Apply per-frame affine transforms and crop.
-
-    Args:
-        frames: (T, H, W, 3) or (T, H, W) uint8.
-        matrices: (T, 2, 3) from :func:`crop_transforms` (or (2, 3): the same for every frame).
-        size: output side in pixels.
-
-    Returns:
-        (T, size, size[, 3]) uint8, bilinear; pixels outside the frame replicate its border.
-    """
-    if matrices.ndim == 2:
-        matrices = np.repeat(matrices[None], len(frames), axis=0)
-    return np.stack([
-        cv2.warpAffine(f, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        for f, m in zip(frames, matrices)
-    ])
 
 
 def resize_crops(crops: np.ndarray, size: int) -> np.ndarray:

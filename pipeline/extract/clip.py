@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pipeline.extract.align import crop_transforms, resize_crops, transform_points, warp_frames
+from pipeline.extract.align import crop_transforms, resize_crops, transform_points
+from primitives.geometry import warp_frames
 from pipeline.extract.audio import (
     AudioConfig, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
 )
 from pipeline.extract.errors import ClipFailure
 from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
 from pipeline.extract.video import decode_video
-from pipeline.vocab import EMOTION_TO_ID
+from primitives.vocab import EMOTION_TO_ID
 
 PREPROCESS_VERSION = "3"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
