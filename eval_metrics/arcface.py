@@ -292,9 +292,7 @@ class ArcFaceEmbedder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         config = IResNetConfig.from_arch(arch)
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ArcFace weight file not found: {self.path}; {ARCFACE_WHERE}")
-        self.sha256 = checked_sha256(self.path, sha256)
+        self.sha256 = checked_sha256(self.path, sha256, where=ARCFACE_WHERE)
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError) as err:

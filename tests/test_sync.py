@@ -24,6 +24,7 @@ from eval_metrics.sync import (
 from lightning_modules.networks.syncnet import SyncNet, SyncNetConfig, sync_loss, sync_probability
 from primitives.sync_windows import clip_windows, face_windows, mel_windows
 from lightning_modules.syncnet import SyncNetModule
+from syncnet_python_reference import syncnet_python_evaluate
 
 TINY = dict(crop_size=64, face_channels=(8, 16, 32), audio_channels=(8, 16, 32), embed_dim=32)
 KEYS = ("lmk", "frames_64", "mel")
@@ -38,28 +39,6 @@ def one_thread():
 
 
 # --------------------------------------------------------------------------- (a) LSE metric
-def _calc_pdist_np(feat1, feat2, vshift):
-    """NumPy transcription of joonson/syncnet_python ``SyncNetInstance.calc_pdist``: audio features
-    zero-padded by ``vshift``, ``torch.nn.functional.pairwise_distance`` (eps 1e-6 added to the
-    difference) between each visual feature and the 2 vshift + 1 audio features around it."""
-    win_size = vshift * 2 + 1
-    feat2p = np.pad(feat2, ((vshift, vshift), (0, 0)))
-    dists = []
-    for i in range(len(feat1)):
-        diff = np.repeat(feat1[[i], :], win_size, axis=0) - feat2p[i:i + win_size, :] + 1e-6
-        dists.append(np.sqrt((diff ** 2).sum(axis=1)))
-    return dists
-
-
-def _syncnet_python_evaluate(im_feat, cc_feat, vshift=15):
-    """The statistics ``SyncNetInstance.evaluate`` prints: (AV offset, Min dist, Confidence)."""
-    dists = _calc_pdist_np(im_feat, cc_feat, vshift)
-    mdist = np.mean(np.stack(dists, 1), 1)
-    minidx = int(np.argmin(mdist))
-    minval = mdist[minidx]
-    return vshift - minidx, minval, np.median(mdist) - minval, mdist
-
-
 @pytest.mark.parametrize("n_frames,shift", [(50, 0), (50, 3), (120, 0), (120, -7)])
 def test_lse_is_syncnet_pythons_definition(n_frames, shift):
     """LSE-D / LSE-C / offset equal syncnet_python's Min dist / Confidence / -AV offset to 1e-6 on
@@ -71,7 +50,7 @@ def test_lse_is_syncnet_pythons_definition(n_frames, shift):
     for t in range(n):  # A[t + shift] = V[t] + noise where both exist
         if 0 <= t + shift < n:
             a[t + shift] = v[t] + 0.5 * torch.randn(d, generator=g)
-    av_offset, min_dist, conf, mdist = _syncnet_python_evaluate(v.numpy().astype(np.float64),
+    av_offset, min_dist, conf, mdist = syncnet_python_evaluate(v.numpy().astype(np.float64),
                                                                 a.numpy().astype(np.float64))
     r = lip_sync_error(v, a, max_offset=15)
     np.testing.assert_allclose(r.distances[0].numpy(), mdist, rtol=1e-6)

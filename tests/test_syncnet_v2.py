@@ -27,6 +27,7 @@ from eval_metrics.syncnet_v2 import (
     syncnet_v2_window_count,
 )
 from primitives.checksum import file_sha256
+from syncnet_python_reference import syncnet_python_evaluate
 
 # Sequential indices of the Conv layers in S.netcnnaud / S.netcnnlip (each followed by its BatchNorm
 # at index + 1), and of the Linear (0, 3) / BatchNorm1d (1) layers of netfcaud / netfclip.
@@ -204,16 +205,33 @@ def test_frame_and_audio_conversion(real_clip):
 
 
 def test_real_2s_clip_embeddings_and_lse(weights, real_clip):
+    """On a real clip: embeddings == the network run on SyncNetInstance.evaluate's own slices (one
+    batch), and LSE-D / LSE-C / offset == the NumPy transcription of calc_pdist + evaluate."""
+    import python_speech_features
+
     frames, audio = real_clip
     net, _ = weights
     v, a = syncnet_v2_embed(net, frames, audio, batch_size=16)
     assert syncnet_v2_window_count(50, 32000) == 45
     assert v.shape == a.shape == (45, 1024) and v.dtype == a.dtype == torch.float32
-    assert torch.isfinite(v).all() and torch.isfinite(a).all()
-    assert float(v.std(0).mean()) > 0 and float(a.std(0).mean()) > 0  # windows differ
+
+    bgr = syncnet_v2_frames(frames.numpy()).numpy()  # (50, 224, 224, 3), as cv2.imread gives them
+    imtv = torch.from_numpy(np.transpose(np.stack(list(bgr), axis=3)[None], (0, 3, 4, 1, 2)).astype(float)).float()
+    pcm = np.round(audio.numpy() * 32768).astype(np.int16)
+    mfcc = np.stack([np.array(c) for c in zip(*python_speech_features.mfcc(pcm, 16000))])  # (13, 199)
+    cct = torch.from_numpy(mfcc[None, None].astype(float)).float()
+    with torch.no_grad():
+        ref_v = net.forward_lip(torch.cat([imtv[:, :, i:i + 5] for i in range(45)]))
+        ref_a = net.forward_aud(torch.cat([cct[:, :, :, i * 4:i * 4 + 20] for i in range(45)]))
+    torch.testing.assert_close(v, ref_v, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a, ref_a, rtol=1e-4, atol=1e-4)
+
     r = lip_sync_error(v, a, max_offset=15)
-    assert r.distances.shape == (1, 31) and torch.isfinite(r.distances).all()
-    assert float(r.lse_d[0]) > 0 and float(r.lse_c[0]) >= 0 and -15 <= int(r.offset[0]) <= 15
+    offset, min_dist, conf, mdist = syncnet_python_evaluate(v.double().numpy(), a.double().numpy(), vshift=15)
+    np.testing.assert_allclose(r.distances[0].double().numpy(), mdist, rtol=1e-5)
+    assert int(r.offset[0]) == -offset  # syncnet_python prints AV offset = -offset
+    assert float(r.lse_d[0]) == pytest.approx(min_dist, rel=1e-5)
+    assert float(r.lse_c[0]) == pytest.approx(conf, rel=1e-4, abs=1e-5)
 
 
 def test_public_evaluator(weights, real_clip):
