@@ -11,21 +11,23 @@ sets the just-noticeable-blur width ``w_JNB = 5`` if contrast <= 50 else 3; per 
 exp(-|w / w_JNB|^3.6)``; CPBD = fraction of edges with ``P_blur <= 0.63`` (``P_JNB``; P_blur rounded
 to 1/100 as the reference histogram does).
 
-Two Canny detectors (``edges=``), two metric keys:
+Two sets of edge detectors (``edges=``), two metric keys:
 
 * ``"matlab"`` (key ``cpbd``, the reference): :func:`matlab_canny`, MATLAB's ``edge(I, 'canny')``
   (R2011+ ``smoothGradient``: sigma sqrt(2), an even-length 16-tap derivative-of-Gaussian,
-  thresholds from the 70th percentile of a 64-bin histogram, ratio 0.4, 8-connected hysteresis).
-  It reproduces ``reference_img1_canny.txt`` of LIVE img1 pixel for pixel; CPBD of img1 is 0.1352
-  (MATLAB: 0.1353).
+  thresholds from the 70th percentile of a 64-bin histogram, ratio 0.4, 8-connected hysteresis),
+  and :func:`matlab_sobel`, MATLAB's thinned ``edge(I, 'sobel', ..., 'vertical')``. On LIVE img1
+  both reproduce the authors' maps (``reference_img1_canny.txt``, ``reference_img1_sobel.txt``)
+  pixel for pixel and CPBD is 0.1349 (MATLAB: 0.1353).
 * ``"python_cpbd"`` (key ``cpbd_python``): a Canny close to ``skimage.feature.canny`` (sigma 1,
-  absolute thresholds 0.1 / 0.2), as PyPI ``cpbd`` 1.0.7 uses; img1 gives 0.1091, what python-cpbd
-  gives with scikit-image 0.26 (its own published value, 0.1120, came from an older Canny).
-  python-cpbd no longer imports on current SciPy (``scipy.ndimage.imread``) and is not used.
+  absolute thresholds 0.1 / 0.2) and python-cpbd's Sobel port, as PyPI ``cpbd`` 1.0.7 uses; img1
+  gives 0.1091, what python-cpbd gives with scikit-image 0.26 (its own published value, 0.1120,
+  came from an older Canny). python-cpbd no longer imports on current SciPy
+  (``scipy.ndimage.imread``) and is not used.
 
-The Sobel edges and widths follow python-cpbd's port of the MATLAB code (``cpbd/octave.py``,
-``cpbd/compute.py``); with MATLAB's own edges and widths the block pooling (:func:`cpbd_pool`) gives
-python-cpbd's known answer 0.1349.
+The widths follow the reference ``marziliano_method`` (they equal MATLAB's on MATLAB's Sobel map);
+with MATLAB's edges and widths the block pooling (:func:`cpbd_pool`) gives python-cpbd's known
+answer 0.1349.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from torchmetrics import Metric
 
 from eval_metrics.image import to_unit_float
 
-__all__ = ["CPBD", "EDGE_DETECTORS", "cpbd", "cpbd_pool", "marziliano_widths", "matlab_canny", "sobel_edges"]
+__all__ = ["CPBD", "EDGE_DETECTORS", "cpbd", "cpbd_pool", "marziliano_widths", "matlab_canny", "matlab_sobel"]
 
 CPBD_BLOCK = 64
 CPBD_EDGE_BLOCK_FRACTION = 0.002
@@ -169,12 +171,56 @@ def _python_cpbd_canny(gray: np.ndarray) -> np.ndarray:
     return edges
 
 
-EDGE_DETECTORS = {"matlab": matlab_canny, "python_cpbd": _python_cpbd_canny}
+MATLAB_SOBEL_CUTOFF = 4.0
+"""Default squared-gradient cutoff of :func:`matlab_sobel` ((gray levels / px)^2, MATLAB's /8 kernel)."""
 
 
-# ------------------------------------------------------------------------- widths and pooling
-def sobel_edges(gray: np.ndarray) -> np.ndarray:
-    """Thinned vertical-edge map (python-cpbd's port of Octave ``edge(..., 'sobel', 'vertical')``)."""
+def matlab_sobel(gray: np.ndarray, cutoff: float | str = MATLAB_SOBEL_CUTOFF) -> np.ndarray:
+    """MATLAB's ``edge(I, 'sobel', thresh, 'vertical')`` with thinning: vertical-edge map for the widths.
+
+    ``bx = imfilter(I, fspecial('sobel')' / 8, 'replicate')`` (the x-derivative, gray levels per
+    pixel), ``by`` likewise with ``fspecial('sobel') / 8``, ``b = bx^2`` (``kx = 1, ky = 0``). A pixel
+    is an edge when ``b > cutoff`` and it is a maximum of ``b`` (zero-padded) along a row with
+    ``|bx| >= |by|`` (``b(r, c-1) <= b(r, c) > b(r, c+1)``) or along a column (``b(r-1, c) <= b(r, c) >
+    b(r+1, c)``), the thinning rule of MATLAB's compiled ``computeEdges`` with ``kx, ky = 1, 0``.
+
+    The cutoff, our reading: MATLAB's automatic one is ``4 mean(b)`` (50.0 on LIVE img1), but the
+    authors' Sobel map of img1 (``reference_img1_sobel.txt``) is reproduced pixel for pixel only by
+    a cutoff in [4.0, 4.52), not by the automatic rule; the default is therefore the fixed
+    :data:`MATLAB_SOBEL_CUTOFF` = 4.0 (``|bx| > 2`` gray levels per pixel), and ``cutoff="auto"``
+    gives MATLAB's automatic rule.
+
+    Args:
+        gray: ``(H, W)`` float64 gray levels in [0, 255].
+        cutoff: threshold on ``b`` (>= 0), or ``"auto"`` for ``4 mean(b)``.
+
+    Returns:
+        ``(H, W)`` bool edge map.
+
+    Raises:
+        ValueError: ``cutoff`` neither a number >= 0 nor ``"auto"``.
+    """
+    op = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64) / 8.0  # fspecial('sobel') / 8
+    bx = ndi.correlate(gray, op.T, mode="nearest")  # imfilter correlates; 'replicate' border
+    by = ndi.correlate(gray, op, mode="nearest")
+    b = bx * bx
+    if cutoff == "auto":
+        cutoff = 4.0 * float(b.mean())
+    if isinstance(cutoff, str) or not cutoff >= 0:
+        raise ValueError(f"cutoff must be a number >= 0 or 'auto', got {cutoff!r}")
+    padded = np.pad(b, 1)  # an outside neighbour never blocks a maximum
+    left, right = padded[1:-1, :-2], padded[1:-1, 2:]
+    up, down = padded[:-2, 1:-1], padded[2:, 1:-1]
+    eps = 100 * np.finfo(np.float64).eps
+    along_row = (np.abs(bx) >= np.abs(by) - eps) & (left <= b) & (b > right)
+    along_col = (up <= b) & (b > down)  # ky * |bx| = 0 <= |by|: always allowed
+    return (b > cutoff) & (along_row | along_col)
+
+
+def _python_cpbd_sobel(gray: np.ndarray) -> np.ndarray:
+    """Thinned vertical-edge map of python-cpbd 1.0.7 (``cpbd/octave.py``: its port of Octave's
+    ``edge(..., 'sobel')``, which compares ``b`` with ``2 sqrt(mean(b))`` and keeps strict row or
+    column maxima)."""
     h1 = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float64) / 8.0
     # scipy.ndimage.convolve (flipped kernel, 'reflect' = cv2 BORDER_REFLECT); cv2.filter2D correlates
     strength2 = np.square(cv2.filter2D(gray, cv2.CV_64F, h1[::-1, ::-1].copy(), borderType=cv2.BORDER_REFLECT))
@@ -187,6 +233,11 @@ def sobel_edges(gray: np.ndarray) -> np.ndarray:
     return x | y
 
 
+EDGE_DETECTORS = {"matlab": (matlab_canny, matlab_sobel), "python_cpbd": (_python_cpbd_canny, _python_cpbd_sobel)}
+"""Name -> (Canny for the edge blocks, Sobel for the widths)."""
+
+
+# ------------------------------------------------------------------------- widths and pooling
 def marziliano_widths(edges: np.ndarray, gray: np.ndarray) -> np.ndarray:
     """Marziliano edge widths along image rows at edge pixels whose gradient is horizontal.
 
@@ -289,7 +340,8 @@ def cpbd(image: np.ndarray, edges: str = "matlab") -> float:
     if edges not in EDGE_DETECTORS:
         raise ValueError(f"edges must be one of {sorted(EDGE_DETECTORS)}, got {edges!r}")
     gray = _to_gray_float(np.asarray(image))
-    return cpbd_pool(gray, EDGE_DETECTORS[edges](gray), marziliano_widths(sobel_edges(gray), gray))
+    canny, sobel = EDGE_DETECTORS[edges]
+    return cpbd_pool(gray, canny(gray), marziliano_widths(sobel(gray), gray))
 
 
 class CPBD(Metric):
@@ -301,7 +353,7 @@ class CPBD(Metric):
     and ``count`` (frames), both summed across processes.
 
     Args:
-        edges: the Canny detector, ``"matlab"`` (default) or ``"python_cpbd"``.
+        edges: the edge detectors, ``"matlab"`` (default) or ``"python_cpbd"`` (see :data:`EDGE_DETECTORS`).
     """
 
     is_differentiable = False

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_metrics.cpbd import CPBD, cpbd, cpbd_pool, marziliano_widths, matlab_canny, sobel_edges
+from eval_metrics.cpbd import CPBD, cpbd, cpbd_pool, marziliano_widths, matlab_canny, matlab_sobel
 
 CLIP = "talking-clips/sadtalker/WDA_KatieHill_000.mp4"
 
@@ -52,18 +52,21 @@ def test_python_cpbd_variant_value(reference):
     assert cpbd(img, edges="python_cpbd") == pytest.approx(0.1091, abs=5e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="our Sobel thinning (python-cpbd's Octave port) misses 5,247 of MATLAB's "
-                                       "21,150 Sobel edge pixels on img1: end to end 0.1084, MATLAB 0.1353")
+def test_matlab_sobel_reproduces_matlab_pixel_for_pixel(reference):
+    edges = matlab_sobel(reference["input"])
+    assert edges.dtype == bool and edges.shape == (512, 768)
+    assert int(np.count_nonzero(edges != (reference["sobel"] > 0))) == 0
+    # MATLAB's automatic cutoff 4 mean(b) (50.0 here) is not what made the reference map
+    auto = matlab_sobel(reference["input"], cutoff="auto")
+    assert int(np.count_nonzero(auto)) < int(np.count_nonzero(edges)) // 2
+    with pytest.raises(ValueError, match="cutoff"):
+        matlab_sobel(reference["input"], cutoff=-1.0)
+
+
 def test_whole_metric_matches_matlab_on_img1(reference):
     img = reference["input"].astype(np.uint8)
     assert cpbd(img) == pytest.approx(0.1353, abs=0.003)
-
-
-def test_sobel_edges_against_matlab(reference):
-    """Documents the known gap of the Sobel step: overlap with MATLAB's map."""
-    ours, theirs = sobel_edges(reference["input"]), reference["sobel"] > 0
-    assert int(np.count_nonzero(ours & ~theirs)) == 1480
-    assert int(np.count_nonzero(theirs & ~ours)) == 5247
+    assert cpbd(img) == pytest.approx(0.1349, abs=5e-5)  # = pooling MATLAB's own maps
 
 
 def test_cpbd_ranks_sharp_above_blurred(real_frames):
