@@ -223,10 +223,10 @@ class Evaluators:
         return values
 
 
-def test_clips(shard_dir: Path, frames_key: str):
-    """Whole test clips: dicts with ``key``, ``meta``, ``<frames_key>``, ``mel`` and ``audio``."""
+def split_clips(shard_dir: Path, frames_key: str, split: str = "test"):
+    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``mel`` and ``audio``."""
     keys = (frames_key, "mel")
-    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, "test")),
+    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
                                 ReadShards(SelectMembers(keys, extra=("audio.wav",))), wds.map(_DecodeWithAudio(keys)))
     return iter(pipeline)
 
@@ -352,7 +352,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
     first_clip = None
-    for clip in test_clips(shard_dir, frames_key):
+    for clip in split_clips(shard_dir, frames_key):
         first_clip = first_clip or clip
         real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
         mel = torch.from_numpy(clip["mel"])

@@ -27,7 +27,7 @@ from pipeline.params import ParamsError, get, load_params
 
 TRAINER_KEYS = {"max_epochs": int, "accelerator": str, "devices": (int, str, list), "num_nodes": int,
                 "strategy": str, "precision": (str, int), "log_every_n_steps": int,
-                "gradient_clip_val": (int, float)}
+                "gradient_clip_val": (int, float), "max_time": (str, dict)}
 
 
 @dataclass

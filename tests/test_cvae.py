@@ -159,6 +159,26 @@ def test_sync_and_finetuned_emotion_losses_backprop(real_batch):
     assert all(p.grad is None for p in model._aux["sync"].parameters())  # frozen expert
 
 
+def test_aux_losses_start_at_aux_start_step(real_batch, monkeypatch):
+    """Before ``aux_start_step`` only reconstruction + KL are trained (one frame per sample); from it on,
+    the sync (5 frames) and emotion losses join."""
+    torch.manual_seed(0)
+    model = CVAEModule(net=NET, optim={"gamma": 0.1, "delta": 0.1, "aux_start_step": 3, "augment": False})
+    model.set_sync_expert(SyncNet(SyncNetConfig(crop_size=S, face_channels=(8, 16), audio_channels=(8, 16),
+                                                embed_dim=16)))
+    model.set_emotion_discriminator(EmotionClassifier(EmotionClassifierConfig(widths=(8, 16))))
+    for step, expected in ((0, set()), (2, set()), (3, {"sync", "emotion"}), (9, {"sync", "emotion"})):
+        monkeypatch.setattr(CVAEModule, "global_step", property(lambda self, s=step: s))
+        gen, losses = model.model_step(real_batch)
+        assert {"sync", "emotion"} & set(losses) == expected, step
+        assert gen.shape[1] == (5 if expected else 1)
+        aux = model.gamma * losses.get("sync", 0) + model.delta * losses.get("emotion", 0)
+        assert float(losses["total"]) == pytest.approx(float(losses["recon"] + model.alpha * losses["kl"] + aux),
+                                                       rel=1e-6)
+    with pytest.raises(ValueError, match="aux_start_step"):
+        CVAEModule(net=NET, optim={"aux_start_step": -1})
+
+
 def test_finetuned_discriminator_statistics_see_real_frames_only(real_batch):
     """The emotion discriminator's BatchNorm running statistics after one step equal those of one
     train-mode pass over the real target frames: generated frames never enter them."""

@@ -82,9 +82,9 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_clip(crema_shards):
     """First 2 s (50 frames, 32000 samples) of the real test clip, 64 px crops."""
-    from pipeline.evaluate_video import test_clips
+    from pipeline.evaluate_video import split_clips
 
-    clip = next(test_clips(crema_shards / "shards" / "crema_d", "frames_64"))
+    clip = next(split_clips(crema_shards / "shards" / "crema_d", "frames_64"))
     frames, audio = clip["frames_64"][:50], clip["audio"][:32000]
     assert frames.shape == (50, 64, 64, 3) and audio.shape == (32000,) and audio.dtype == np.float32
     return torch.from_numpy(frames), torch.from_numpy(audio)

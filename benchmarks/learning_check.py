@@ -1,0 +1,130 @@
+"""Does a generator learn? Train it for a fixed CPU time on the sample's training clips, then score
+it on those same clips beside ``copy_reference`` and render its emotion grid.
+
+    python benchmarks/learning_check.py --method cvae --dataset crema_d --minutes 12 \
+        --set methods.cvae.optim.aux_start_step=3500
+
+Needs ``dvc repro`` to have built ``shards/<dataset>`` and the loss / evaluator networks the method
+names (``models/syncnet*``, ``models/emotion_classifier*``). The run uses params.yaml's
+``train.methods.<method>`` and ``train.data`` (plus any ``--set``), with ``max_time`` instead of ``max_epochs``,
+and writes into ``--out`` (default ``benchmarks/results/learning-<method>-<dataset>``): the model,
+an MLflow store, ``emotion_grid.png`` and ``learning_check.json``. It never touches ``models/``.
+
+Printed per method, on every training clip (reference = frame 0, the clip's own audio and emotion,
+frames 1..T-1 scored as in ``evaluate_video``):
+
+* PSNR (dB) / SSIM: torchmetrics, per frame, mean over frames;
+* LSE-D / LSE-C: the ``syncnet_eval`` expert (not the ``syncnet`` the generator learns from),
+  syncnet_python's definition (:mod:`eval_metrics.sync`);
+* the emotion grid's row differences: mean absolute difference (uint8 levels) between the frames
+  rendered with each pair of CREMA-D's six emotions, same reference and audio.
+
+The check passes when the method's PSNR beats ``copy_reference``'s and every pair of emotion rows
+differs by more than ``--min-emotion-mad`` levels; the exit status is 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval_metrics.image import FramePSNR, FrameSSIM
+from eval_metrics.sync import LSEC, LSED, SyncEvaluator
+from lightning_modules import METHODS
+from lightning_modules.generation import CopyReference
+from lightning_modules.syncnet import SyncNetModule
+from pipeline.evaluate_video import SYNC_EVALUATOR, emotion_grid, split_clips
+from pipeline.params import load_params
+from pipeline.train import apply_overrides, run_spec, train
+from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
+
+
+def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) -> dict[str, float]:
+    """PSNR, SSIM, LSE-D, LSE-C of ``generator`` over ``clips`` (frames 1..T-1; reference = frame 0)."""
+    psnr, ssim, lse_d, lse_c = FramePSNR(), FrameSSIM(), LSED(), LSEC()
+    for clip in clips:
+        real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3) uint8
+        mel = torch.from_numpy(clip["mel"])
+        with torch.no_grad():
+            generated = generator.generate(real[:1], mel[None], torch.tensor([clip["meta"]["emotion_id"]]),
+                                           len(real))[0]
+        gen, tgt = generated[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2)
+        psnr.update(gen, tgt)
+        ssim.update(gen.float() / 255, tgt.float() / 255)
+        sync.update([lse_d, lse_c], generated, mel)
+    return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "lse_d": float(lse_d.compute()),
+            "lse_c": float(lse_c.compute())}
+
+
+@torch.no_grad()
+def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) -> dict[str, float]:
+    """Mean absolute difference (uint8 levels) between the clips rendered with each pair of emotions."""
+    real = torch.from_numpy(clip[frames_key])
+    mel = torch.from_numpy(clip["mel"])[None]
+    rows = {name: generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames)[0].float()
+            for name in CREMA_D_EMOTIONS.values()}
+    return {f"{a}-{b}": float((rows[a] - rows[b]).abs().mean()) for a, b in itertools.combinations(rows, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="cvae")
+    parser.add_argument("--dataset", default="crema_d")
+    parser.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override a train.* param, e.g. --set methods.cvae.optim.aux_start_step=3500")
+    parser.add_argument("--min-emotion-mad", type=float, default=0.5,
+                        help="smallest mean |difference| (uint8 levels) two emotion rows may have")
+    args = parser.parse_args(argv)
+    out = (args.out or Path("benchmarks/results") / f"learning-{args.method}-{args.dataset}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    spec = run_spec(apply_overrides(load_params(args.params), args.overrides), args.method, args.dataset)
+    seconds = int(args.minutes * 60)
+    spec = dataclasses.replace(
+        spec, model_dir=out / "model", tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
+        trainer={**spec.trainer, "max_epochs": -1, "max_time": {"seconds": seconds}})
+    start = time.perf_counter()
+    config = train(spec)
+    train_s = time.perf_counter() - start
+    model = METHODS[args.method].load_from_checkpoint(spec.model_dir / "last.ckpt", map_location="cpu").eval()
+
+    frames_key = f"frames_{model.net_cfg.crop_size}"
+    clips = list(split_clips(spec.shard_dir, frames_key, split="train"))
+    ckpt = Path("models") / SYNC_EVALUATOR / args.dataset / "last.ckpt"
+    sync = SyncEvaluator.own_expert(SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net, args.dataset)
+    rows = {args.method: score(model, clips, frames_key, sync), "copy_reference": score(CopyReference(), clips,
+                                                                                         frames_key, sync)}
+    mad = emotion_row_mad(model, clips[0], frames_key)
+    emotion_grid(model, clips[0], frames_key, out / "emotion_grid.png")
+
+    print(f"{args.method} on {args.dataset}: {config['global_step']} steps in {train_s / 60:.1f} min; "
+          f"scored on {len(clips)} training clips (LSE: {sync.name})")
+    print(f"{'method':16s} {'PSNR':>7s} {'SSIM':>7s} {'LSE-D':>7s} {'LSE-C':>7s}")
+    for name, r in rows.items():
+        print(f"{name:16s} {r['psnr']:7.2f} {r['ssim']:7.3f} {r['lse_d']:7.3f} {r['lse_c']:7.3f}")
+    print(f"emotion rows: mean |difference| between pairs min {min(mad.values()):.2f}, "
+          f"max {max(mad.values()):.2f} uint8 levels ({out / 'emotion_grid.png'})")
+    passed = rows[args.method]["psnr"] > rows["copy_reference"]["psnr"] and min(mad.values()) > args.min_emotion_mad
+    (out / "learning_check.json").write_text(json.dumps(
+        {"method": args.method, "dataset": args.dataset, "overrides": args.overrides, "steps": config["global_step"], "train_minutes": train_s / 60,
+         "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows, "emotion_row_mad": mad,
+         "passed": passed}, indent=1))
+    print("PASS" if passed else "FAIL: " + ("PSNR not above copy_reference; " if rows[args.method]["psnr"] <=
+                                             rows["copy_reference"]["psnr"] else "") + "emotion rows too alike"
+          * (min(mad.values()) <= args.min_emotion_mad))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
