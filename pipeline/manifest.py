@@ -39,8 +39,8 @@ FORMATS: tuple[str, ...] = ("crema_d", "mead", "csv")
 SPLIT_MODES: tuple[str, ...] = ("speaker", "sentence")
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ClipRow))
 _KEYS = {
-    "common": ("format", "root", "split", "test_sentences", "val_sentences"),
-    "crema_d": ("demographics", "summary_table", "crowd_filter"),
+    "common": ("format", "root", "split", "speaker_splits", "test_sentences", "val_sentences"),
+    "crema_d": ("demographics", "summary_table", "crowd_filter", "parts"),
     "mead": ("view",),
     "csv": (),
 }
@@ -59,8 +59,11 @@ class DatasetConfig:
         format: ``crema_d`` | ``mead`` | ``csv``.
         root: dataset folder (``csv``: the CSV list file).
         demographics, summary_table, crowd_filter: CREMA-D metadata and crowd-vote filter.
+        parts: CREMA-D trees under ``root`` read as one dataset (``("",)``: root itself).
         view: MEAD camera view.
         split: ``speaker`` (stratified by sex) | ``sentence`` (MEAD protocol).
+        speaker_splits: with ``split=speaker``, speaker -> split for speakers placed by hand (the
+            rest are drawn as usual).
         test_sentences, val_sentences: per-group fractions for ``split=sentence``.
         seed: ``manifest.seed``.
         split_fractions: ``manifest.split_fractions`` (validated).
@@ -72,8 +75,10 @@ class DatasetConfig:
     demographics: str | None = None
     summary_table: str | None = None
     crowd_filter: str = "none"
+    parts: tuple[str, ...] = ("",)
     view: str = "front"
     split: str = "speaker"
+    speaker_splits: dict[str, str] = dataclasses.field(default_factory=dict)
     test_sentences: float = 0.1
     val_sentences: float = 0.1
     seed: int = 0
@@ -107,9 +112,16 @@ def dataset_config(params: dict, name: str) -> DatasetConfig:
     if not root.strip():
         raise ParamsError(f"{key}.root: must not be empty")
     crowd_filter = get(params, f"{key}.crowd_filter", str, default="none", choices=tuple(CROWD_FILTERS))
+    parts = tuple(get(params, f"{key}.parts", list, default=[""]))
+    if not parts or not all(isinstance(p, str) for p in parts):
+        raise ParamsError(f"{key}.parts: must be a non-empty list of folder names under root, got {parts!r}")
     summary_table = get(params, f"{key}.summary_table", str, default=None)
     if crowd_filter != "none" and summary_table is None:
         raise ParamsError(f"{key}.summary_table: required when crowd_filter is {crowd_filter!r}")
+    speaker_splits = {str(k): v for k, v in get(params, f"{key}.speaker_splits", dict, default={}).items()}
+    for speaker, split in speaker_splits.items():
+        if split not in SPLITS:
+            raise ParamsError(f"{key}.speaker_splits.{speaker}: must be one of {', '.join(SPLITS)}, got {split!r}")
     test = get(params, f"{key}.test_sentences", float, default=0.1)
     val = get(params, f"{key}.val_sentences", float, default=test)
     for field, value in (("test_sentences", test), ("val_sentences", val)):
@@ -122,8 +134,8 @@ def dataset_config(params: dict, name: str) -> DatasetConfig:
         raise ParamsError(f"manifest.seed: must be >= 0, got {seed}")
     return DatasetConfig(
         name=name, format=fmt, root=root, demographics=get(params, f"{key}.demographics", str, default=None),
-        summary_table=summary_table, crowd_filter=crowd_filter, view=get(params, f"{key}.view", str, default="front"),
-        split=get(params, f"{key}.split", str, default="speaker", choices=SPLIT_MODES),
+        summary_table=summary_table, crowd_filter=crowd_filter, parts=parts, view=get(params, f"{key}.view", str, default="front"),
+        split=get(params, f"{key}.split", str, default="speaker", choices=SPLIT_MODES), speaker_splits=speaker_splits,
         test_sentences=test, val_sentences=val, seed=seed,
         split_fractions=validate_fractions(get(params, "manifest.split_fractions", dict)))
 
@@ -143,7 +155,7 @@ def build_manifest(config: DatasetConfig) -> tuple[list[ClipRow], list[ManifestI
     """
     if config.format == "crema_d":
         rows, issues = read_crema_d(config.root, config.demographics, config.summary_table, config.crowd_filter,
-                                    dataset=config.name)
+                                    dataset=config.name, parts=config.parts)
     elif config.format == "mead":
         rows, issues = read_mead(config.root, config.view, dataset=config.name)
     else:
@@ -151,7 +163,7 @@ def build_manifest(config: DatasetConfig) -> tuple[list[ClipRow], list[ManifestI
     if config.split == "sentence":
         rows = assign_sentence_splits(rows, config.test_sentences, config.val_sentences, config.seed)
     else:
-        rows = assign_speaker_splits(rows, config.split_fractions, config.seed)
+        rows = assign_speaker_splits(rows, config.split_fractions, config.seed, config.speaker_splits)
     return rows, issues
 
 

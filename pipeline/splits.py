@@ -89,27 +89,39 @@ def _check_seed(seed: int) -> None:
         raise ParamsError(f"manifest.seed: must be an integer >= 0, got {seed!r}")
 
 
-def assign_speaker_splits(rows: list[ClipRow], fractions: Mapping[str, float], seed: int) -> list[ClipRow]:
+def assign_speaker_splits(rows: list[ClipRow], fractions: Mapping[str, float], seed: int,
+                          fixed: Mapping[str, str] | None = None) -> list[ClipRow]:
     """Assign speaker-disjoint splits, stratified by sex (algorithm in the module docstring).
 
     Args:
         rows: manifest rows (any order; ``split`` is overwritten).
         fractions: split name -> fraction of each sex group's speakers (``manifest.split_fractions``).
         seed: non-negative integer; the same seed gives the same assignment.
+        fixed: speaker -> split for speakers whose split is given (e.g. a paper's test speakers);
+            they are left out of the random assignment of the others.
 
     Returns:
         New rows, in the input order, with ``split`` set.
 
     Raises:
-        ParamsError (a ValueError): invalid fractions (see :func:`validate_fractions`) or seed.
+        ParamsError (a ValueError): invalid fractions (see :func:`validate_fractions`) or seed, a
+            fixed split that is not a split name, or a fixed speaker with no clip.
     """
     fractions = validate_fractions(fractions)
     _check_seed(seed)
+    fixed = {str(k): v for k, v in (fixed or {}).items()}
     names = list(fractions)
+    speakers_sex = _speaker_sex(rows)
+    for speaker, split in sorted(fixed.items()):
+        if split not in names:
+            raise ParamsError(f"speaker_splits: speaker {speaker} -> {split!r} is not a split ({', '.join(names)})")
+        if speaker not in speakers_sex:
+            raise ParamsError(f"speaker_splits: speaker {speaker} has no clip in this dataset")
     allowed = [fractions[s] > 0 for s in names]
     groups: dict[str, list[str]] = defaultdict(list)
-    for speaker, sex in _speaker_sex(rows).items():
-        groups[sex].append(speaker)
+    for speaker, sex in speakers_sex.items():
+        if speaker not in fixed:
+            groups[sex].append(speaker)
     members: dict[str, list[tuple[str, str]]] = {s: [] for s in names}
     carry = [0.0] * len(names)
     for group in sorted(groups):
@@ -124,7 +136,7 @@ def assign_speaker_splits(rows: list[ClipRow], fractions: Mapping[str, float], s
             members[split].extend((group, spk) for spk in speakers[start:start + count])
             start += count
     _fill_empty_splits(members, [s for s, ok in zip(names, allowed) if ok])
-    split_of = {spk: split for split, pairs in members.items() for _, spk in pairs}
+    split_of = {spk: split for split, pairs in members.items() for _, spk in pairs} | fixed
     return [dataclasses.replace(row, split=split_of[row.speaker]) for row in rows]
 
 

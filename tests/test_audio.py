@@ -335,3 +335,30 @@ def test_wav_to_bytes_roundtrip(speech):
     loud = wav_to_bytes(np.array([2.0, -2.0, 0.0], np.float32), SR)  # clipped, not wrapped
     back, _ = sf.read(io.BytesIO(loud), dtype="float32")
     assert back[0] > 0.99 and back[1] < -0.99
+
+
+def test_audio_lag_recovers_a_known_shift(speech):
+    from pipeline.extract.audio import audio_lag
+
+    wav = speech
+    shifted = np.concatenate([np.zeros(123, np.float32), wav])[: len(wav)]
+    lag, ncc = audio_lag(wav, shifted, SR)
+    assert lag == 123 / SR and ncc > 0.99
+    assert audio_lag(shifted, wav, SR)[0] == -123 / SR
+    with pytest.raises(ValueError, match="non-silent"):
+        audio_lag(wav, np.zeros(100, np.float32), SR)
+
+
+def test_real_crema_d_wav_starts_with_its_flv(shared_datasets):
+    """CREMA-D's AudioWAV files against the audio track of the original VP6F/MP3 FLVs: no offset."""
+    from pipeline.extract.audio import audio_lag
+
+    root = shared_datasets / "crema-d-real"
+    flvs = sorted((root / "VideoFlash").glob("*.flv"))
+    assert len(flvs) == 6
+    for flv in flvs:
+        wav, _ = load_audio(root / "AudioWAV" / f"{flv.stem}.wav", SR)
+        track, rate = load_audio(flv, SR)
+        assert rate == 44100
+        lag, ncc = audio_lag(wav, track, SR)
+        assert abs(lag) <= 1 / SR and ncc > 0.99, flv.name

@@ -269,6 +269,38 @@ def test_speaker_splits_small_and_unknown() -> None:
     assert {r.split for r in only_train} == {"train"}
 
 
+def test_speaker_splits_fixed_by_hand() -> None:
+    rows = [r for k in range(20) for r in _row(f"S{k:02d}", "female" if k % 2 else "male", n=2)]
+    drawn = {r.speaker: r.split for r in assign_speaker_splits(rows, FRACTIONS, seed=0)}
+    test_speaker = next(s for s, split in sorted(drawn.items()) if split == "test")
+    fixed = assign_speaker_splits(rows, FRACTIONS, seed=0, fixed={test_speaker: "train", "S00": "test"})
+    split_of = {r.speaker: r.split for r in fixed}
+    assert split_of[test_speaker] == "train" and split_of["S00"] == "test"
+    assert all(len(s) == 1 for s in _speaker_splits(fixed).values())
+    others = Counter(s for spk, s in split_of.items() if spk not in (test_speaker, "S00"))
+    assert others["train"] in (12, 13) and others["val"] + others["test"] in (5, 6)  # 18 drawn at 0.7 / 0.15 / 0.15
+    with pytest.raises(ValueError, match="no clip"):
+        assign_speaker_splits(rows, FRACTIONS, 0, fixed={"nobody": "train"})
+    with pytest.raises(ValueError, match="not a split"):
+        assign_speaker_splits(rows, FRACTIONS, 0, fixed={"S01": "dev"})
+
+
+def test_crema_d_parts_read_as_one_dataset(shared_datasets: Path) -> None:
+    """crema-d-layout + the real CREMA-D files: one dataset; actor 1002's WAVs without FLVs are named."""
+    rows, issues = read_crema_d(shared_datasets, shared_datasets / "crema-d-meta/VideoDemographics.csv",
+                                parts=("crema-d-layout", "crema-d-real"))
+    real = [r for r in rows if r.speaker == "1001"]
+    assert len(rows) == 22 and len(real) == 6
+    assert {r.emotion for r in real} == {"angry", "disgusted", "fear", "happy", "neutral", "sad"}
+    assert {r.sex for r in real} == {"male"} and all(r.audio_path.endswith(f"{r.id}.wav") for r in real)
+    missing = sorted(Path(i.path).name for i in issues if i.problem == "missing_video")
+    assert missing == [f"1002_DFA_{e}_XX.wav" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")]
+    twice, twice_issues = read_crema_d(shared_datasets, parts=("crema-d-real", "crema-d-real"))
+    assert len(twice) == 6 and sum(i.problem == "duplicate_id" for i in twice_issues) == 6
+    with pytest.raises(FileNotFoundError, match="VideoFlash"):
+        read_crema_d(shared_datasets, parts=("crema-d-real", "nowhere"))
+
+
 @pytest.mark.parametrize("fractions", [{"train": 0.7, "val": 0.2}, {"train": 1.2, "val": -0.2},
                                        {"train": 0.5, "dev": 0.5}, {"val": 0.5, "test": 0.5}, [0.5, 0.5]])
 def test_bad_fractions(fractions) -> None:
@@ -330,6 +362,8 @@ def test_repo_params_are_valid() -> None:
     ("manifest__datasets__crema_d__summary_table", None, None),
     ("manifest__split_fractions", {"train": 0.9}, "manifest.split_fractions"),
     ("manifest__seed", "zero", "manifest.seed"),
+    ("manifest__datasets__crema_d__speaker_splits", {"1001": "dev"}, "manifest.datasets.crema_d.speaker_splits.1001"),
+    ("manifest__datasets__crema_d__parts", "crema-d-real", "manifest.datasets.crema_d.parts"),
 ])
 def test_params_errors_name_the_key(tmp_path: Path, shared_datasets: Path, override: str, value, key) -> None:
     params = load_params(_params(tmp_path, shared_datasets, **{override: value}))

@@ -81,7 +81,8 @@ def _demographics_issue(path: str | Path | None, n_clips: int) -> ManifestIssue:
 
 
 def read_crema_d(root: str | Path, demographics: str | Path | None = None, summary_table: str | Path | None = None,
-                 crowd_filter: str = "none", dataset: str = "crema_d") -> tuple[list[ClipRow], list[ManifestIssue]]:
+                 crowd_filter: str = "none", dataset: str = "crema_d",
+                 parts: tuple[str, ...] = ("",)) -> tuple[list[ClipRow], list[ManifestIssue]]:
     """Read a CREMA-D download into manifest rows (policy in the module docstring).
 
     Args:
@@ -90,19 +91,25 @@ def read_crema_d(root: str | Path, demographics: str | Path | None = None, summa
         summary_table: ``summaryTable.csv``; required unless ``crowd_filter`` is ``"none"``.
         crowd_filter: ``none`` | ``voice`` | ``face`` | ``multimodal``.
         dataset: value of ``ClipRow.dataset``.
+        parts: sub-folders of ``root`` that are each a CREMA-D tree, read as one dataset (a clip
+            name found in two parts is a ``duplicate_id``, the first part wins); ``("",)``: root itself.
 
     Returns:
         ``(rows, issues)``: rows sorted by id (``split=""``), issues sorted by path.
 
     Raises:
-        FileNotFoundError: ``root/VideoFlash`` or a needed summary table does not exist.
-        ValueError: bad ``crowd_filter``, or a metadata CSV lacks a required column.
+        FileNotFoundError: a part's ``VideoFlash`` or a needed summary table does not exist.
+        ValueError: bad ``crowd_filter``, no part, or a metadata CSV lacks a required column.
     """
     if crowd_filter not in CROWD_FILTERS:
         raise ValueError(f"crowd_filter must be one of {', '.join(CROWD_FILTERS)}, got {crowd_filter!r}")
-    video_dir, audio_dir = Path(root) / "VideoFlash", Path(root) / "AudioWAV"
-    if not video_dir.is_dir():
-        raise FileNotFoundError(f"CREMA-D video folder not found: {video_dir} (expected <root>/VideoFlash/*.flv)")
+    if not parts:
+        raise ValueError("parts must name at least one CREMA-D tree ('' for the root itself)")
+    trees = [Path(root) / part for part in parts]
+    for tree in trees:
+        if not (tree / "VideoFlash").is_dir():
+            raise FileNotFoundError(f"CREMA-D video folder not found: {tree / 'VideoFlash'} "
+                                    "(expected <root>/<part>/VideoFlash/*.flv)")
     column = CROWD_FILTERS[crowd_filter]
     if column is not None and summary_table is None:
         raise ValueError(f"crowd_filter={crowd_filter!r} needs a summary_table (summaryTable.csv)")
@@ -113,6 +120,17 @@ def read_crema_d(root: str | Path, demographics: str | Path | None = None, summa
 
     issues: list[ManifestIssue] = []
     candidates: list[Candidate] = []
+    for tree in trees:
+        _read_tree(tree, sexes, votes, crowd_filter, dataset, candidates, issues)
+    if sexes is None:
+        issues.append(_demographics_issue(demographics, len(candidates)))
+    return finalize(candidates, issues)
+
+
+def _read_tree(tree: Path, sexes: dict[str, str] | None, votes: dict[str, str] | None, crowd_filter: str,
+               dataset: str, candidates: list[Candidate], issues: list[ManifestIssue]) -> None:
+    """Append the candidates and issues of one ``VideoFlash/`` + ``AudioWAV/`` tree."""
+    video_dir, audio_dir = tree / "VideoFlash", tree / "AudioWAV"
     stems = set()
     for path in sorted(video_dir.iterdir()):
         if is_ignorable(path):
@@ -124,14 +142,11 @@ def read_crema_d(root: str | Path, demographics: str | Path | None = None, summa
         candidate = _parse_clip(path, audio_dir, sexes, votes, crowd_filter, dataset, issues)
         if candidate is not None:
             candidates.append(candidate)
-    if sexes is None:
-        issues.append(_demographics_issue(demographics, len(candidates)))
     if audio_dir.is_dir():
         for wav in sorted(audio_dir.glob("*.wav")):
             if wav.stem not in stems:
                 issues.append(ManifestIssue(str(wav), "missing_video",
                                             f"{wav}: no {video_dir / (wav.stem + '.flv')}; audio ignored", False))
-    return finalize(candidates, issues)
 
 
 def _parse_clip(path: Path, audio_dir: Path, sexes: dict[str, str] | None, votes: dict[str, str] | None,

@@ -335,6 +335,32 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, i
     return np.ascontiguousarray(wav), int(rate)
 
 
+def audio_lag(reference: np.ndarray, other: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """Delay of ``other`` relative to ``reference`` by cross-correlation (e.g. a CREMA-D WAV vs the
+    FLV's own audio track).
+
+    Args:
+        reference, other: mono float waveforms ``(N,)``, ``(M,)`` at the same ``sample_rate`` (Hz).
+
+    Returns:
+        ``(lag_s, ncc)``: seconds by which ``other`` lags ``reference`` (positive: ``other``
+        starts later; whole samples) and the normalised cross-correlation at that lag, in [-1, 1].
+
+    Raises:
+        ValueError: an empty or all-zero waveform.
+    """
+    from scipy import signal
+
+    a, b = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    energy = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    if a.size == 0 or b.size == 0 or energy == 0.0:
+        raise ValueError("audio_lag needs two non-empty, non-silent waveforms")
+    corr = signal.correlate(b, a, mode="full", method="fft")
+    best = int(np.argmax(corr))
+    lag = int(signal.correlation_lags(b.size, a.size, mode="full")[best])
+    return lag / sample_rate, float(corr[best]) / energy
+
+
 def rms_dbfs(wav: np.ndarray) -> float:
     """RMS level of ``wav`` in dBFS (0 dBFS = RMS 1.0, i.e. a full-scale square wave).
 
