@@ -65,7 +65,7 @@ def main() -> None:
     clips = []
     for path in sorted((args.shared / "talking-clips" / "dreamtalk").glob("*.mp4")):
         frames = decode_video(path).frames
-        lmk478, found = detect_face_mesh(frames)
+        lmk478, found, _ = detect_face_mesh(frames)
         matrices = crop_transforms(fill_missing_faces(mesh_to_68(lmk478), found, 0.2), 128, face_scale)
         clips.append((path.stem.split("_")[2], warp_frames(frames, matrices, 128)))
     for margin in args.margins:

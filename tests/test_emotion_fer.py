@@ -76,7 +76,7 @@ def test_recognises_real_mead_emotions(fer, talking_clips):
     for emotion in EMOTIONS:
         level = 1 if emotion == "neutral" else 3
         frames = decode_video(talking_clips / "dreamtalk" / f"W011_front_{emotion}_level{level}_001.mp4").frames
-        lmk478, found = detect_face_mesh(frames)
+        lmk478, found, _ = detect_face_mesh(frames)
         crops = warp_frames(frames, crop_transforms(fill_missing_faces(mesh_to_68(lmk478), found, 0.2), 128, 0.6),
                             128)
         probs = fer(torch.from_numpy(crops)[None])

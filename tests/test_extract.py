@@ -7,7 +7,7 @@ import pytest
 from pipeline.extract.align import crop_transforms, five_points, transform_points
 from primitives.geometry import umeyama, warp_frames
 from pipeline.extract.errors import ClipFailure
-from pipeline.extract.landmarks import MP_TO_68, detect_face_mesh, fill_missing_faces, mesh_to_68
+from pipeline.extract.landmarks import MP_TO_68, detect_face_mesh, fill_missing_faces, mesh_to_68, track_face
 from pipeline.extract.video import decode_video, probe_video, resample_indices
 
 
@@ -61,7 +61,7 @@ def test_too_long_clip_is_refused(talking_clips):
 
 def test_mesh_to_68_mapping_is_anatomical(crema_clip):
     assert len(set(MP_TO_68)) == 68 and max(MP_TO_68) < 478
-    lmk478, found = detect_face_mesh(crema_clip.frames[:10])
+    lmk478, found, _ = detect_face_mesh(crema_clip.frames[:10])
     assert found.all() and lmk478.shape == (10, 478, 3)
     lmk = mesh_to_68(lmk478)
     assert lmk.shape == (10, 68, 2) and lmk.dtype == np.float32
@@ -83,7 +83,7 @@ def test_mesh_to_68_matches_dlibs_ibug_predictor(crema_clip):
     from eval_metrics.identity import packaged_weight_path
 
     frames = crema_clip.frames[:10]
-    lmk478, found = detect_face_mesh(frames)
+    lmk478, found, _ = detect_face_mesh(frames)
     assert found.all()
     ours = mesh_to_68(lmk478)
     detector = dlib.get_frontal_face_detector()
@@ -95,9 +95,77 @@ def test_mesh_to_68_matches_dlibs_ibug_predictor(crema_clip):
     assert (err[17:] < 0.15).all(), np.round(err[17:], 2)
 
 
+def _face(shared_datasets, side: int) -> np.ndarray:
+    """A real one-shot face image (pcavs, 224 px) resized to ``side`` px, RGB uint8."""
+    import cv2
+
+    bgr = cv2.imread(str(shared_datasets / "talking-clips/pcavs/Input/741400163/000000.jpg"))
+    return cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _canvas(n: int = 3) -> np.ndarray:
+    """n 1920x1080 frames of mid-grey noise (a slide-like background)."""
+    rng = np.random.default_rng(0)
+    return np.clip(rng.normal(128, 12, (n, 1080, 1920, 3)), 0, 255).astype(np.uint8)
+
+
+def test_small_face_in_a_1080p_frame(shared_datasets):
+    """A ~100 px face in 1920x1080 (a speaker inset): the full-range detector finds it and the mesh on
+    its crop lands where the mesh on the face image alone puts the points (known answer)."""
+    face = _face(shared_datasets, 160)
+    frames = _canvas()
+    frames[:, 800:960, 1600:1760] = face
+    result = detect_face_mesh(frames)
+    assert result.found.all() and result.faces_seen == 1
+    alone = detect_face_mesh(np.stack([np.pad(face, ((80, 80), (80, 80), (0, 0)), constant_values=128)] * 3))
+    expected = mesh_to_68(alone.lmk478) + np.array([1600 - 80, 800 - 80], np.float32)
+    err = np.linalg.norm(mesh_to_68(result.lmk478) - expected, axis=-1)  # (3, 68) px
+    iod = np.linalg.norm(expected[:, 36] - expected[:, 45], axis=-1).mean()
+    assert float(err.mean()) < 0.05 * iod, (float(err.mean()), float(iod))
+
+
+def test_two_faces_keep_the_largest_as_one_track(shared_datasets):
+    frames = _canvas()
+    frames[:, 100:420, 200:520] = _face(shared_datasets, 320)
+    frames[:, 600:760, 1400:1560] = _face(shared_datasets, 160)
+    result = detect_face_mesh(frames)
+    assert result.found.all() and result.faces_seen == 2
+    lmk = mesh_to_68(result.lmk478)
+    assert (lmk[..., 0] > 200).all() and (lmk[..., 0] < 520).all() and (lmk[..., 1] < 420).all()
+
+
+def test_track_follows_one_face_by_iou():
+    big, small = np.array([[0, 0, 100, 100.]]), np.array([[500, 500, 540, 540.]])
+    moved_small_grown = np.array([[490, 490, 700, 700.]])  # the other face becomes the largest
+    detections = [np.empty((0, 4)), np.concatenate([small, big]), np.concatenate([moved_small_grown, big + 5]),
+                  moved_small_grown]
+    boxes = track_face(detections, 1920, 1080)
+    assert np.isnan(boxes[0]).all()
+    np.testing.assert_array_equal(boxes[1], big[0])
+    np.testing.assert_array_equal(boxes[2], big[0] + 5)
+    assert np.isnan(boxes[3]).all()  # the followed face is gone: no jump to the other one
+    tie = [np.array([[0, 0, 50, 50.], [935, 515, 985, 565.]])]  # same size: the one nearer the centre
+    np.testing.assert_array_equal(track_face(tie, 1920, 1080)[0], tie[0][1])
+
+
+def test_jaw_points_are_evenly_spaced_on_mead(talking_clips):
+    """iBUG's 17 jaw points are evenly spaced along the jaw: max / min segment <= 1.5 (the nearest
+    mesh vertices gave ~37 px chin segments beside ~15 px others)."""
+    frames = decode_video(talking_clips / "eamm/crop_M030_sad_3_001.mp4").frames[:3]
+    result = detect_face_mesh(frames)
+    assert result.found.all()
+    jaw = mesh_to_68(result.lmk478)[:, :17]
+    seg = np.linalg.norm(np.diff(jaw, axis=1), axis=-1)  # (3, 16)
+    assert float((seg.max(axis=1) / seg.min(axis=1)).max()) <= 1.5, np.round(seg, 1)
+    np.testing.assert_allclose(jaw[:, 8], result.lmk478[:, 152, :2], atol=1e-3)  # the chin stays on vertex 152
+    nearest = result.lmk478[:, list(MP_TO_68[:17]), :2]
+    old = np.linalg.norm(np.diff(nearest, axis=1), axis=-1)
+    assert float((old.max(axis=1) / old.min(axis=1)).min()) > 1.5  # what the resampling fixes
+
+
 def test_no_face_frames(crema_clip):
     blank = np.full((5, 120, 160, 3), 127, dtype=np.uint8)
-    lmk, found = detect_face_mesh(blank)
+    lmk, found, _ = detect_face_mesh(blank)
     assert not found.any() and np.isnan(lmk).all()
     with pytest.raises(ClipFailure, match="no face found"):
         fill_missing_faces(lmk, found, max_missing=0.5)
@@ -139,7 +207,7 @@ def test_umeyama_recovers_similarity_batched_and_matches_skimage():
 
 
 def test_crop_puts_face_on_template(crema_clip):
-    lmk = mesh_to_68(fill_missing_faces(*detect_face_mesh(crema_clip.frames[:8]), max_missing=0))
+    lmk = mesh_to_68(fill_missing_faces(*detect_face_mesh(crema_clip.frames[:8])[:2], max_missing=0))
     for mode in ("clip", "frame"):
         matrices = crop_transforms(lmk, 256, 0.6, mode)
         assert matrices.shape == (8, 2, 3)

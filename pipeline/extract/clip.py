@@ -28,7 +28,7 @@ from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mes
 from pipeline.extract.video import decode_video
 from primitives.vocab import EMOTION_TO_ID
 
-PREPROCESS_VERSION = "3"
+PREPROCESS_VERSION = "4"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
 
 
@@ -161,8 +161,9 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         n_frames = len(frames)
         lap("decode")
 
-        lmk478, found = detect_face_mesh(frames)  # (T, 478, 3) frame pixels
-        lmk478 = fill_missing_faces(lmk478, found, cfg.max_missing_face)
+        faces = detect_face_mesh(frames)  # (T, 478, 3) frame pixels
+        found = faces.found
+        lmk478 = fill_missing_faces(faces.lmk478, found, cfg.max_missing_face)
         lap("landmarks")
 
         size = max(cfg.crop_sizes)
@@ -209,6 +210,7 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         "audio_original_rate": int(original_rate),
         "audio_rms_dbfs": round(float(rms_dbfs), 2),
         "frames_without_face": int((~found).sum()),
+        "faces_seen": faces.faces_seen,
         "preprocess_version": PREPROCESS_VERSION,
         "params_hash": cfg.content_hash(),
     }
