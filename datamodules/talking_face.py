@@ -36,6 +36,8 @@ import torch
 import webdataset as wds
 from lightning.pytorch.callbacks import Callback
 
+from primitives.frame_codec import decode_jpeg_frames
+
 log = logging.getLogger(__name__)
 
 WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "mfcc": 1.0, "llf": 1.0, "mel": 80 / 25}
@@ -63,15 +65,16 @@ def log_and_continue(err: Exception) -> bool:
 
 @dataclass(frozen=True)
 class SelectMembers:
-    """Tar member filter: only ``meta.json``, the requested ``<key>.npy`` and the ``extra`` members
-    (e.g. ``"audio.wav"``) are read into memory."""
+    """Tar member filter: only ``meta.json``, the requested ``<key>.npy`` (frames: ``<key>.jpgs`` or
+    ``<key>.npy``) and the ``extra`` members (e.g. ``"audio.wav"``) are read into memory."""
 
     keys: tuple[str, ...]
     extra: tuple[str, ...] = ()
 
     def __call__(self, name: str) -> bool:
         suffix = name.split(".", 1)[-1]
-        return suffix == "meta.json" or suffix in self.extra or suffix in {f"{k}.npy" for k in self.keys}
+        wanted = {f"{k}.{ext}" for k in self.keys for ext in ("npy", "jpgs")}
+        return suffix == "meta.json" or suffix in self.extra or suffix in wanted
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class ReadShards:
 
 @dataclass(frozen=True)
 class DecodeSample:
-    """Decode the ``.npy`` members listed in ``keys`` (plus ``meta.json``) of a tar sample.
+    """Decode the members listed in ``keys`` (plus ``meta.json``) of a tar sample: ``<key>.npy``
+    arrays, or ``<key>.jpgs`` JPEG frames (:func:`primitives.frame_codec.decode_jpeg_frames`).
 
     Returns dicts with ``key`` (str), ``meta`` (dict) and one float32/uint8 array per key; a
     sample lacking a requested member raises ``KeyError`` naming it (handled as a broken sample).
@@ -120,10 +124,12 @@ class DecodeSample:
     def __call__(self, sample: dict) -> dict:
         out = {"key": sample["__key__"], "meta": json.loads(sample["meta.json"])}
         for key in self.keys:
-            member = f"{key}.npy"
-            if member not in sample:
-                raise KeyError(f"sample {sample['__key__']} in {sample.get('__url__')} has no {member}")
-            out[key] = np.load(io.BytesIO(sample[member]), allow_pickle=False)
+            if f"{key}.jpgs" in sample:
+                out[key] = decode_jpeg_frames(sample[f"{key}.jpgs"])
+            elif f"{key}.npy" in sample:
+                out[key] = np.load(io.BytesIO(sample[f"{key}.npy"]), allow_pickle=False)
+            else:
+                raise KeyError(f"sample {sample['__key__']} in {sample.get('__url__')} has no {key}.npy / .jpgs")
         return out
 
 

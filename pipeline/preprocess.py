@@ -71,8 +71,7 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
     results: dict[int, list[ClipResult]] = defaultdict(list)
     n_failed = 0
     distributor = make_distributor(cfg.ray_address, cfg.num_workers, cfg.max_retries, serial=serial) if items else None
-    progress = tqdm(total=len(items), unit="clip", desc=f"preprocess {out_dir.name}", file=sys.stderr,
-                    disable=not items)
+    progress = _Progress(len(items), f"preprocess {out_dir.name}")
     try:
         for item_index, result in (distributor.imap_unordered(process_clip, items, cfg) if items else ()):
             plan_index, key = plan_of[item_index], str(items[item_index]["id"])
@@ -83,13 +82,32 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
             waiting[plan_index] -= 1
             if waiting[plan_index] == 0:
                 write_shard(out_dir, todo[plan_index], results.pop(plan_index), params_hash, cfg.fps)
-            progress.update()
-            progress.set_postfix(failures=n_failed)
+            progress.update(n_failed)
     finally:
         progress.close()
         if distributor is not None:
             distributor.close()
     return _summarise(out_dir, plans, reused=len(plans) - len(todo))
+
+
+class _Progress:
+    """A tqdm bar on a terminal; in a log (``dvc repro > log``), one line per quarter of the clips."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.done = total, desc, 0
+        self.bar = tqdm(total=total, unit="clip", desc=desc, file=sys.stderr) if total and sys.stderr.isatty() else None
+
+    def update(self, failures: int) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+            self.bar.set_postfix(failures=failures)
+        elif self.done == self.total or self.done * 4 // self.total > (self.done - 1) * 4 // self.total:
+            print(f"{self.desc}: {self.done}/{self.total} clips, {failures} failed", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _summarise(out_dir: Path, plans: list, reused: int) -> dict:

@@ -1,5 +1,6 @@
 """The preprocess stage on real clips: samples, recorded failures, shards, resume, Ray."""
 
+import dataclasses
 import io
 import json
 import os
@@ -12,6 +13,7 @@ from pipeline.extract.clip import PreprocessConfig, process_clip
 from pipeline.extract.distribute import RayDistributor, TaskError
 from pipeline.preprocess import preprocess_config, run_preprocess
 from pipeline.params import ParamsError
+from primitives.frame_codec import decode_jpeg_frames, encode_jpeg_frames
 
 
 def _row(clip_id, video, audio="", split="train", emotion="neutral"):
@@ -46,8 +48,16 @@ def test_good_clip_sample_shapes(rows):
     s = result.sample
     t = result.n_frames
     assert t == 93
-    assert _load(s, "frames_128.npy").shape == (t, 128, 128, 3)
-    assert _load(s, "frames_64.npy").shape == (t, 64, 64, 3)
+    frames = decode_jpeg_frames(s["frames_128.jpgs"])
+    assert frames.shape == (t, 128, 128, 3) and frames.dtype == np.uint8
+    assert decode_jpeg_frames(s["frames_64.jpgs"]).shape == (t, 64, 64, 3)
+    assert len(s["frames_128.jpgs"]) / t < 0.25 * 128 * 128 * 3  # compressed
+    raw = process_clip(rows[0], dataclasses.replace(CFG, frames_format="npy")).sample
+    assert not any(k.endswith(".jpgs") for k in raw)
+    lossless = _load(raw, "frames_128.npy")
+    mse = np.mean((frames.astype(np.float64) - lossless) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 38  # dB
+    assert all(raw[k] == s[k] for k in s if not k.startswith(("frames_", "meta")))  # landmarks, audio: identical
     lmk = _load(s, "lmk.npy")
     assert lmk.shape == (t, 68, 2) and lmk.dtype == np.float32
     assert np.all((lmk > 0) & (lmk < 128))  # landmarks in pixels of the largest crop
@@ -62,6 +72,21 @@ def test_good_clip_sample_shapes(rows):
     import soundfile
     wav, sr = soundfile.read(io.BytesIO(s["audio.wav"]))
     assert sr == 16000 and len(wav) == t * 640
+
+
+def test_jpeg_frames_round_trip_and_bad_blobs():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    frames[..., 0] = 200  # a flat red channel survives RGB <-> BGR: a swap would show
+    blob = encode_jpeg_frames(frames, 95)
+    assert blob == encode_jpeg_frames(frames, 95)  # deterministic: byte-identical shards
+    decoded = decode_jpeg_frames(blob)
+    assert decoded.shape == frames.shape and abs(float(decoded[..., 0].mean()) - 200) < 2
+    for bad, match in ((blob[:-10], "bytes"), (b"\x01", "header"), (blob[:16] + b"\x00" * (len(blob) - 16), "JPEG")):
+        with pytest.raises(ValueError, match=match):
+            decode_jpeg_frames(bad)
+    with pytest.raises(ValueError, match="quality"):
+        encode_jpeg_frames(frames, 0)
 
 
 @pytest.mark.parametrize("index, step, reason", [(2, "audio", "no audio stream"), (3, "decode", "truncated"),

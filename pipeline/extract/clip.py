@@ -19,6 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pipeline.extract.align import crop_transforms, resize_crops, transform_points
+from primitives.frame_codec import encode_jpeg_frames
 from primitives.geometry import warp_frames
 from pipeline.extract.audio import (
     AudioConfig, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
@@ -50,6 +51,8 @@ class PreprocessConfig:
     sample_rate: int = 16000
     silence_dbfs: float = -55.0
     max_av_mismatch_s: float = 0.5
+    frames_format: str = "jpeg"
+    jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_sizes", tuple(int(s) for s in self.crop_sizes))
@@ -66,6 +69,8 @@ class PreprocessConfig:
             "max_missing_face": 0 <= self.max_missing_face <= 1,
             "sample_rate": self.sample_rate > 0,
             "max_av_mismatch_s": self.max_av_mismatch_s >= 0,
+            "frames_format": self.frames_format in ("jpeg", "npy"),
+            "jpeg_quality": 1 <= self.jpeg_quality <= 100,
         }
         for key, ok in checks.items():
             if not ok:
@@ -120,7 +125,8 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
 
     Returns:
         A ``ClipResult``; its sample holds, for T frames at ``cfg.fps``:
-        ``frames_<S>.npy`` (T, S, S, 3) uint8 RGB aligned crops for each S in ``cfg.crop_sizes``;
+        ``frames_<S>.jpgs`` (T, S, S, 3) uint8 RGB aligned crops for each S in ``cfg.crop_sizes``,
+        JPEG per frame (:mod:`primitives.frame_codec`; ``frames_<S>.npy`` with ``frames_format: npy``);
         ``lmk.npy`` (T, 68, 2) float32 and ``lmk478.npy`` (T, 478, 3) float32, pixels of the
         largest crop; ``mel.npy`` (floor(3.2 T), 80) float32 in [-4, 4] (80 Hz); ``mfcc.npy`` (T, 28, 12) float32;
         ``llf.npy`` (T, 25) float32; ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
@@ -169,7 +175,13 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         size = max(cfg.crop_sizes)
         matrices = crop_transforms(mesh_to_68(lmk478), size, cfg.crop_face_scale, cfg.align)  # (T, 2, 3)
         crops = warp_frames(frames, matrices, size)  # (T, size, size, 3)
-        sample = {f"frames_{s}.npy": _npy(resize_crops(crops, s)) for s in cfg.crop_sizes}
+        sample = {}
+        for s in cfg.crop_sizes:
+            resized = resize_crops(crops, s)  # (T, s, s, 3)
+            if cfg.frames_format == "jpeg":
+                sample[f"frames_{s}.jpgs"] = encode_jpeg_frames(resized, cfg.jpeg_quality)
+            else:
+                sample[f"frames_{s}.npy"] = _npy(resized)
         lmk478_crop = transform_points(lmk478, matrices)  # (T, 478, 3) crop pixels
         sample["lmk.npy"] = _npy(mesh_to_68(lmk478_crop))
         sample["lmk478.npy"] = _npy(lmk478_crop)

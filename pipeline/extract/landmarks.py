@@ -15,7 +15,11 @@ evenly spaced along the jaw line.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -147,18 +151,51 @@ def track_face(detections: list[np.ndarray], width: int, height: int) -> np.ndar
     return boxes
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for a moment: mediapipe's graphs print C++ log lines
+    (TFLite's "Created ... XNNPACK delegate", absl's "Feedback manager requires a model with a
+    single signature ...") in every process when they start, before absl logging can be set up,
+    and no environment variable turns them off. Python exceptions are unaffected."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _run_graph(make: Callable[[], Any], images: Iterable[np.ndarray]) -> list:
+    """``make().process(image)`` for each image, the graph's start and first frame kept quiet."""
+    results, graph = [], None
+    try:
+        for i, image in enumerate(images):
+            if i == 0:
+                with _native_stderr_silenced():
+                    graph = make()
+                    results.append(graph.process(image))
+            else:
+                results.append(graph.process(image))
+    finally:
+        if graph is not None:
+            graph.close()
+    return results
+
+
 def _detect_faces(frames: np.ndarray) -> list[np.ndarray]:
     """Full-range BlazeFace boxes ``(N_t, 4)`` (x0, y0, x1, y1 pixels) per frame."""
     import mediapipe as mp
 
     height, width = frames.shape[1:3]
     out = []
-    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as detector:
-        for frame in frames:
-            result = detector.process(frame)
-            boxes = [(b.xmin * width, b.ymin * height, (b.xmin + b.width) * width, (b.ymin + b.height) * height)
-                     for b in (d.location_data.relative_bounding_box for d in result.detections or [])]
-            out.append(np.array(boxes, dtype=np.float64).reshape(-1, 4))
+    make = lambda: mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)  # noqa: E731
+    for result in _run_graph(make, frames):
+        boxes = [(b.xmin * width, b.ymin * height, (b.xmin + b.width) * width, (b.ymin + b.height) * height)
+                 for b in (d.location_data.relative_bounding_box for d in result.detections or [])]
+        out.append(np.array(boxes, dtype=np.float64).reshape(-1, 4))
     return out
 
 
@@ -182,19 +219,18 @@ def _run_mesh(images, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 478-point mesh (video mode, one face) over an iterable of RGB images of one size."""
     import mediapipe as mp
 
-    images = list(images)
-    lmk = np.full((len(images), 478, 3), np.nan, dtype=np.float32)
-    found = np.zeros(len(images), dtype=bool)
-    with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-        min_detection_confidence=0.5, min_tracking_confidence=0.5,
-    ) as mesh:
-        for t, image in enumerate(images):
-            result = mesh.process(image)
-            if result.multi_face_landmarks:
-                points = result.multi_face_landmarks[0].landmark
-                lmk[t] = np.array([(p.x, p.y, p.z) for p in points], dtype=np.float32) * scale
-                found[t] = True
+    def make():
+        return mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                                               min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+    results = _run_graph(make, images)
+    lmk = np.full((len(results), 478, 3), np.nan, dtype=np.float32)
+    found = np.zeros(len(results), dtype=bool)
+    for t, result in enumerate(results):
+        if result.multi_face_landmarks:
+            points = result.multi_face_landmarks[0].landmark
+            lmk[t] = np.array([(p.x, p.y, p.z) for p in points], dtype=np.float32) * scale
+            found[t] = True
     return lmk, found
 
 
