@@ -194,7 +194,7 @@ def test_finetuned_discriminator_statistics_see_real_frames_only(real_batch):
     stats = {n: b for n, b in model.emotion_disc.named_buffers() if "running" in n}
     # replay the one real-frame pass the step made, on the copy taken before the step
     torch.manual_seed(1)
-    idx, _ = model._pick(real_batch[f"frames_{S}"], True)
+    idx, _ = model._pick(real_batch[f"frames_{S}"], True, 1)
     rows = torch.arange(len(idx))
     real = real_batch[f"frames_{S}"][rows[:, None], idx].float()  # (B, 1, S, S, 3) in 0..255
     reference(real)

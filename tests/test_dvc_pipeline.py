@@ -1,4 +1,5 @@
-"""`dvc repro` end to end in a temporary copy of the repository, on the real CREMA-D-layout clips."""
+"""`dvc repro` end to end in a temporary copy of the repository, on the real CREMA-D-layout clips and
+the original CREMA-D files."""
 
 import io
 import json
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 import yaml
+
+from primitives.frame_codec import decode_jpeg_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +57,11 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
     _run(["dvc", "repro"], repo_copy)
     shards = repo_copy / "shards/crema_d"
     stats = json.loads((shards / "stats.json").read_text())
-    assert {s: stats["splits"][s]["clips"] for s in ("train", "val", "test")} == {"train": 11, "val": 2, "test": 1}
+    # 16 CREMA-D-layout clips + actor 1001's six real clips (placed in train), minus the two silent ones
+    assert {s: stats["splits"][s]["clips"] for s in ("train", "val", "test")} == {"train": 17, "val": 2, "test": 1}
+    issues = [json.loads(line) for line in (repo_copy / "data/manifest/crema_d.issues.jsonl").read_text().splitlines()]
+    assert sorted(Path(i["path"]).name for i in issues if i["problem"] == "missing_video") == [
+        f"1002_DFA_{e}_XX.wav" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")]
     failures = [json.loads(line) for line in (shards / "failures.jsonl").read_text().splitlines()]
     assert sorted(f["id"] for f in failures) == ["9902_IWL_SAD_XX", "9902_TIE_DIS_XX"]  # the silent clips
     assert all("silent" in f["reason"] for f in failures)
@@ -63,8 +70,8 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
         for sample in wds.WebDataset(sorted(str(p) for p in shards.glob(f"{split}-*.tar")), shardshuffle=False):
             arrays = {k: np.load(io.BytesIO(v)) for k, v in sample.items() if k.endswith(".npy")}
             t = arrays["lmk.npy"].shape[0]
-            assert arrays["frames_128.npy"].shape == (t, 128, 128, 3)
-            assert arrays["frames_64.npy"].shape == (t, 64, 64, 3)
+            assert decode_jpeg_frames(sample["frames_128.jpgs"]).shape == (t, 128, 128, 3)
+            assert decode_jpeg_frames(sample["frames_64.jpgs"]).shape == (t, 64, 64, 3)
             assert arrays["lmk.npy"].shape == (t, 68, 2) and arrays["lmk478.npy"].shape == (t, 478, 3)
             assert arrays["mel.npy"].shape == (t * 16 // 5, 80)  # 80 Hz
             assert arrays["mfcc.npy"].shape == (t, 28, 12) and arrays["llf.npy"].shape == (t, 25)

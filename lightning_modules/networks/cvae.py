@@ -84,6 +84,9 @@ class CVAEConfig:
         cond_channels: channels of the broadcast audio+emotion condition at every stage.
         groups: GroupNorm groups (batch-size independent, so ``generate`` on one clip behaves as
             in training; ours).
+        image_skip: also feed the raw 6-channel input (masked target + reference, [0, 1]) to the
+            output head (ours). Every other path is GroupNorm'd, which removes the absolute colour
+            of a region; without this path colours must be re-learnt and drift (a colour cast).
     """
 
     crop_size: int = 128
@@ -96,6 +99,7 @@ class CVAEConfig:
     n_emotions: int = 8
     cond_channels: int = 32
     groups: int = 8
+    image_skip: bool = True
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -226,7 +230,8 @@ class CVAE(nn.Module):
             # input: decoder map (c_in) + encoder skip at the same resolution + condition
             self.up.append(_block(c_in + cfg.widths[i] + cc, c_out, 1, g(c_out)))
             c_in = c_out
-        self.head = nn.Sequential(nn.Conv2d(c_in + cfg.stem_channels + cc, c_in, 3, padding=1),
+        image = 6 if cfg.image_skip else 0
+        self.head = nn.Sequential(nn.Conv2d(c_in + cfg.stem_channels + image + cc, c_in, 3, padding=1),
                                   nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c_in, 3, 1))
 
     def condition(self, mel_window: Tensor, emotion: Tensor) -> Tensor:
@@ -235,14 +240,16 @@ class CVAE(nn.Module):
         return self.cond(torch.cat([self.audio(mel_window), self.emotion(onehot)], dim=1))
 
     def encode(self, masked: Tensor, reference: Tensor, cond: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """-> ``mu, logvar`` (B, latent_dim) and the skips (finest first)."""
+        """-> ``mu, logvar`` (B, latent_dim) and the skips (finest first; the first also holds the raw
+        input when ``image_skip``)."""
         s = self.cfg.crop_size
         for name, x in (("masked", masked), ("reference", reference)):
             if x.ndim != 4 or x.shape[1:] != (3, s, s):
                 raise ValueError(f"{name} must be (B, 3, {s}, {s}), got {tuple(x.shape)}")
         h = torch.cat([masked, reference], dim=1)
+        image = h  # (B, 6, S, S)
         h = self.stem(torch.cat([h, _broadcast(cond, h)], dim=1))
-        skips = [h]
+        skips = [torch.cat([h, image], dim=1) if self.cfg.image_skip else h]
         for block in self.down:
             h = block(torch.cat([h, _broadcast(cond, h)], dim=1))
             skips.append(h)
