@@ -56,7 +56,7 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
 
     Returns:
         Totals: ``{"splits": {split: {clips, frames, seconds, failures, shards}}, "failures": n,
-        "reused_shards": n, "written_shards": n}``.
+        "reused_shards": n, "written_shards": n, "tasks_per_node": {ray node id: clips}}``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     params_hash = cfg.content_hash()
@@ -87,7 +87,8 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
         progress.close()
         if distributor is not None:
             distributor.close()
-    return _summarise(out_dir, plans, reused=len(plans) - len(todo))
+    nodes = dict(distributor.tasks_per_node) if distributor is not None else {}
+    return {**_summarise(out_dir, plans, reused=len(plans) - len(todo)), "tasks_per_node": nodes}
 
 
 class _Progress:

@@ -183,8 +183,41 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server in ``mlflow.tracking_uri`` does not answer."""
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when ``uri`` is an MLflow server (http/https) that does not answer ``/health``
+    (MLflow's own client would retry for minutes, then fail deep inside training).
+
+    Raises:
+        TrackingUnavailable: naming the URI and what to do.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return  # a local store (sqlite:///, file paths) is created on demand
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            why = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as err:
+        why = str(getattr(err, "reason", err))
+    raise TrackingUnavailable(f"MLflow tracking server {uri} does not answer ({why}): start it "
+                              f"(`mlflow server --host ... --port ...`) or point mlflow.tracking_uri elsewhere")
+
+
 def train(spec: RunSpec) -> dict:
-    """Fit (or resume) one method on one dataset; returns the ``config.json`` content."""
+    """Fit (or resume) one method on one dataset; returns the ``config.json`` content.
+
+    Raises:
+        TrackingUnavailable: ``spec.tracking_uri`` is an MLflow server that does not answer (checked
+            before any work).
+    """
+    check_tracking_uri(spec.tracking_uri)
     L.seed_everything(spec.seed, workers=True)
     params_hash = spec.params_hash()
     config_path = spec.model_dir / "config.json"
@@ -263,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config = train(spec)
+    try:
+        config = train(spec)
+    except TrackingUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"trained {spec.method} on {spec.dataset}: {spec.model_dir}, MLflow run {config['mlflow_run_id']}",
           file=sys.stderr)
     return 0

@@ -161,3 +161,121 @@ def test_kill_mid_training_then_resume_to_the_same_final_step(workdir):
     assert all(0 < v < 64 for v in metrics["metrics"].values())  # pixels of a 64 px crop
     assert metrics["n_clips"] == 1 and metrics["n_windows"] >= 1
     assert (workdir / "eval/eapc/crema_d/landmarks.png").stat().st_size > 1000
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _single_process_replay(workdir: Path, params_path: Path, world: int, epochs: int) -> tuple[dict, list]:
+    """The weights DDP should reach: one process, seeded as pipeline.train, each step on the
+    ranks' batches of that step with the mean of their losses (= DDP's mean of their gradients)."""
+    import lightning as L
+
+    from pipeline.params import load_params
+    from pipeline.train import build
+
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        spec = run_spec(load_params(params_path), "eapc", "crema_d")
+        L.seed_everything(spec.seed, workers=True)
+        model, dm = build(spec)
+        optimizer = model.configure_optimizers()
+        model.train()
+        for epoch in range(epochs):
+            streams = []
+            for rank in range(world):
+                dm.set_epoch(epoch, rank)
+                streams.append(list(dm.train_dataloader()))
+            for batches in zip(*streams):
+                loss = sum(model.model_step(b)[1]["total"] for b in batches) / world
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, streams
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_equal_the_single_process_replay(workdir):
+    """`torchrun --nnodes 2 --nproc-per-node 1` (c10d rendezvous on 127.0.0.1, gloo): one MLflow run,
+    and last.ckpt equals one process replaying both ranks' batches (so the ranks saw their own,
+    different windows) to 1e-5."""
+    import torch
+    from mlflow import MlflowClient
+
+    name = "torchrun"
+    params = write_params(workdir, name, max_epochs=2, devices=1, num_nodes=2, strategy="ddp")
+    shutil.rmtree(workdir / "models/eapc/crema_d", ignore_errors=True)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
+           "-m", "pipeline.train", "--method", "eapc", "--dataset", "crema_d", "--params", str(params)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(o[-3000:] for o in outputs)
+
+    config = json.loads((workdir / "models/eapc/crema_d/config.json").read_text())
+    assert config["global_step"] == 2 * 4  # train_batches per epoch and rank
+    client = MlflowClient(f"sqlite:///{workdir / name}.db")
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == config["mlflow_run_id"]
+
+    expected, streams = _single_process_replay(workdir, params, world=2, epochs=2)
+    keys = [[k for b in stream for k in b["key"]] for stream in streams]
+    assert keys[0] != keys[1]  # the two ranks' windows differ
+    state = torch.load(workdir / "models/eapc/crema_d/last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_mlflow_server_run_is_found_there_and_a_down_server_stops_before_training(workdir, tmp_path):
+    from mlflow import MlflowClient
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        params = tiny_params(uri)
+        params["train"]["trainer"]["max_epochs"] = 1
+        path = workdir / "server.yaml"
+        path.write_text(yaml.safe_dump(params))
+        shutil.rmtree(workdir / "models/eapc/crema_d", ignore_errors=True)
+        proc = run_stage("pipeline.train", workdir, path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        config = json.loads((workdir / "models/eapc/crema_d/config.json").read_text())
+        run = MlflowClient(uri).get_run(config["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and "train/total" in run.data.metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    shutil.rmtree(workdir / "models/eapc/crema_d", ignore_errors=True)
+    start = time.perf_counter()
+    proc = run_stage("pipeline.train", workdir, path, timeout=120)
+    assert proc.returncode == 2 and time.perf_counter() - start < 60
+    assert f"MLflow tracking server {uri} does not answer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "models/eapc/crema_d/last.ckpt").exists()  # no training step ran

@@ -8,6 +8,7 @@ since bad input fails the same way every time (the per-clip job returns failures
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,21 @@ class TaskError:
     message: str
 
 
+def _on_node(fn: Callable, item: Any, *args: Any) -> tuple[str, Any]:
+    """A Ray task body: ``(id of the node it ran on, fn(item, *args))``."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(item, *args)
+
+
 class SerialDistributor:
     """Runs ``fn(item, *args)`` in this process, in order (exceptions propagate: use it to debug)."""
 
     num_workers = 1
+
+    @property
+    def tasks_per_node(self) -> Counter:
+        return Counter()
 
     def imap_unordered(self, fn: Callable, items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
         for i, item in enumerate(items):
@@ -41,7 +53,10 @@ class RayDistributor:
             ``"ray://<head>:10001"`` joins a running cluster (the package must be installed on
             its nodes).
         num_workers: tasks in flight at once (one CPU each).
-        max_retries: how often Ray re-runs a task whose worker process died.
+        max_retries: how often Ray re-runs a task whose worker process died (or whose node was lost).
+
+    Attributes:
+        tasks_per_node: Ray node id -> tasks that finished there (for checks and logs).
     """
 
     def __init__(self, address: str | None = None, num_workers: int = 2, max_retries: int = 3):
@@ -49,6 +64,7 @@ class RayDistributor:
 
         self.num_workers = num_workers
         self.max_retries = max_retries
+        self.tasks_per_node: Counter = Counter()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             local = {"num_cpus": num_workers, "include_dashboard": False} if address is None else {}
@@ -57,8 +73,8 @@ class RayDistributor:
     def imap_unordered(self, fn: Callable, items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
-        shared_args = [ray.put(a) for a in args]
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_on_node)
+        shared_args = [ray.put(a) for a in (fn, *args)]
         pending: dict[Any, int] = {}
         next_item = 0
         window = 2 * self.num_workers
@@ -70,9 +86,12 @@ class RayDistributor:
             for ref in done:
                 index = pending.pop(ref)
                 try:
-                    yield index, ray.get(ref)
+                    node, result = ray.get(ref)
                 except Exception as err:  # RayTaskError, WorkerCrashedError after max_retries, ...
                     yield index, TaskError(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+                    continue
+                self.tasks_per_node[node] += 1
+                yield index, result
 
     def close(self) -> None:
         import ray
