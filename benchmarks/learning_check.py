@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from eval_metrics.image import FramePSNR, FrameSSIM

@@ -26,16 +26,12 @@ Protocols (what the report / MLflow params should state)
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 # not re-exported by torchmetrics.image unless torch-fidelity is installed; we never use its default network
 from torchmetrics.image.fid import FrechetInceptionDistance

@@ -1,16 +1,11 @@
-"""Multi-node paths, actually run: a two-node Ray cluster for preprocessing (one node killed
-mid-run), two torchrun "nodes" for DDP training, and a real MLflow tracking server."""
+"""Preprocessing on a real two-node Ray cluster, and with one node killed mid-run (the torchrun and
+MLflow-server tests are in test_train.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest

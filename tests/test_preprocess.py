@@ -172,3 +172,15 @@ def test_params_errors_name_the_key():
         preprocess_config({"preprocess": {"bogus": 1}})
     with pytest.raises(ParamsError, match="preprocess"):
         preprocess_config({})
+
+
+def test_worker_failures_are_retried_on_the_next_run(tmp_path):
+    """A shard whose clip failed because its task died is not 'done'; bad input stays done."""
+    from pipeline.extract.clip import ClipResult
+    from pipeline.extract.shards import ShardPlan, shard_is_done, write_shard
+
+    plan = ShardPlan(name="train-000000", split="train", clip_ids=("a",))
+    for step, done in (("decode", True), ("worker", False)):
+        result = ClipResult("a", failure={"id": "a", "step": step, "reason": "x"})
+        write_shard(tmp_path, plan, [result], "hash", 25)
+        assert shard_is_done(tmp_path, plan, "hash") is done, step

@@ -40,7 +40,6 @@ Losses (paper §2.1)
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple

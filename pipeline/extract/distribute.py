@@ -74,13 +74,13 @@ class RayDistributor:
         import ray
 
         remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_on_node)
-        shared_args = [ray.put(a) for a in (fn, *args)]
+        fn_ref, shared_args = ray.put(fn), [ray.put(a) for a in args]
         pending: dict[Any, int] = {}
         next_item = 0
         window = 2 * self.num_workers
         while next_item < len(items) or pending:
             while next_item < len(items) and len(pending) < window:
-                pending[remote.remote(items[next_item], *shared_args)] = next_item
+                pending[remote.remote(fn_ref, items[next_item], *shared_args)] = next_item
                 next_item += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -88,7 +88,8 @@ class RayDistributor:
                 try:
                     node, result = ray.get(ref)
                 except Exception as err:  # RayTaskError, WorkerCrashedError after max_retries, ...
-                    yield index, TaskError(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+                    cause = getattr(err, "cause", None) or err  # RayTaskError wraps the task's exception
+                    yield index, TaskError(f"{type(err).__name__}: {type(cause).__name__}: {cause}".splitlines()[0])
                     continue
                 self.tasks_per_node[node] += 1
                 yield index, result

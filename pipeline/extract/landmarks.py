@@ -57,12 +57,15 @@ def _resample_polyline(points: np.ndarray, n: int) -> np.ndarray:
     """``n`` points evenly spaced by arc length along ``(..., P, 2)`` polylines (both ends kept)."""
     seg = np.linalg.norm(np.diff(points, axis=-2), axis=-1)  # (..., P-1)
     cum = np.concatenate([np.zeros(seg.shape[:-1] + (1,)), np.cumsum(seg, axis=-1)], axis=-1)  # (..., P)
-    flat_pts, flat_cum = points.reshape(-1, *points.shape[-2:]), cum.reshape(-1, cum.shape[-1])
-    out = np.empty((len(flat_pts), n, 2))
-    for i, (pts, c) in enumerate(zip(flat_pts, flat_cum)):
-        targets = np.linspace(0.0, c[-1], n)
-        out[i] = np.stack([np.interp(targets, c, pts[:, k]) for k in range(2)], axis=-1)
-    return out.reshape(points.shape[:-2] + (n, 2))
+    targets = cum[..., -1:] * np.linspace(0.0, 1.0, n)  # (..., n)
+    # segment holding each target: the last vertex at or before it, at most the second-to-last
+    idx = np.clip((cum[..., None, :] <= targets[..., :, None]).sum(axis=-1) - 1, 0, points.shape[-2] - 2)  # (..., n)
+    start = np.take_along_axis(cum, idx, axis=-1)
+    frac = np.where(np.take_along_axis(seg, idx, axis=-1) > 0,
+                    (targets - start) / np.maximum(np.take_along_axis(seg, idx, axis=-1), 1e-12), 0.0)
+    p0 = np.take_along_axis(points, idx[..., None], axis=-2)  # (..., n, 2)
+    p1 = np.take_along_axis(points, idx[..., None] + 1, axis=-2)
+    return p0 + frac[..., None] * (p1 - p0)
 
 
 def mesh_to_68(lmk478: np.ndarray) -> np.ndarray:

@@ -53,13 +53,17 @@ def plan_shards(rows: list[dict], clips_per_shard: int) -> list[ShardPlan]:
 
 
 def shard_is_done(out_dir: Path, plan: ShardPlan, params_hash: str) -> bool:
-    """True when ``plan``'s tar and stats exist and were made from the same clips and params."""
+    """True when ``plan``'s tar and stats exist, were made from the same clips and params, and no
+    clip of it failed for an infrastructure reason (step ``worker``: its task or node died), which
+    the next run retries; bad input fails the same way every time and is not retried."""
     stats_path = out_dir / f"{plan.name}.json"
     if not (out_dir / f"{plan.name}.tar").is_file() or not stats_path.is_file():
         return False
     try:
         stats = json.loads(stats_path.read_text())
     except json.JSONDecodeError:
+        return False
+    if any(f.get("step") == "worker" for f in stats.get("failed", ())):
         return False
     return stats.get("params_hash") == params_hash and tuple(stats.get("planned", ())) == plan.clip_ids
 
