@@ -162,7 +162,7 @@ class MLflowRunSync(Callback):
         self.config, self.config_path = config, config_path
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        logger = trainer.logger
+        logger = trainer.logger  # None on the other ranks
         run_id = logger.run_id if trainer.is_global_zero else None
         run_id = trainer.strategy.broadcast(run_id, src=0)
         self.config["mlflow_run_id"] = run_id
@@ -229,7 +229,10 @@ def train(spec: RunSpec) -> dict:
     spec.model_dir.mkdir(parents=True, exist_ok=True)
 
     model, datamodule = build(spec)
-    logger = mlflow_logger(spec, run_id=previous.get("mlflow_run_id") if resume else None)
+    # only global rank zero talks to MLflow: an MlflowClient on a new sqlite store migrates its tables,
+    # and processes started together (torchrun, srun) would race on that
+    logger = mlflow_logger(spec, run_id=previous.get("mlflow_run_id") if resume else None) \
+        if rank_zero_only.rank == 0 else False
     config = {"method": spec.method, "dataset": spec.dataset, "params_hash": params_hash,
               "tracking_uri": spec.tracking_uri, "resolved": model.resolved_config(), "data": spec.data,
               "trainer": spec.trainer, "seed": spec.seed}
