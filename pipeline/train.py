@@ -46,12 +46,27 @@ class RunSpec:
     experiment: str
 
     def params_hash(self) -> str:
-        """Hash of what changes the trained weights (not devices, nodes or strategy)."""
+        """Hash of what changes the trained weights (not devices, nodes or strategy): the params and
+        the training data (:func:`shard_fingerprint`), so a run resumes only on the same shards."""
         content = {"method": self.method, "dataset": self.dataset, "data": self.data, "seed": self.seed,
-                   "method_params": self.method_params,
+                   "method_params": self.method_params, "shards": shard_fingerprint(self.shard_dir),
                    "trainer": {k: v for k, v in self.trainer.items() if k not in ("devices", "num_nodes", "strategy",
                                                                                   "accelerator")}}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shard_fingerprint(shard_dir: Path) -> str:
+    """Cheap identity of a shard folder: names and byte sizes of its tars plus the content of its
+    per-shard stats (clip ids, frame counts, the preprocessing params hash). Reading every tar would
+    cost minutes on a full dataset; a change of preprocessing code that keeps every size and the
+    version is not seen (bump ``PREPROCESS_VERSION``)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(shard_dir).glob("*-*.tar")):
+        digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        stats = path.with_suffix(".json")
+        if stats.is_file():
+            digest.update(stats.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def apply_overrides(params: dict, overrides: list[str]) -> dict:

@@ -279,3 +279,22 @@ def test_mlflow_server_run_is_found_there_and_a_down_server_stops_before_trainin
     assert f"MLflow tracking server {uri} does not answer" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (workdir / "models/eapc/crema_d/last.ckpt").exists()  # no training step ran
+
+
+def test_params_hash_follows_the_training_shards(workdir, tmp_path, monkeypatch):
+    """A run resumes only on the data it was trained on: new or changed shards change the hash."""
+    import dataclasses
+
+    monkeypatch.chdir(workdir)
+    spec = run_spec(tiny_params("sqlite:///unused.db"), "eapc", "crema_d")
+    copy = tmp_path / "shards"
+    shutil.copytree(spec.shard_dir, copy)
+    moved = dataclasses.replace(spec, shard_dir=copy)
+    assert moved.params_hash() == spec.params_hash()  # same bytes, other place
+    stats = next(copy.glob("train-*.json"))
+    stats.write_text(stats.read_text().replace('"clips"', '"clips" ', 1))
+    assert moved.params_hash() != spec.params_hash()
+    shutil.copy(next(spec.shard_dir.glob("train-*.json")), stats)
+    with open(next(copy.glob("train-*.tar")), "ab") as fh:
+        fh.write(b"\0" * 512)
+    assert moved.params_hash() != spec.params_hash()
