@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from pipeline.extract.errors import ClipFailure
+from primitives.geometry import square_crop_matrix
 
 # fmt: off
 MP_TO_68: tuple[int, ...] = (
@@ -210,12 +211,8 @@ def _roi_matrices(boxes: np.ndarray) -> np.ndarray:
     nearest = t[have][np.abs(t[:, None] - t[have][None]).argmin(axis=1)]
     boxes = boxes[nearest]
     side = ROI_SCALE * np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])  # (T,)
-    k = ROI_SIZE / side
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    m = np.zeros((len(boxes), 2, 3))
-    m[:, 0, 0] = m[:, 1, 1] = k
-    m[:, 0, 2], m[:, 1, 2] = ROI_SIZE / 2 - k * cx, ROI_SIZE / 2 - k * cy
-    return m
+    centres = np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1) / 2  # (T, 2)
+    return np.stack([square_crop_matrix(tuple(c), s, ROI_SIZE) for c, s in zip(centres, side)])
 
 
 def _run_mesh(images, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -257,6 +254,7 @@ def detect_face_mesh(frames: np.ndarray) -> FaceMesh:
         lmk, found = _run_mesh(frames, np.array([width, height, width], dtype=np.float32))
         return FaceMesh(lmk, found, 0)
     matrices = _roi_matrices(track_face(detections, width, height))  # (T, 2, 3)
+    # lazily, one frame at a time (primitives.geometry.warp_frames would hold every crop of the clip)
     crops = (cv2.warpAffine(f, m, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
              for f, m in zip(frames, matrices))
     lmk, found = _run_mesh(crops, np.array([ROI_SIZE, ROI_SIZE, ROI_SIZE], dtype=np.float32))
