@@ -63,9 +63,23 @@ def test_kl_closed_form():
     assert abs(float(mc) - float(analytic)) < 0.05 * float(analytic) + 0.02
 
 
+def test_residual_output_starts_as_reference_copy():
+    torch.manual_seed(0)
+    masked, ref, mel, emotion = _inputs(2)
+    ref = ref.clamp(0.01, 0.99)  # logit's eps (1e-3) leaves the extremes slightly moved
+    with torch.no_grad():
+        copy = CVAE(CVAEConfig(**NET)).eval()(masked, ref, mel, emotion).recon
+        absolute = CVAE(CVAEConfig(**NET, output="absolute")).eval()(masked, ref, mel, emotion).recon
+    assert torch.allclose(copy, ref, atol=1e-5)
+    assert (absolute - ref).abs().mean() > 0.1
+    with pytest.raises(ValueError, match="output"):
+        CVAEConfig(**NET, output="linear")
+
+
 def test_emotion_conditioning_changes_output():
     torch.manual_seed(0)
     net = CVAE(CVAEConfig(**NET)).eval()
+    torch.nn.init.normal_(net.head[-1].weight, std=0.1)  # a trained head (zero-initialised: a plain copy)
     masked, ref, mel, _ = _inputs(2)
     with torch.no_grad():
         a = net(masked, ref, mel, torch.tensor([0, 0])).recon
@@ -99,7 +113,9 @@ def test_one_batch_overfit_on_real_frames(real_batch):
         loss.backward()
         opt.step()
         losses.append(float(rec))
-    assert min(losses[-5:]) * 5 <= losses[0], (losses[0], losses[-5:])
+    copy_mse = float(recon_loss(ref, frames))
+    assert losses[0] == pytest.approx(copy_mse, rel=0.02)  # residual output: step 0 copies the reference
+    assert min(losses[-5:]) * 3 <= copy_mse, (copy_mse, losses[-5:])
 
 
 def test_generate_implements_video_generator(real_batch):
@@ -212,7 +228,8 @@ class _Recorder(Callback):
 
 def test_short_lightning_fit_reduces_recon(crema_shards):
     L.seed_everything(0)
-    model = CVAEModule(net=NET, optim={"lr": 2e-3, "reference": "first"})
+    # absolute output: starts far from the data, so 24 steps must show a large drop
+    model = CVAEModule(net={**NET, "output": "absolute"}, optim={"lr": 2e-3, "reference": "first"})
     dm = TalkingFaceDataModule(DataConfig(shard_dir=str(crema_shards / "shards/crema_d"), keys=model.data_keys,
                                           window=5, batch_size=4, train_batches=8, windows_per_clip=4, seed=0))
     rec = _Recorder()

@@ -24,7 +24,10 @@ Data flow (one video frame per call, Wav2Lip-style; paper §2)
   exp(logvar / 2) * eps`` (reparameterisation).
 * Decoder: ``Linear(concat(z, cond))`` -> bottleneck map, then ``len(widths)`` upsampling stages
   (nearest x2 + 3x3 convs), each fed the matching encoder skip and the broadcast condition; a
-  1x1 conv and a sigmoid give RGB in [0, 1].
+  1x1 conv and a sigmoid give RGB in [0, 1] (``output="absolute"``, the paper's reading) or, by
+  default, a residual over the reference in logit space, ``sigmoid(logit(reference) + head)``, with
+  the head zero-initialised so an untrained network copies the reference (``output="residual"``,
+  ours: the appearance path then starts exact and training spends its steps on the mouth).
 
 Resolution: the paper does not state the generator resolution (its emotion discriminator sees
 64x64); ``crop_size`` defaults to 128 (the pipeline's evaluation crop), tests use 64.
@@ -86,6 +89,9 @@ class CVAEConfig:
         image_skip: also feed the raw 6-channel input (masked target + reference, [0, 1]) to the
             output head (ours). Every other path is GroupNorm'd, which removes the absolute colour
             of a region; without this path colours must be re-learnt and drift (a colour cast).
+        output: ``"residual"`` (ours): ``recon = sigmoid(logit(reference) + head)``, head
+            zero-initialised, so training starts from a copy of the reference; ``"absolute"``:
+            ``recon = sigmoid(head)`` (paper 000 Figure 1 gives no output detail).
     """
 
     crop_size: int = 128
@@ -99,10 +105,13 @@ class CVAEConfig:
     cond_channels: int = 32
     groups: int = 8
     image_skip: bool = True
+    output: str = "residual"
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
         self.audio_channels = tuple(int(c) for c in self.audio_channels)
+        if self.output not in ("residual", "absolute"):
+            raise ValueError(f"cvae.net.output must be 'residual' or 'absolute', got {self.output!r}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"cvae.net.widths must be a non-empty list of positive ints, got {self.widths}")
         if not self.audio_channels or min(self.audio_channels) < 1:
@@ -232,6 +241,9 @@ class CVAE(nn.Module):
         image = 6 if cfg.image_skip else 0
         self.head = nn.Sequential(nn.Conv2d(c_in + cfg.stem_channels + image + cc, c_in, 3, padding=1),
                                   nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c_in, 3, 1))
+        if cfg.output == "residual":  # start as a copy of the reference
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def condition(self, mel_window: Tensor, emotion: Tensor) -> Tensor:
         """Audio + emotion condition ``(B, cond_channels)``."""
@@ -255,14 +267,18 @@ class CVAE(nn.Module):
         mu, logvar = self.to_latent(h.flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0), skips
 
-    def decode(self, z: Tensor, cond: Tensor, skips: list[Tensor]) -> Tensor:
-        """Latent + condition + encoder skips -> ``(B, 3, S, S)`` in [0, 1]."""
+    def decode(self, z: Tensor, cond: Tensor, skips: list[Tensor], reference: Tensor) -> Tensor:
+        """Latent + condition + encoder skips (+ the reference ``(B, 3, S, S)`` for ``output="residual"``)
+        -> ``(B, 3, S, S)`` in [0, 1]."""
         h = self.from_latent(torch.cat([z, cond], dim=1)).view(z.shape[0], self.cfg.widths[-1], self.bottom,
                                                                 self.bottom)
         for i, block in zip(reversed(range(len(self.cfg.widths))), self.up):
             h = block(torch.cat([h, skips[i + 1], _broadcast(cond, h)], dim=1))
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        return torch.sigmoid(self.head(torch.cat([h, skips[0], _broadcast(cond, h)], dim=1)))
+        logits = self.head(torch.cat([h, skips[0], _broadcast(cond, h)], dim=1))
+        if self.cfg.output == "residual":
+            logits = logits + torch.logit(reference, eps=1e-3)
+        return torch.sigmoid(logits)
 
     def forward(self, masked: Tensor, reference: Tensor, mel_window: Tensor, emotion: Tensor,
                 sample: bool | None = None, z: Tensor | None = None) -> CVAEOutput:
@@ -272,7 +288,7 @@ class CVAE(nn.Module):
         if z is None:
             sample = self.training if sample is None else sample
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
-        return CVAEOutput(self.decode(z, cond, skips), mu, logvar)
+        return CVAEOutput(self.decode(z, cond, skips, reference), mu, logvar)
 
 
 def recon_loss(recon: Tensor, target: Tensor) -> Tensor:
