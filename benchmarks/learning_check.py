@@ -19,8 +19,16 @@ frames 1..T-1 scored as in ``evaluate_video``):
 * the emotion grid's row differences: mean absolute difference (uint8 levels) between the frames
   rendered with each pair of CREMA-D's six emotions, same reference and audio.
 
-The check passes when the method's PSNR beats ``copy_reference``'s and every pair of emotion rows
-differs by more than ``--min-emotion-mad`` levels; the exit status is 1 otherwise.
+Methods with landmarks of their own (``sinha``) also get, on the same clips: M-LD / M-LVD of their
+landmarks (X = frame 0's) beside "frame 0's landmarks held still", and the PSNR of their texture
+network rendering the ground-truth landmarks (``render``) beside ``copy_reference``.
+
+Named checks (``--require``; defaults per method in :data:`REQUIRED`): ``psnr`` (PSNR above
+``copy_reference``), ``emotion_rows`` (every pair of emotion rows differs by more than
+``--min-emotion-mad`` levels), ``mouth_ld`` (M-LD below the still landmarks), ``reconstruction_psnr``
+(rendering PSNR above ``copy_reference``). The exit status is 1 when a required check fails.
+
+    python benchmarks/learning_check.py --method sinha --minutes 12
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from pathlib import Path
 import torch
 
 from eval_metrics.image import FramePSNR, FrameSSIM
+from eval_metrics.landmarks import LandmarkMetrics
 from eval_metrics.sync import LSEC, LSED, SyncEvaluator
 from lightning_modules import METHODS
 from lightning_modules.generation import CopyReference
@@ -54,7 +63,7 @@ def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) ->
         mel = torch.from_numpy(clip["mel"])
         with torch.no_grad():
             generated = generator.generate(real[:1], mel[None], torch.tensor([clip["meta"]["emotion_id"]]),
-                                           len(real))[0]
+                                           len(real), ref_lmk=torch.from_numpy(clip["lmk"][:1]))[0]
         gen, tgt = generated[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2)
         psnr.update(gen, tgt)
         ssim.update(gen.float() / 255, tgt.float() / 255)
@@ -63,12 +72,44 @@ def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) ->
             "lse_c": float(lse_c.compute())}
 
 
+REQUIRED: dict[str, tuple[str, ...]] = {"cvae": ("psnr", "emotion_rows"), "sinha": ("mouth_ld", "reconstruction_psnr")}
+"""Checks a method must pass (issue #10 for cvae, #12 for sinha); others: ``psnr``, ``emotion_rows``."""
+
+
+@torch.no_grad()
+def landmark_scores(model, clips: list[dict]) -> dict[str, dict[str, float]]:
+    """M-LD, M-LVD, F-LD, F-LVD of ``model(batch)`` on whole clips (X = frame 0) and of frame 0's
+    landmarks held still."""
+    ours, still = LandmarkMetrics(), LandmarkMetrics()
+    for clip in clips:
+        lmk = torch.from_numpy(clip["lmk"])[None]  # (1, T, 68, 2)
+        batch = {"key": [clip["key"]], "lmk": lmk, "ref_lmk": lmk[:, 0], "mel": torch.from_numpy(clip["mel"])[None],
+                 "emotion": torch.tensor([clip["meta"]["emotion_id"]]), "intensity": torch.tensor([clip["meta"]["intensity"]])}
+        ours.update(model(batch), lmk)
+        still.update(lmk[:, :1].expand_as(lmk), lmk)
+    return {"ours": {k: float(v) for k, v in ours.compute().items()},
+            "still": {k: float(v) for k, v in still.compute().items()}}
+
+
+@torch.no_grad()
+def reconstruction_psnr(model, clips: list[dict], frames_key: str) -> float:
+    """PSNR of ``model.render`` drawing each clip's ground-truth landmarks from frame 0 (frames 1..T-1)."""
+    psnr = FramePSNR()
+    for clip in clips:
+        real, lmk = torch.from_numpy(clip[frames_key]), torch.from_numpy(clip["lmk"])
+        out = model.render(real[:1], lmk[:1], lmk[None], torch.tensor([clip["meta"]["emotion_id"]]))[0]
+        psnr.update(out[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2))
+    return float(psnr.compute())
+
+
 @torch.no_grad()
 def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) -> dict[str, float]:
     """Mean absolute difference (uint8 levels) between the clips rendered with each pair of emotions."""
     real = torch.from_numpy(clip[frames_key])
     mel = torch.from_numpy(clip["mel"])[None]
-    rows = {name: generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames)[0].float()
+    ref_lmk = torch.from_numpy(clip["lmk"][:1])
+    rows = {name: generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames,
+                                     ref_lmk=ref_lmk)[0].float()
             for name in CREMA_D_EMOTIONS.values()}
     return {f"{a}-{b}": float((rows[a] - rows[b]).abs().mean()) for a, b in itertools.combinations(rows, 2)}
 
@@ -84,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a train.* param, e.g. --set methods.cvae.optim.aux_start_step=3500")
     parser.add_argument("--min-emotion-mad", type=float, default=0.5,
                         help="smallest mean |difference| (uint8 levels) two emotion rows may have")
+    parser.add_argument("--require", nargs="*", default=None,
+                        help="checks that must pass (default: REQUIRED[method], else psnr emotion_rows)")
     args = parser.parse_args(argv)
     out = (args.out or Path("benchmarks/results") / f"learning-{args.method}-{args.dataset}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -106,22 +149,41 @@ def main(argv: list[str] | None = None) -> int:
                                                                                          frames_key, sync)}
     mad = emotion_row_mad(model, clips[0], frames_key)
     emotion_grid(model, clips[0], frames_key, out / "emotion_grid.png")
+    checks = {"psnr": rows[args.method]["psnr"] > rows["copy_reference"]["psnr"],
+              "emotion_rows": min(mad.values()) > args.min_emotion_mad}
+    extra: dict = {}
+    if hasattr(model, "test_metrics"):
+        extra["landmarks"] = landmark_scores(model, clips)
+        checks["mouth_ld"] = extra["landmarks"]["ours"]["mouth_ld"] < extra["landmarks"]["still"]["mouth_ld"]
+    if hasattr(model, "render"):
+        extra["reconstruction_psnr"] = reconstruction_psnr(model, clips, frames_key)
+        checks["reconstruction_psnr"] = extra["reconstruction_psnr"] > rows["copy_reference"]["psnr"]
 
-    print(f"{args.method} on {args.dataset}: {config['global_step']} steps in {train_s / 60:.1f} min; "
+    print(f"{args.method} on {args.dataset}: {config['global_step']} optimiser steps in {train_s / 60:.1f} min; "
           f"scored on {len(clips)} training clips (LSE: {sync.name})")
     print(f"{'method':16s} {'PSNR':>7s} {'SSIM':>7s} {'LSE-D':>7s} {'LSE-C':>7s}")
     for name, r in rows.items():
         print(f"{name:16s} {r['psnr']:7.2f} {r['ssim']:7.3f} {r['lse_d']:7.3f} {r['lse_c']:7.3f}")
     print(f"emotion rows: mean |difference| between pairs min {min(mad.values()):.2f}, "
           f"max {max(mad.values()):.2f} uint8 levels ({out / 'emotion_grid.png'})")
-    passed = rows[args.method]["psnr"] > rows["copy_reference"]["psnr"] and min(mad.values()) > args.min_emotion_mad
+    if "landmarks" in extra:
+        for name, r in extra["landmarks"].items():
+            print(f"landmarks {name:6s} M-LD {r['mouth_ld']:.3f}  M-LVD {r['mouth_lvd']:.3f}  F-LD {r['face_ld']:.3f}  "
+                  f"F-LVD {r['face_lvd']:.3f} (256 px crop pixels)")
+    if "reconstruction_psnr" in extra:
+        print(f"texture network on ground-truth landmarks: PSNR {extra['reconstruction_psnr']:.2f} dB")
+    required = args.require if args.require is not None else REQUIRED.get(args.method, ("psnr", "emotion_rows"))
+    unknown = sorted(set(required) - set(checks))
+    if unknown:
+        raise SystemExit(f"--require: {unknown} not available for {args.method} (available: {sorted(checks)})")
+    passed = all(checks[name] for name in required)
     (out / "learning_check.json").write_text(json.dumps(
-        {"method": args.method, "dataset": args.dataset, "overrides": args.overrides, "steps": config["global_step"], "train_minutes": train_s / 60,
-         "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows, "emotion_row_mad": mad,
-         "passed": passed}, indent=1))
-    print("PASS" if passed else "FAIL: " + ("PSNR not above copy_reference; " if rows[args.method]["psnr"] <=
-                                             rows["copy_reference"]["psnr"] else "") + "emotion rows too alike"
-          * (min(mad.values()) <= args.min_emotion_mad))
+        {"method": args.method, "dataset": args.dataset, "overrides": args.overrides, "steps": config["global_step"],
+         "train_minutes": train_s / 60, "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows,
+         "emotion_row_mad": mad, **extra, "checks": checks, "required": list(required), "passed": passed}, indent=1))
+    print("checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}{'' if k in required else ' (not required)'}"
+                                 for k, v in checks.items()))
+    print("PASS" if passed else "FAIL")
     return 0 if passed else 1
 
 

@@ -161,8 +161,9 @@ class ClipWindows:
             else:
                 starts = range(0, n - self.window + 1, self.window)
             for start in starts:
-                item = {"key": f"{clip['key']}@{int(start)}", "emotion": clip["meta"]["emotion_id"],
-                        "intensity": clip["meta"]["intensity"], "ref_lmk": clip["lmk"][0]}
+                item = {"key": f"{clip['key']}@{int(start)}", "speaker": str(clip["meta"].get("speaker", "")),
+                        "emotion": clip["meta"]["emotion_id"], "intensity": clip["meta"]["intensity"],
+                        "ref_lmk": clip["lmk"][0]}
                 for name, value in clip.items():
                     if name in WINDOWED_KEYS:
                         first, rows = int(WINDOWED_KEYS[name] * start), int(WINDOWED_KEYS[name] * self.window)
@@ -249,12 +250,12 @@ def collate_windows(items: list[dict]) -> dict:
     """Stack windows into a batch.
 
     Returns:
-        dict with ``key`` (list[str]), ``emotion`` (B,) int64 in [0, 8), ``intensity`` (B,) int64,
+        dict with ``key``, ``speaker`` (list[str]), ``emotion`` (B,) int64 in [0, 8), ``intensity`` (B,) int64,
         ``ref_lmk`` (B, 68, 2) float32 and, when loaded, ``lmk`` (B, T, 68, 2) float32 (256 px
         crop pixels), ``lmk478`` (B, T, 478, 3), ``mfcc`` (B, T, 28, 12), ``llf`` (B, T, 25),
         ``mel`` (B, floor(3.2 T), 80) float32 in [-4, 4], ``frames_<S>`` (B, T, S, S, 3) uint8.
     """
-    batch = {"key": [it["key"] for it in items],
+    batch = {"key": [it["key"] for it in items], "speaker": [it.get("speaker", "") for it in items],
              "emotion": torch.tensor([it["emotion"] for it in items], dtype=torch.int64),
              "intensity": torch.tensor([it["intensity"] for it in items], dtype=torch.int64)}
     for name in items[0]:
@@ -355,17 +356,21 @@ class TalkingFaceDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader(self._eval_pipeline("test"), min(self.cfg.num_workers, len(self.urls("test"))))
 
-    def training_arrays(self, key: str, max_clips: int = 256) -> np.ndarray:
-        """Frames of ``key`` (e.g. ``"llf"`` -> (N, 25)) from the first ``max_clips`` training clips
-        in shard order: deterministic, so every DDP rank fits the same input statistics.
+    def training_clips(self, keys: tuple[str, ...], max_clips: int = 256) -> list[dict]:
+        """The first ``max_clips`` whole training clips in shard order (``DecodeSample`` dicts with
+        ``key``, ``meta`` and ``keys``): deterministic, so every DDP rank derives the same statistics.
 
         Raises:
             FileNotFoundError: no readable training clip.
         """
         pipeline = wds.DataPipeline(wds.SimpleShardList(self.urls("train")),
-                                    ReadShards(SelectMembers((key,))),
-                                    wds.map(DecodeSample((key,)), handler=log_and_continue))
-        arrays = [clip[key] for _, clip in zip(range(max_clips), pipeline)]
-        if not arrays:
+                                    ReadShards(SelectMembers(tuple(keys))),
+                                    wds.map(DecodeSample(tuple(keys)), handler=log_and_continue))
+        clips = [clip for _, clip in zip(range(max_clips), pipeline)]
+        if not clips:
             raise FileNotFoundError(f"no readable training clips in {self.cfg.shard_dir}")
-        return np.concatenate(arrays)
+        return clips
+
+    def training_arrays(self, key: str, max_clips: int = 256) -> np.ndarray:
+        """Frames of ``key`` (e.g. ``"llf"`` -> (N, 25)) of :meth:`training_clips`, concatenated."""
+        return np.concatenate([clip[key] for clip in self.training_clips((key,), max_clips)])

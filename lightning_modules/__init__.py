@@ -11,11 +11,13 @@ generator whose config names an evaluator checkpoint).
 from lightning_modules.cvae import CVAEModule
 from lightning_modules.eapc import EAPCModule
 from lightning_modules.emotion_classifier import EmotionClassifierModule
+from lightning_modules.sinha import SinhaModule
 from lightning_modules.syncnet import SyncNetModule
 
 METHODS: dict[str, type] = {
     "eapc": EAPCModule,
     "cvae": CVAEModule,  # emotion-controllable conditional VAE generator (paper 000)
+    "sinha": SinhaModule,  # landmark GCN + flow-guided texture generator, one-shot (paper 002)
     "emotion_classifier": EmotionClassifierModule,  # emotion loss network of the generators (paper 000 §2.1)
     "syncnet": SyncNetModule,  # expert lip-sync loss network (Wav2Lip-style, paper 000 eq. 4-5)
     "emotion_classifier_eval": EmotionClassifierModule,  # the EmoAcc evaluator: same architecture, own seed

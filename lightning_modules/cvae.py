@@ -379,8 +379,9 @@ class CVAEModule(L.LightningModule):
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def generate(self, reference: Tensor, mel: Tensor, emotion: Tensor, n_frames: int) -> Tensor:
-        """:meth:`lightning_modules.generation.VideoGenerator.generate`.
+    def generate(self, reference: Tensor, mel: Tensor, emotion: Tensor, n_frames: int,
+                 ref_lmk: Tensor | None = None) -> Tensor:
+        """:meth:`lightning_modules.generation.VideoGenerator.generate` (``ref_lmk`` unused).
 
         Every frame ``t`` is decoded from the reference (as reference and, lower half masked, as the
         masked target -- Wav2Lip's inference), the mel window of frame ``t`` (see

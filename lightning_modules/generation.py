@@ -17,7 +17,7 @@ class VideoGenerator(Protocol):
     """What ``pipeline.evaluate_video`` needs from a method."""
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
-                 n_frames: int) -> torch.Tensor:
+                 n_frames: int, ref_lmk: torch.Tensor | None = None) -> torch.Tensor:
         """Render talking-face frames.
 
         Args:
@@ -26,6 +26,8 @@ class VideoGenerator(Protocol):
                 (M >= floor(3.2 * n_frames)).
             emotion: (B,) int64 in [0, 8), the target emotion (``primitives.vocab.EMOTIONS``).
             n_frames: frames to render at 25 fps.
+            ref_lmk: (B, 68, 2) float32, the reference's landmarks in pixels of the shards' 256 px
+                crop (``meta.lmk_crop_size``); landmark-driven methods need it, others ignore it.
 
         Returns:
             (B, n_frames, S, S, 3) uint8 RGB.
@@ -41,8 +43,8 @@ class CopyReference(nn.Module):
     """
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
-                 n_frames: int) -> torch.Tensor:
-        """See :meth:`VideoGenerator.generate`; ``mel`` and ``emotion`` are ignored."""
+                 n_frames: int, ref_lmk: torch.Tensor | None = None) -> torch.Tensor:
+        """See :meth:`VideoGenerator.generate`; ``mel``, ``emotion`` and ``ref_lmk`` are ignored."""
         if reference.dim() != 4 or reference.shape[-1] != 3:
             raise ValueError(f"reference must be (B, S, S, 3), got {tuple(reference.shape)}")
         return reference[:, None].expand(-1, n_frames, -1, -1, -1).contiguous()

@@ -29,8 +29,10 @@ import soundfile
 import torch
 import webdataset as wds
 
-from datamodules.talking_face import DecodeSample, ReadShards, SelectMembers, shard_urls
+from datamodules.talking_face import (DataConfig, DecodeSample, ReadShards, SelectMembers, TalkingFaceDataModule,
+                                      shard_urls)
 from pipeline.eval_outputs import write_eval_outputs
+from pipeline.evaluate import LANDMARK_EVALUATOR, predict_windows
 from pipeline.params import ParamsError, get, load_params
 
 SYNC_EVALUATOR = "syncnet_eval"
@@ -224,8 +226,8 @@ class Evaluators:
 
 
 def split_clips(shard_dir: Path, frames_key: str, split: str = "test"):
-    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``mel`` and ``audio``."""
-    keys = (frames_key, "mel")
+    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel`` and ``audio``."""
+    keys = (frames_key, "lmk", "mel")
     pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
                                 ReadShards(SelectMembers(keys, extra=("audio.wav",))), wds.map(_DecodeWithAudio(keys)))
     return iter(pipeline)
@@ -323,7 +325,8 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
     mel = torch.from_numpy(clip["mel"])[None]
     rows = []
     for name in CREMA_D_EMOTIONS.values():
-        frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames)[0]
+        frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
+                                    ref_lmk=torch.from_numpy(clip["lmk"][:1]))[0]
         row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
         cv2.putText(row, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         rows.append(row)
@@ -358,7 +361,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
         mel = torch.from_numpy(clip["mel"])
         emotion = clip["meta"]["emotion_id"]
         with torch.no_grad():
-            generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real))[0]
+            generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real),
+                                           ref_lmk=torch.from_numpy(clip["lmk"][:1]))[0]
         evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion)
         n_clips += 1
         if len(videos) < n_videos:
@@ -370,10 +374,15 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
     expected = _clips_in_shard_stats(shard_dir, "test")
     if isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
-    result = {"method": method, "dataset": dataset, "split": "test", "metrics": evaluators.compute(),
+    metrics, evaluator_names = evaluators.compute(), dict(evaluators.evaluators)
+    if hasattr(generator, "test_metrics"):  # landmark-driven (e.g. sinha's G_L): its landmarks are scored too
+        landmark_values = landmark_metrics(generator, shard_dir, params)
+        metrics.update(landmark_values)
+        evaluator_names.update({name: LANDMARK_EVALUATOR for name in landmark_values})
+    result = {"method": method, "dataset": dataset, "split": "test", "metrics": metrics,
               "training_run_id": config.get("mlflow_run_id"),
               "evaluator_checkpoints": {k: str(v) for k, v in evaluators.checkpoints.items()},
-              "evaluators": evaluators.evaluators, "missing": evaluators.missing, "n_clips": n_clips,
+              "evaluators": evaluator_names, "missing": evaluators.missing, "n_clips": n_clips,
               "skipped_clips": evaluators.skipped,
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
               "unreadable_clips": None if expected is None else expected - n_clips,
@@ -382,6 +391,15 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
                            **evaluators.fid_params}}
     _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
     return result
+
+
+def landmark_metrics(generator, shard_dir: Path, params: dict) -> dict[str, float]:
+    """M-LD, M-LVD, F-LD, F-LVD of a generator's own landmarks (``generator(batch)`` and its
+    ``test_metrics``) on the test split's windows, as ``evaluate@<method>`` scores EAPC."""
+    data = {k: v for k, v in (get(params, "train.data", dict, default={}) or {}).items() if k in ("window", "batch_size")}
+    datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(shard_dir), keys=generator.data_keys, **data))
+    values, _, _, _ = predict_windows(generator, datamodule.test_dataloader())
+    return values
 
 
 def _check_crop_size(crop_size: int, who: str, expected: int | None, key: str) -> None:

@@ -1,0 +1,527 @@
+"""Lightning glue for Sinha et al. (paper file 002): landmark generator G_L + texture generator G_T.
+
+Networks: ``lightning_modules.networks.sinha_graph`` (G_L, D_L) and ``.sinha_texture`` (G_T, D_T's
+frame discriminator). One module trains both, each step, with manual optimisation (four Adam
+optimisers, lr 2e-4 as the paper): G_T trains on ground-truth landmarks, inference uses G_L's.
+
+Readings (ours where the paper is silent; parameters where it matters)
+----------------------------------------------------------------------
+* Canonical landmark frame (paper A.1: "aligned and retargeted to a neutral frontal canonical
+  landmark"): a two-point similarity that puts the eye centres at (-0.5, 0) and (0.5, 0), i.e.
+  in-plane rotation, scale and translation removed, units of inter-ocular distance
+  (:func:`canonical_transform`). Out-of-plane pose stays (no 3D model here). Generated canonical
+  landmarks go back through the inverse transform of the target's neutral landmarks (retargeting).
+* Neutral landmarks X per speaker (paper: "a neutral image ... with closed lips"): over the
+  speaker's neutral training clips, the frame whose inner lips are most closed (mean distance of
+  points 61-67, 62-66, 63-65, in inter-ocular units); a speaker without a neutral clip takes the
+  same rule over all its clips (counted in ``resolved_config``). At inference the reference frame
+  plays I_n and its landmarks play X (the one-shot protocol's only image).
+* Speech content (paper: DeepSpeech's 29 character logits, windows of W = 6): not available
+  offline; ``speech_feature`` is ``"mel"`` (the window's log-mel rows, 80-d) or ``"mfcc"`` (their
+  first 13 DCT-II coefficients), over the mel rows of W = ``speech_window`` video frames centred
+  on the frame. Both carry prosody, so they leak emotion, unlike the paper's feature.
+* Eye blinks (paper §3.2 after Das et al. 2020): :func:`blink_displacements`: blink onsets every
+  ``blink_interval_s`` seconds (+- 25 % uniform jitter, seeded), each ``blink_frames`` long with a
+  raised-cosine closure; the upper lid points (37, 38 / 43, 44) move to the lower lid (41, 40 /
+  47, 46) by that closure.
+* Perceptual loss (eq. 7, VGG16): no ImageNet VGG16 ships in a verified wheel here, so
+  ``lambda_per`` is recorded as 0 unless ``vgg16_weights`` is set (not implemented yet: an error).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from eval_metrics.landmarks import LandmarkMetrics
+from lightning_modules.networks.sinha_graph import (EmotionEncoder, GraphDiscriminator, LandmarkGenerator,
+                                                    SinhaGraphConfig, delaunay_adjacency, lsgan_d_loss, lsgan_g_loss)
+from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
+
+__all__ = ["SinhaModule", "SinhaTrainConfig", "canonical_transform", "blink_displacements", "speech_windows"]
+
+NEUTRAL_FACE = Path(__file__).parent / "networks" / "neutral_face_68.json"
+"""The graph's neutral closed-lip face (canonical frame; its ``source`` field says which real frame)."""
+CANONICAL_NEUTRAL = np.array(json.loads(NEUTRAL_FACE.read_text())["points"], dtype=np.float64)  # (68, 2)
+
+MEL_RATE = 80 / 25
+"""Mel rows per video frame (80 Hz mel at 25 fps)."""
+
+INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
+
+
+@dataclass
+class SinhaTrainConfig:
+    """``train.methods.sinha.optim``.
+
+    Attributes:
+        lr: Adam learning rate of all four networks (paper: 2e-4), > 0.
+        lambda_ver, lambda_gan: eq. 4 weights (1, 0.5).
+        lambda_rec, lambda_per, lambda_adv: eq. 9 weights (1, 10, 1); ``lambda_per`` is forced to 0
+            (recorded) without VGG16 weights.
+        speech_feature: ``"mel"`` | ``"mfcc"`` (module docstring).
+        speech_window: W, video frames per speech window (paper: 6).
+        one_shot_steps: E_T/D_T fine-tuning iterations on the reference at inference (paper: <= 5; 0 = off,
+            Table 4 "w/o one-shot").
+        one_shot_lr: their Adam learning rate.
+        emotional_landmarks: G_T renders G_L's landmarks (False: the neutral X, Table 4 "w/o
+            emotional landmarks").
+        blink_interval_s, blink_frames: blink model (module docstring; interval 0 = no blinks).
+        generate_chunk: frames rendered per G_T call in :meth:`generate`.
+        seed: blink timing seed.
+    """
+
+    lr: float = 2e-4
+    lambda_ver: float = 1.0
+    lambda_gan: float = 0.5
+    lambda_rec: float = 1.0
+    lambda_per: float = 10.0
+    lambda_adv: float = 1.0
+    speech_feature: str = "mfcc"
+    speech_window: int = 6
+    one_shot_steps: int = 5
+    one_shot_lr: float = 1e-4
+    emotional_landmarks: bool = True
+    blink_interval_s: float = 4.0
+    blink_frames: int = 6
+    generate_chunk: int = 16
+    seed: int = 0
+    vgg16_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or not self.one_shot_lr > 0:
+            raise ValueError("train.methods.sinha.optim.lr and one_shot_lr must be > 0")
+        for name in ("lambda_ver", "lambda_gan", "lambda_rec", "lambda_per", "lambda_adv", "blink_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.methods.sinha.optim.{name} must be >= 0, got {getattr(self, name)}")
+        if self.speech_feature not in ("mel", "mfcc"):
+            raise ValueError(f"train.methods.sinha.optim.speech_feature must be 'mel' or 'mfcc', got {self.speech_feature!r}")
+        for name in ("speech_window", "blink_frames", "generate_chunk"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.methods.sinha.optim.{name} must be >= 1, got {getattr(self, name)}")
+        if self.one_shot_steps < 0:
+            raise ValueError(f"train.methods.sinha.optim.one_shot_steps must be >= 0, got {self.one_shot_steps}")
+        if self.vgg16_weights is not None:
+            raise ValueError("train.methods.sinha.optim.vgg16_weights: the VGG16 perceptual loss is not wired yet; "
+                             "use null (lambda_per is then recorded as 0)")
+
+
+# ------------------------------------------------------------------------------------------ geometry
+def canonical_transform(lmk: Tensor) -> tuple[Tensor, Tensor]:
+    """Similarity putting the eye centres (mean of 36-41 and of 42-47) at (-0.5, 0) and (0.5, 0).
+
+    Args:
+        lmk: (..., 68, 2) float landmarks (pixels).
+
+    Returns:
+        ``(rotation_scale (..., 2, 2), offset (..., 2))`` with ``canonical = lmk @ R^T + offset``.
+
+    Raises:
+        ValueError: coinciding eye centres.
+    """
+    right, left = lmk[..., 36:42, :].mean(-2), lmk[..., 42:48, :].mean(-2)
+    d = left - right  # (..., 2)
+    norm2 = (d ** 2).sum(-1, keepdim=True)
+    if bool((norm2 < 1e-12).any()):
+        raise ValueError("landmarks with coinciding eye centres cannot be aligned")
+    c, s = d[..., 0:1] / norm2, d[..., 1:2] / norm2  # rotate d onto (1, 0) and scale it to length 1
+    rot = torch.stack([torch.cat([c, s], -1), torch.cat([-s, c], -1)], dim=-2)  # (..., 2, 2)
+    centre = (left + right) / 2
+    offset = -(rot @ centre[..., None])[..., 0]
+    return rot, offset
+
+
+def to_canonical(lmk: Tensor, rot: Tensor, offset: Tensor) -> Tensor:
+    """(B, ..., 68, 2) pixels -> canonical units with per-sample ``(rot (B, 2, 2), offset (B, 2))``."""
+    shape = (len(lmk),) + (1,) * (lmk.ndim - 3)
+    return lmk @ rot.view(*shape, 2, 2).transpose(-1, -2) + offset.view(*shape, 1, 2)
+
+
+def from_canonical(lmk: Tensor, rot: Tensor, offset: Tensor) -> Tensor:
+    """Inverse of :func:`to_canonical`."""
+    shape = (len(lmk),) + (1,) * (lmk.ndim - 3)
+    inv = torch.linalg.inv(rot).view(*shape, 2, 2)
+    return (lmk - offset.view(*shape, 1, 2)) @ inv.transpose(-1, -2)
+
+
+def mouth_opening(lmk: Tensor) -> Tensor:
+    """Mean inner-lip gap (points 61-67, 62-66, 63-65) in inter-ocular units; (..., 68, 2) -> (...)."""
+    iod = (lmk[..., 42:48, :].mean(-2) - lmk[..., 36:42, :].mean(-2)).norm(dim=-1)
+    gaps = torch.stack([(lmk[..., a, :] - lmk[..., b, :]).norm(dim=-1) for a, b in INNER_LIP_PAIRS], -1).mean(-1)
+    return gaps / iod
+
+
+def blink_displacements(n_frames: int, fps: float, interval_s: float, blink_frames: int, seed: int,
+                        lmk: Tensor) -> Tensor:
+    """Eye-blink landmark displacements (module docstring), to add to (T, 68, 2) landmarks ``lmk``.
+
+    Returns:
+        (n_frames, 68, 2) float; zero outside blinks and on every point but the upper lids.
+    """
+    out = torch.zeros(n_frames, 68, 2, dtype=lmk.dtype, device=lmk.device)
+    if interval_s <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    closure = np.zeros(n_frames)
+    t = rng.uniform(0.25, 1.0) * interval_s * fps
+    profile = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(blink_frames) + 0.5) / blink_frames)
+    profile = profile / profile.max()  # raised cosine, fully closed at its peak
+    while t < n_frames:
+        start = int(t)
+        span = profile[: max(0, min(blink_frames, n_frames - start))]
+        closure[start:start + len(span)] = np.maximum(closure[start:start + len(span)], span)
+        t += interval_s * fps * rng.uniform(0.75, 1.25)
+    k = torch.as_tensor(closure, dtype=lmk.dtype, device=lmk.device)[:, None]  # (T, 1)
+    for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        out[:, upper] = k * (lmk[:, lower] - lmk[:, upper])
+    return out
+
+
+def speech_windows(mel: Tensor, frames: Tensor, window: int, feature: str) -> Tensor:
+    """Per-frame speech-content windows from the log-mel.
+
+    Args:
+        mel: (B, M, 80) float in [-4, 4] at 80 Hz.
+        frames: (B, K) int64 video frame indices (25 fps).
+        window: W video frames per window, centred on the frame (rows ``int(3.2 (t - W // 2))`` +
+            ``int(3.2 W)``, clamped into the mel).
+        feature: ``"mel"`` -> 80 values per row, ``"mfcc"`` -> the first 13 DCT-II (orthonormal)
+            coefficients of each row.
+
+    Returns:
+        (B, K, R, F) float, R = ``int(3.2 W)`` rows, F = 80 or 13.
+    """
+    rows = int(MEL_RATE * window)
+    if mel.shape[1] < rows:
+        raise ValueError(f"mel has {mel.shape[1]} rows, a speech window needs {rows}")
+    start = (MEL_RATE * (frames - window // 2)).floor().long().clamp(0, mel.shape[1] - rows)  # (B, K)
+    idx = start[..., None] + torch.arange(rows, device=mel.device)  # (B, K, R)
+    b = torch.arange(len(mel), device=mel.device)[:, None, None]
+    win = mel[b, idx] / 4.0  # (B, K, R, 80)
+    if feature == "mel":
+        return win
+    n = mel.shape[-1]
+    k = torch.arange(13, dtype=mel.dtype, device=mel.device)[:, None]
+    basis = torch.cos(math.pi / n * (torch.arange(n, dtype=mel.dtype, device=mel.device) + 0.5) * k)
+    basis = basis * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return win @ basis.T
+
+
+def _to_chw(x: Tensor) -> Tensor:
+    return x.movedim(-1, -3).float() / 255.0
+
+
+# ------------------------------------------------------------------------------------------ module
+class SinhaModule(L.LightningModule):
+    """Trains G_L and G_T (paper 002) on windows ``{lmk, frames_<S>, mel, emotion, intensity, speaker}``.
+
+    ``forward(batch)`` -> G_L's landmarks (B, T, 68, 2) in crop pixels of the reference frame
+    (``evaluate@sinha``'s landmark metrics); :meth:`generate` renders video (``VideoGenerator``).
+    Logs ``train/{ver,gan_g,gan_d,rec,adv_g,adv_d}`` and ``val/{ver,rec,loss}`` plus M-LD etc.
+    """
+
+    automatic_optimization = False
+
+    def __init__(self, net: dict | None = None, optim: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        net = dict(net or {})
+        self.optim_cfg = SinhaTrainConfig(**(optim or {}))
+        feature_dim = 80 if self.optim_cfg.speech_feature == "mel" else 13
+        self.graph_cfg = SinhaGraphConfig.from_dict({"feature_dim": feature_dim, **net.get("landmark", {})})
+        self.net_cfg = self.texture_cfg = SinhaTextureConfig.from_dict(net.get("texture", {}))
+        unknown = sorted(set(net) - {"landmark", "texture"})
+        if unknown:
+            raise ValueError(f"unknown sinha.net keys {unknown}; known: landmark, texture")
+        self.frames_key = f"frames_{self.texture_cfg.crop_size}"
+        self.data_keys = ("lmk", self.frames_key, "mel")
+        # graph of a neutral, closed-lip face: the canonical mean face shipped with the module
+        self.register_buffer("neutral_template", torch.tensor(CANONICAL_NEUTRAL, dtype=torch.float32))
+        adjacency = torch.from_numpy(delaunay_adjacency(CANONICAL_NEUTRAL))
+        self.landmark = LandmarkGenerator(adjacency, self.graph_cfg)
+        self.landmark_disc = GraphDiscriminator(adjacency, self.graph_cfg)
+        self.texture = TextureGenerator(self.texture_cfg)
+        self.texture_emotion = EmotionEncoder(self.graph_cfg.n_emotions, self.graph_cfg.n_intensities,
+                                              self.texture_cfg.emotion_dim)
+        self.frame_disc = FrameDiscriminator(tuple(max(8, c // 2) for c in self.texture_cfg.encoder_widths))
+        self.lambda_per = 0.0  # no VGG16 weights (SinhaTrainConfig.vgg16_weights)
+        self.neutral_lmk: dict[str, list] = {}  # speaker -> canonical (68, 2), set at fit start
+        self.neutral_fallbacks = 0
+        self.val_metrics = LandmarkMetrics(prefix="val/")
+        self.test_metrics = LandmarkMetrics(prefix="test/")
+
+    @staticmethod
+    def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
+        """Check the params without building the networks. Raises ``ValueError`` on a bad value."""
+        net = dict(net or {})
+        cfg = SinhaTrainConfig(**(optim or {}))
+        SinhaGraphConfig.from_dict({"feature_dim": 80 if cfg.speech_feature == "mel" else 13, **net.get("landmark", {})})
+        SinhaTextureConfig.from_dict(net.get("texture", {}))
+
+    # ---------------------------------------------------------------- neutral landmarks
+    def on_fit_start(self) -> None:
+        if not self.neutral_lmk:
+            self.fit_neutral_landmarks(self.trainer.datamodule.training_clips(("lmk",)))
+
+    def fit_neutral_landmarks(self, clips: list[dict]) -> None:
+        """Per speaker, the canonical landmarks of its most closed-mouth neutral frame (module docstring).
+
+        Args:
+            clips: whole clips with ``meta`` (``speaker``, ``emotion``, ``lmk_crop_size``) and ``lmk`` (T, 68, 2).
+
+        Raises:
+            ValueError: the shards' landmark crop size differs from ``texture.lmk_size``.
+        """
+        best: dict[str, tuple[bool, float, np.ndarray]] = {}
+        for clip in clips:
+            size = clip["meta"].get("lmk_crop_size", self.texture_cfg.lmk_size)
+            if size != self.texture_cfg.lmk_size:
+                raise ValueError(f"shard landmarks are in {size} px crop pixels but sinha.net.texture.lmk_size is "
+                                 f"{self.texture_cfg.lmk_size}: make them equal")
+            lmk = torch.from_numpy(np.asarray(clip["lmk"], dtype=np.float32))
+            rot, offset = canonical_transform(lmk)
+            canon = (lmk @ rot.transpose(-1, -2) + offset[:, None]).numpy()  # (T, 68, 2)
+            opening = mouth_opening(lmk).numpy()
+            t = int(np.argmin(opening))
+            speaker, neutral = str(clip["meta"].get("speaker", "")), clip["meta"]["emotion"] == "neutral"
+            rank = (neutral, -float(opening[t]))
+            if speaker not in best or rank > best[speaker][:2]:
+                best[speaker] = (neutral, -float(opening[t]), canon[t])
+        self.neutral_lmk = {s: v[2].tolist() for s, v in best.items()}
+        self.neutral_fallbacks = sum(not v[0] for v in best.values())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["neutral_lmk"] = self.neutral_lmk
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.neutral_lmk = checkpoint.get("neutral_lmk", {})
+
+    def _neutral(self, speakers: list[str], ref_canon: Tensor) -> Tensor:
+        """(B, 68, 2) canonical neutral landmarks X of each sample's speaker (its reference if unknown)."""
+        rows = [torch.tensor(self.neutral_lmk[s], dtype=ref_canon.dtype, device=ref_canon.device)
+                if s in self.neutral_lmk else ref_canon[i] for i, s in enumerate(speakers)]
+        return torch.stack(rows)
+
+    # ---------------------------------------------------------------- G_L
+    def landmarks(self, x: Tensor, mel: Tensor, frames: Tensor, emotion: Tensor, intensity: Tensor) -> Tensor:
+        """G_L for K frames per sample: x (B, 68, 2) canonical, frames (B, K) -> (B, K, 68, 2) canonical."""
+        b, k = frames.shape
+        speech = speech_windows(mel, frames, self.optim_cfg.speech_window, self.optim_cfg.speech_feature)
+        out = self.landmark(x.repeat_interleave(k, 0), speech.flatten(0, 1), emotion.repeat_interleave(k),
+                            intensity.repeat_interleave(k))
+        return out.view(b, k, 68, 2)
+
+    def forward(self, batch: dict) -> Tensor:
+        """G_L's landmarks for every frame of the windows (B, T, 68, 2), crop pixels, X = the
+        reference frame's landmarks (the one-shot protocol); ``mel`` is the window's own."""
+        ref = batch["ref_lmk"].float()
+        rot, offset = canonical_transform(ref)
+        b, t_len = batch["lmk"].shape[:2]
+        frames = torch.arange(t_len, device=ref.device)[None].expand(b, -1)
+        x = to_canonical(ref[:, None], rot, offset)[:, 0]
+        canon = self.landmarks(x, batch["mel"], frames, batch["emotion"], self._intensity(batch))
+        return from_canonical(canon, rot, offset)
+
+    def _intensity(self, batch: dict) -> Tensor:
+        return batch["intensity"].clamp(0, self.graph_cfg.n_intensities - 1)
+
+    # ---------------------------------------------------------------- training
+    def _pick(self, batch: dict, train: bool) -> tuple[Tensor, Tensor]:
+        """Target frame ``t`` and reference frame ``r`` (!= t when T > 1) per sample, (B,) each."""
+        b, t_len = batch["lmk"].shape[:2]
+        dev = batch["lmk"].device
+        if not train:
+            return torch.full((b,), t_len // 2, device=dev), torch.zeros(b, dtype=torch.long, device=dev)
+        t = torch.randint(0, t_len, (b,), device=dev)
+        r = torch.randint(0, max(1, t_len - 1), (b,), device=dev)
+        return t, r + (r >= t).long() * (t_len > 1)
+
+    def model_step(self, batch: dict, train: bool) -> dict[str, Tensor]:
+        """Both generators' outputs and losses on one window batch (see the class docstring)."""
+        lmk, frames, mel = batch["lmk"].float(), batch[self.frames_key], batch["mel"]
+        emotion, intensity = batch["emotion"], self._intensity(batch)
+        t, r = self._pick(batch, train)
+        rows = torch.arange(len(lmk), device=lmk.device)
+        target_lmk, ref_lmk = lmk[rows, t], lmk[rows, r]  # (B, 68, 2) pixels
+        # G_L in the canonical frame of each target frame's own landmarks
+        rot, offset = canonical_transform(target_lmk)
+        target_canon = to_canonical(target_lmk[:, None], rot, offset)[:, 0]
+        ref_rot, ref_offset = canonical_transform(ref_lmk)
+        x = self._neutral(batch["speaker"], to_canonical(ref_lmk[:, None], ref_rot, ref_offset)[:, 0])
+        pred_canon = self.landmarks(x, mel, t[:, None], emotion, intensity)[:, 0]
+        out = {"pred_canon": pred_canon, "target_canon": target_canon, "x": x,
+               "ver": ((pred_canon - target_canon) ** 2).sum((1, 2)).mean()}  # eq. 2
+        # G_T on ground-truth landmarks: reference frame r -> target frame t
+        image, target = _to_chw(frames[rows, r]), _to_chw(frames[rows, t])
+        f_e = self.texture_emotion(emotion, intensity)
+        gen, _, _ = self.texture(image, ref_lmk, target_lmk, f_e)
+        out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        cfg = self.optim_cfg
+        opt_gl, opt_dl, opt_gt, opt_dt = self.optimizers()
+        out = self.model_step(batch, train=True)
+        emotion, intensity = batch["emotion"], self._intensity(batch)
+        # discriminators (LSGAN, eq. 3)
+        d_l = lsgan_d_loss(self.landmark_disc(out["target_canon"], emotion, intensity),
+                           self.landmark_disc(out["pred_canon"].detach(), emotion, intensity))
+        d_t = lsgan_d_loss(self.frame_disc(out["target"]), self.frame_disc(out["gen"].detach()))
+        for opt, loss in ((opt_dl, d_l), (opt_dt, d_t)):
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+        # generators (eq. 4 and eq. 9)
+        g_l = lsgan_g_loss(self.landmark_disc(out["pred_canon"], emotion, intensity))
+        g_t = lsgan_g_loss(self.frame_disc(out["gen"]))
+        loss = cfg.lambda_ver * out["ver"] + cfg.lambda_gan * g_l + cfg.lambda_rec * out["rec"] + cfg.lambda_adv * g_t
+        opt_gl.zero_grad()
+        opt_gt.zero_grad()
+        self.manual_backward(loss)
+        opt_gl.step()
+        opt_gt.step()
+        self.log_dict({"train/ver": out["ver"], "train/gan_g": g_l, "train/gan_d": d_l, "train/rec": out["rec"],
+                       "train/adv_g": g_t, "train/adv_d": d_t, "train/total": loss}, on_step=False, on_epoch=True,
+                      sync_dist=True, batch_size=len(batch["key"]))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model_step(batch, train=False)
+        bs = len(batch["key"])
+        self.log_dict({"val/ver": out["ver"], "val/rec": out["rec"], "val/loss": out["ver"] + out["rec"]},
+                      on_epoch=True, sync_dist=True, batch_size=bs)
+        self.val_metrics.update(self(batch), batch["lmk"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_metrics.update(self(batch), batch["lmk"])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        lr, betas = self.optim_cfg.lr, (0.5, 0.999)
+        texture = list(self.texture.parameters()) + list(self.texture_emotion.parameters())
+        return [torch.optim.Adam(self.landmark.parameters(), lr=lr, betas=betas),
+                torch.optim.Adam(self.landmark_disc.parameters(), lr=lr, betas=betas),
+                torch.optim.Adam(texture, lr=lr, betas=betas),
+                torch.optim.Adam(self.frame_disc.parameters(), lr=lr, betas=betas)]
+
+    # ---------------------------------------------------------------- inference
+    def one_shot(self, image: Tensor, lmk: Tensor) -> TextureGenerator:
+        """A copy of G_T with E_T and D_T fine-tuned on the neutral image (paper §4.1).
+
+        Args:
+            image: (B, 3, S, S) float in [0, 1]; lmk: (B, 68, 2) its landmarks.
+
+        Returns:
+            the fine-tuned copy (``self.texture`` is untouched); ``optim.one_shot_steps`` L1
+            reconstruction steps of I_n with G' = G.
+        """
+        texture = copy.deepcopy(self.texture)
+        steps = self.optim_cfg.one_shot_steps
+        if steps == 0:
+            return texture.eval()
+        params = list(texture.encoder_parameters()) + texture.decoder_parameters()
+        for p in texture.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=self.optim_cfg.one_shot_lr)
+        f_e = self.texture_emotion(torch.zeros(len(image), dtype=torch.long, device=image.device),
+                                   torch.zeros(len(image), dtype=torch.long, device=image.device)).detach()
+        texture.train()
+        with torch.enable_grad():
+            for _ in range(steps):
+                gen, _, _ = texture(image, lmk, lmk, f_e)
+                loss = (gen - image).abs().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return texture.eval()
+
+    @torch.no_grad()
+    def generate(self, reference: Tensor, mel: Tensor, emotion: Tensor, n_frames: int,
+                 ref_lmk: Tensor | None = None, intensity: Tensor | None = None) -> Tensor:
+        """:meth:`lightning_modules.generation.VideoGenerator.generate`: G_L's landmarks (+ blinks)
+        rendered by the one-shot-tuned G_T.
+
+        Args (beyond the protocol's):
+            ref_lmk: (B, 68, 2) landmarks of ``reference`` in pixels of a ``texture.lmk_size`` crop
+                (required: G_L and the heatmaps start from them).
+            intensity: (B,) int64 (default 0, unspecified).
+
+        Raises:
+            ValueError: ``ref_lmk`` missing, or a reference of another crop size.
+        """
+        if ref_lmk is None:
+            raise ValueError("sinha.generate needs ref_lmk, the reference frame's 68 landmarks")
+        dev = self.device
+        b = len(reference)
+        ref_lmk, mel, emotion = ref_lmk.float().to(dev), mel.float().to(dev), emotion.to(dev)
+        intensity = torch.zeros_like(emotion) if intensity is None else intensity.to(dev)
+        cfg = self.optim_cfg
+        if cfg.emotional_landmarks:
+            rot, offset = canonical_transform(ref_lmk)
+            x = to_canonical(ref_lmk[:, None], rot, offset)[:, 0]
+            frames = torch.arange(n_frames, device=dev)[None].expand(b, -1)
+            lmk = from_canonical(self.landmarks(x, mel, frames, emotion, intensity), rot, offset)  # (B, T, 68, 2)
+        else:
+            lmk = ref_lmk[:, None].expand(-1, n_frames, -1, -1)
+        lmk = torch.stack([seq + blink_displacements(n_frames, 25.0, cfg.blink_interval_s, cfg.blink_frames,
+                                                     cfg.seed + i, seq) for i, seq in enumerate(lmk)])
+        return self.render(reference, ref_lmk, lmk, emotion, intensity)
+
+    @torch.no_grad()
+    def render(self, reference: Tensor, ref_lmk: Tensor, lmk: Tensor, emotion: Tensor,
+               intensity: Tensor | None = None) -> Tensor:
+        """G_T alone (after one-shot tuning on ``reference``): frames showing landmarks ``lmk``.
+
+        Args:
+            reference: (B, S, S, 3) uint8, the identity image I_n; ref_lmk: (B, 68, 2) its landmarks.
+            lmk: (B, T, 68, 2) landmarks to render (G_L's, or ground truth for a reconstruction).
+            emotion, intensity: (B,) int64.
+
+        Returns:
+            (B, T, S, S, 3) uint8.
+        """
+        s = self.texture_cfg.crop_size
+        if reference.ndim != 4 or reference.shape[1:] != (s, s, 3):
+            raise ValueError(f"reference must be (B, {s}, {s}, 3) uint8, got {tuple(reference.shape)}")
+        dev = self.device
+        b, n_frames = lmk.shape[:2]
+        image, ref_lmk, lmk = _to_chw(reference.to(dev)), ref_lmk.float().to(dev), lmk.float().to(dev)
+        emotion = emotion.to(dev)
+        intensity = torch.zeros_like(emotion) if intensity is None else intensity.to(dev)
+        texture = self.one_shot(image, ref_lmk)
+        f_e = self.texture_emotion(emotion, intensity)
+        out = torch.empty(b, n_frames, s, s, 3, dtype=torch.uint8)
+        chunk = self.optim_cfg.generate_chunk
+        for i in range(b):
+            for t0 in range(0, n_frames, chunk):
+                k = min(chunk, n_frames - t0)
+                gen, _, _ = texture(image[i:i + 1].expand(k, -1, -1, -1), ref_lmk[i:i + 1].expand(k, -1, -1),
+                                    lmk[i, t0:t0 + k], f_e[i:i + 1].expand(k, -1))
+                out[i, t0:t0 + k] = (gen.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
+        return out
+
+    def resolved_config(self) -> dict:
+        """Network and optimisation config, plus what the run derived (for MLflow and config.json)."""
+        return {"net": {"landmark": self.graph_cfg.to_dict(), "texture": self.texture_cfg.to_dict()},
+                "optim": asdict(self.optim_cfg), "lambda_per_used": self.lambda_per,
+                "perceptual_loss": "disabled (no verified ImageNet VGG16 weights; lambda_per = 0)",
+                "neutral_speakers": len(self.neutral_lmk), "neutral_fallbacks": self.neutral_fallbacks,
+                "data_keys": list(self.data_keys)}

@@ -1,0 +1,187 @@
+"""Tests of Sinha et al.'s method (paper 002): graph G_L, texture G_T, the Lightning glue and one-shot."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from datamodules.talking_face import DataConfig, TalkingFaceDataModule
+from lightning_modules.networks.sinha_graph import (FACE_REGIONS, EdgeWeightedGCN, LandmarkGenerator, SinhaGraphConfig,
+                                                    delaunay_adjacency, region_adjacency, region_matrix)
+from lightning_modules.networks.sinha_texture import (SinhaTextureConfig, TextureGenerator, heatmap_difference,
+                                                      landmark_heatmaps, warp)
+from lightning_modules.sinha import (CANONICAL_NEUTRAL, SinhaModule, blink_displacements, canonical_transform,
+                                     from_canonical, speech_windows, to_canonical)
+
+S = 64
+NET = {"landmark": {"audio_hidden": 16, "dim": 16},
+       "texture": {"crop_size": S, "encoder_widths": [8, 16, 16], "motion_widths": [16, 32, 32], "emotion_dim": 16,
+                   "lmk_size": S}}  # the test shards' landmarks are in 64 px crop pixels
+
+
+def test_delaunay_and_eq1_on_a_hand_computed_4_vertex_graph():
+    # convex quad 0-1-3-2: the Delaunay diagonal is 1-2 (angles at 0 and 3: 90 + 53 < 180), not 0-3
+    adjacency = delaunay_adjacency(np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [3.0, 3.0]]))
+    expected = np.zeros((4, 4), np.float32)
+    for a, b in ((0, 1), (0, 2), (1, 3), (2, 3), (1, 2)):
+        expected[a, b] = expected[b, a] = 1
+    np.testing.assert_array_equal(adjacency, expected)
+    gcn = EdgeWeightedGCN(torch.from_numpy(adjacency), 4, 4, activation=False)
+    with torch.no_grad():
+        gcn.linear.weight.copy_(torch.eye(4))
+        gcn.linear.bias.zero_()
+    degree = np.array([3.0, 4.0, 4.0, 3.0])  # (A + I) row sums
+    by_hand = (expected + np.eye(4)) / np.sqrt(degree[:, None] * degree[None, :])
+    np.testing.assert_allclose(gcn(torch.eye(4)[None])[0].detach().numpy(), by_hand, atol=1e-6)
+    with torch.no_grad():
+        gcn.omega[0, 1] = 2.0  # a learnt edge weight scales that entry only (degrees stay unweighted)
+        gcn.omega[0, 3] = 5.0  # not an edge: masked out
+    out = gcn(torch.eye(4)[None])[0].detach().numpy()
+    assert out[0, 1] == pytest.approx(2 / math.sqrt(12), abs=1e-6) and out[0, 3] == 0.0
+    with pytest.raises(ValueError, match="degenerate|finite"):
+        delaunay_adjacency(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+
+
+def test_face_regions_cover_every_point_once_and_pool_means():
+    members = sorted(i for _, idx in FACE_REGIONS for i in idx)
+    assert members == list(range(68)) and len(FACE_REGIONS) == 8
+    pool = region_matrix()
+    x = torch.arange(68, dtype=torch.float32)[:, None]
+    np.testing.assert_allclose((pool @ x)[:, 0].numpy(), [np.mean(idx) for _, idx in FACE_REGIONS])
+    adjacency = torch.from_numpy(delaunay_adjacency(CANONICAL_NEUTRAL))
+    regions = region_adjacency(adjacency)
+    assert regions[6, 7] == 1 and regions[1, 6] == 0  # outer lip touches inner lip, not the right brow
+
+
+def test_generator_starts_from_the_neutral_face_and_ablations_change_it():
+    adjacency = torch.from_numpy(delaunay_adjacency(CANONICAL_NEUTRAL))
+    cfg = SinhaGraphConfig(feature_dim=13, audio_hidden=16, dim=16)
+    torch.manual_seed(0)
+    gen = LandmarkGenerator(adjacency, cfg)
+    x = torch.from_numpy(CANONICAL_NEUTRAL).float()[None].repeat(2, 1, 1)
+    speech, emotion, intensity = torch.randn(2, 19, 13), torch.tensor([0, 5]), torch.tensor([0, 3])
+    assert torch.equal(gen(x, speech, emotion, intensity), x)  # D_G's last layer is zero-initialised
+    torch.nn.init.normal_(gen.decoder.out.linear.weight, std=0.1)
+    moved = gen(x, speech, emotion, intensity)
+    assert (moved - x).abs().mean() > 1e-3
+    gen.cfg.use_emotion = False
+    no_emotion = gen(x, speech, torch.tensor([5, 5]), intensity)
+    assert torch.allclose(no_emotion, gen(x, speech, torch.tensor([0, 0]), intensity))
+
+
+def test_heatmap_difference_zero_when_unchanged_and_peaks_at_points():
+    lmk = torch.from_numpy(CANONICAL_NEUTRAL).float()[None] * 20 + 32
+    assert torch.count_nonzero(heatmap_difference(lmk, lmk.clone(), 16, 64, 1.0)) == 0
+    maps = landmark_heatmaps(lmk, 16, 64, 1.0)
+    assert maps.shape == (1, 69, 16, 16) and torch.count_nonzero(maps[:, 0]) == 0
+    # pixel centres: x = 7 of a 64 px crop -> (7.5) / 4 - 0.5 = 1.375 at 16 px; y = 43 -> 10.375
+    peak = landmark_heatmaps(torch.tensor([[[7.0, 43.0]] * 68]), 16, 64, 1.0)[0, 1]
+    assert divmod(int(peak.argmax()), 16) == (10, 1)
+    assert float(peak[10, 1]) == pytest.approx(math.exp(-(0.375 ** 2 + 0.375 ** 2) / 2), abs=1e-6)
+
+
+def test_zero_flow_with_full_occlusion_reproduces_the_encoder_path():
+    torch.manual_seed(0)
+    features = torch.randn(2, 5, 8, 12)
+    assert torch.allclose(warp(features, torch.zeros(2, 2, 4, 6)), features, atol=1e-5)
+    shift = torch.zeros(2, 2, 8, 12)
+    shift[:, 0] = 2 / 12  # one pixel to the right in [-1, 1] units: out(p) = in(p + 1 px)
+    assert torch.allclose(warp(features, shift)[..., :-1], features[..., 1:], atol=1e-5)
+    net = TextureGenerator(SinhaTextureConfig(**NET["texture"])).eval()
+    image = torch.rand(1, 3, S, S)
+    feats = net.encode(image)
+    zero, ones = torch.zeros(1, 2, S // 4, S // 4), torch.ones(1, 1, S // 4, S // 4)
+    literal = TextureGenerator(SinhaTextureConfig(**{**NET["texture"], "warp": "none"}))
+    assert net.decode(feats, zero, ones).shape == literal.decode(literal.encode(image), zero, ones).shape == (1, 3, S, S)
+    with torch.no_grad():  # warp="features" with OF = 0, OM = 1 decodes E_T's own features
+        warped = [warp(f, zero) * 1.0 for f in feats]
+    for a, b in zip(warped, feats):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="occlusion"):
+        SinhaTextureConfig(occlusion="softmax")
+
+
+def test_canonical_frame_round_trip_and_eye_positions():
+    torch.manual_seed(0)
+    lmk = torch.from_numpy(CANONICAL_NEUTRAL).float()[None] * 40 + torch.tensor([100.0, 90.0])
+    angle = torch.tensor(0.3)
+    rot = torch.tensor([[torch.cos(angle), -torch.sin(angle)], [torch.sin(angle), torch.cos(angle)]])
+    lmk = lmk @ rot.T
+    r, o = canonical_transform(lmk)
+    canon = to_canonical(lmk[:, None], r, o)[:, 0]
+    np.testing.assert_allclose(canon[0, 36:42].mean(0).numpy(), [-0.5, 0.0], atol=1e-5)
+    np.testing.assert_allclose(canon[0, 42:48].mean(0).numpy(), [0.5, 0.0], atol=1e-5)
+    np.testing.assert_allclose(canon[0].numpy(), CANONICAL_NEUTRAL, atol=1e-3)  # undoes scale + rotation
+    np.testing.assert_allclose(from_canonical(canon[:, None], r, o)[:, 0].numpy(), lmk.numpy(), atol=1e-3)
+
+
+def test_speech_windows_mfcc_is_the_dct_of_the_mel_rows():
+    from scipy.fft import dct
+
+    mel = torch.randn(1, 80, 80)
+    win = speech_windows(mel, torch.tensor([[10]]), 6, "mel")[0, 0]  # rows int(3.2 * 7) = 22 .. +19
+    assert win.shape == (19, 80) and torch.allclose(win, mel[0, 22:41] / 4)
+    mfcc = speech_windows(mel, torch.tensor([[10]]), 6, "mfcc")[0, 0]
+    np.testing.assert_allclose(mfcc.numpy(), dct(win.numpy(), type=2, norm="ortho", axis=-1)[:, :13], atol=1e-4)
+
+
+def test_blinks_close_the_upper_lids_only():
+    lmk = torch.from_numpy(CANONICAL_NEUTRAL).float()[None].repeat(100, 1, 1)
+    blink = blink_displacements(100, 25.0, 1.0, 6, 0, lmk)
+    moved = blink.abs().sum(-1).amax(0) > 0
+    assert set(np.flatnonzero(moved.numpy())) == {37, 38, 43, 44}
+    closure = blink[:, 37, 1] / (lmk[0, 41, 1] - lmk[0, 37, 1])
+    assert float(closure.max()) == pytest.approx(1.0, abs=0.05) and float(closure.min()) == 0.0
+    assert torch.count_nonzero(blink_displacements(100, 25.0, 0.0, 6, 0, lmk)) == 0
+
+
+@pytest.fixture(scope="module")
+def trained(crema_shards):
+    L.seed_everything(0)
+    model = SinhaModule(net=NET, optim={"lr": 1e-3})
+    dm = TalkingFaceDataModule(DataConfig(shard_dir=str(crema_shards / "shards/crema_d"), keys=model.data_keys,
+                                          window=8, batch_size=4, train_batches=6, seed=0))
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, accelerator="cpu")
+    trainer.fit(model, datamodule=dm)
+    return model, dm, trainer
+
+
+def test_fit_learns_neutral_faces_and_logs_both_generators(trained):
+    model, dm, trainer = trained
+    assert set(model.neutral_lmk) == {"9903", "9904"} and model.neutral_fallbacks == 0
+    for key in ("train/ver", "train/rec", "train/gan_d", "train/adv_d", "val/mouth_lvd"):
+        assert math.isfinite(float(trainer.callback_metrics[key])), key
+    batch = next(iter(dm.test_dataloader()))
+    pred = model.eval()(batch)
+    assert pred.shape == batch["lmk"].shape
+
+
+def test_one_shot_updates_only_image_encoder_and_decoder(trained):
+    model, dm, _ = trained
+    batch = next(iter(dm.test_dataloader()))
+    image = batch[f"frames_{S}"][:1, 0].permute(0, 3, 1, 2).float() / 255
+    before = {k: v.clone() for k, v in model.texture.state_dict().items()}
+    tuned = model.one_shot(image, batch["ref_lmk"][:1].float())
+    assert all(torch.equal(v, model.texture.state_dict()[k]) for k, v in before.items())  # original untouched
+    tuned_state = tuned.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, tuned_state[k])}
+    assert changed and all(k.split(".")[0] in ("enc", "dec_in", "adain", "dec", "out") for k in changed), changed
+    assert any(k.startswith("enc.") for k in changed) and any(k.startswith("dec") for k in changed)
+
+
+def test_generate_renders_video_and_needs_reference_landmarks(trained):
+    model, dm, _ = trained
+    batch = next(iter(dm.test_dataloader()))
+    ref, mel = batch[f"frames_{S}"][:1, 0], batch["mel"][:1]
+    video = model.generate(ref, mel, torch.tensor([5]), 8, ref_lmk=batch["ref_lmk"][:1])
+    assert video.shape == (1, 8, S, S, 3) and video.dtype == torch.uint8
+    with pytest.raises(ValueError, match="ref_lmk"):
+        model.generate(ref, mel, torch.tensor([5]), 8)
+    wrong = SinhaModule(net={**NET, "texture": {**NET["texture"], "lmk_size": 256}})
+    with pytest.raises(ValueError, match="lmk_size"):
+        wrong.fit_neutral_landmarks(dm.training_clips(("lmk",)))
