@@ -287,7 +287,7 @@ class SinhaModule(L.LightningModule):
             size = clip["meta"].get("lmk_crop_size", self.texture_cfg.lmk_size)
             if size != self.texture_cfg.lmk_size:
                 raise ValueError(f"shard landmarks are in {size} px crop pixels but sinha.net.texture.lmk_size is "
-                                 f"{self.texture_cfg.lmk_size}: make them equal")
+                                 f"{self.texture_cfg.lmk_size}: make it max(preprocess.crop_sizes) = {size}")
             lmk = torch.from_numpy(np.asarray(clip["lmk"], dtype=np.float32))
             rot, offset = canonical_transform(lmk)
             canon = (lmk @ rot.transpose(-1, -2) + offset[:, None]).numpy()  # (T, 68, 2)

@@ -44,6 +44,7 @@ def repo_copy(tmp_path_factory, shared_datasets):
     params["train"]["methods"]["eapc"]["net"].update({"audio_hidden": 16, "audio_layers": 1, "llf_hidden": 16,
                                                  "llf_layers": 1, "lm_hidden": 16, "lm_layers": 1,
                                                  "attention_dim": 16, "fc_dims": [64]})
+    params["train"]["methods"]["sinha"]["net"]["texture"]["lmk_size"] = 128  # landmarks: max(crop_sizes) px
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], repo)
