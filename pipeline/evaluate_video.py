@@ -303,7 +303,8 @@ def load_generator(method: str, dataset: str):
                           f"(known: {', '.join(known)})")
     ckpt = Path("models") / method / dataset / "last.ckpt"
     if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt} (run `dvc repro train_generator@{method}-{dataset}`)")
+        raise FileNotFoundError(f"no checkpoint at {ckpt} (run `dvc repro train@{method}-{dataset}` or, for a "
+                                f"generator trained on the loss networks, `dvc repro train_generator@{method}-{dataset}`)")
     return METHODS[method].load_from_checkpoint(ckpt, map_location="cpu").eval()
 
 
