@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+CROSS_DATASET_MARK = ".trained_on_"
+"""``eval/<method>/<test dataset>.trained_on_<train dataset>/``: a cross-dataset evaluation's folder."""
+
 NUMERIC_FIELDS = ("metrics", "n_clips", "n_windows", "skipped_clips", "unreadable_clips")
 
 

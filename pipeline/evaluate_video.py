@@ -31,7 +31,7 @@ import webdataset as wds
 
 from datamodules.talking_face import (DataConfig, DecodeSample, ReadShards, SelectMembers, TalkingFaceDataModule,
                                       shard_urls)
-from pipeline.eval_outputs import write_eval_outputs
+from pipeline.eval_outputs import CROSS_DATASET_MARK, write_eval_outputs
 from pipeline.evaluate import LANDMARK_EVALUATOR, predict_windows
 from pipeline.params import ParamsError, get, load_params
 
@@ -335,16 +335,22 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
     return path
 
 
-def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> dict:
-    """Render and score the test split; returns the metrics.json content."""
+def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train_dataset: str | None = None) -> dict:
+    """Render and score ``dataset``'s test split; returns the metrics.json content.
+
+    ``train_dataset`` (default: ``dataset``) picks the checkpoint, ``models/<method>/<train_dataset>``:
+    another dataset gives a cross-dataset row ("trained on A, evaluated on B", e.g. paper 002 Table 2),
+    scored by ``dataset``'s evaluators and recorded as ``trained_on`` in the provenance.
+    """
     from pipeline.extract.video import write_mp4
 
     crop_size = get(params, "evaluate.crop_size", int, default=128)
     frames_key = f"frames_{crop_size}"
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
-    generator = load_generator(method, dataset)
-    config_path = Path("models") / method / dataset / "config.json"
+    train_dataset = train_dataset or dataset
+    generator = load_generator(method, train_dataset)
+    config_path = Path("models") / method / train_dataset / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     _check_crop_size(crop_size, "generator", getattr(getattr(generator, "net_cfg", None), "crop_size", None),
                      f"train.methods.{method}.net.crop_size")
@@ -380,7 +386,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path) -> di
         landmark_values = landmark_metrics(generator, shard_dir, params)
         metrics.update(landmark_values)
         evaluator_names.update({name: LANDMARK_EVALUATOR for name in landmark_values})
-    result = {"method": method, "dataset": dataset, "split": "test", "metrics": metrics,
+    result = {"method": method, "dataset": dataset, "trained_on": train_dataset, "split": "test", "metrics": metrics,
               "training_run_id": config.get("mlflow_run_id"),
               "evaluator_checkpoints": {k: str(v) for k, v in evaluators.checkpoints.items()},
               "evaluators": evaluator_names, "missing": evaluators.missing, "n_clips": n_clips,
@@ -415,10 +421,11 @@ def _log_to_mlflow(params: dict, method: str, dataset: str, result: dict, artifa
 
     mlflow.set_tracking_uri(get(params, "mlflow.tracking_uri", str, default="sqlite:///mlflow.db"))
     mlflow.set_experiment(get(params, "mlflow.experiment", str, default="emotional-talking-face"))
-    tags = {"method": method, "dataset": dataset}
+    tags = {"method": method, "dataset": dataset, "trained_on": result.get("trained_on", dataset)}
     if result.get("training_run_id"):  # shown nested under the run it scores
         tags.update({"training_run_id": result["training_run_id"], "mlflow.parentRunId": result["training_run_id"]})
-    with mlflow.start_run(run_name=f"{method}-{dataset}-eval", tags=tags):
+    cross = "" if tags["trained_on"] == dataset else f"-trained-on-{tags['trained_on']}"
+    with mlflow.start_run(run_name=f"{method}-{dataset}{cross}-eval", tags=tags):
         mlflow.log_params({k: str(v)[:500] for k, v in result["protocol"].items()})
         mlflow.log_params({f"evaluator.{k}": v[:500] for k, v in result["evaluators"].items()})
         mlflow.log_params({f"missing.{k}": v[:1000] for k, v in result["missing"].items()})
@@ -431,11 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True)
     parser.add_argument("--dataset", required=True)
+    parser.add_argument("--train-dataset", default=None,
+                        help="score models/<method>/<train-dataset> instead (cross-dataset; written to "
+                             "eval/<method>/<dataset>.trained_on_<train-dataset>)")
     parser.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args(argv)
+    folder = args.dataset if args.train_dataset in (None, args.dataset) else \
+        f"{args.dataset}{CROSS_DATASET_MARK}{args.train_dataset}"
     try:
         result = evaluate_video(args.method, args.dataset, load_params(args.params),
-                                Path("eval") / args.method / args.dataset)
+                                Path("eval") / args.method / folder, train_dataset=args.train_dataset)
     except (ParamsError, EvaluatorLeakError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.eval_outputs import CROSS_DATASET_MARK
+
 METRICS: tuple[str, ...] = (
     "psnr", "ssim", "cpbd", "fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd",
     "lse_c", "lse_d", "emo_acc", "csim",
@@ -112,7 +114,14 @@ def _read_metrics_file(path: Path) -> dict[str, Any]:
     if provenance_path.is_file():
         data = {**_read_json_object(provenance_path, "provenance"), **data}
     record: dict[str, Any] = {}
-    for field, from_dir in (("method", path.parent.parent.name), ("dataset", path.parent.name)):
+    # eval/<method>/<dataset>, or eval/<method>/<dataset>.trained_on_<train dataset> (cross-dataset)
+    dataset_dir, _, trained_on_dir = path.parent.name.partition(CROSS_DATASET_MARK)
+    trained_on = data.get("trained_on") or trained_on_dir or dataset_dir
+    if trained_on != (trained_on_dir or dataset_dir):
+        raise ReportError(f"{where}: 'trained_on' is {trained_on!r} but the folder name says "
+                          f"{trained_on_dir or dataset_dir!r}")
+    record["trained_on"] = trained_on
+    for field, from_dir in (("method", path.parent.parent.name), ("dataset", dataset_dir)):
         value = data.get(field, from_dir)
         if not isinstance(value, str) or not value:
             raise ReportError(f"{where}: '{field}' must be a non-empty string")
@@ -279,7 +288,9 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
     for dataset in datasets:
         rows: list[dict[str, Any]] = []
         for record in (r for r in measured if r["dataset"] == dataset):
-            rows.append({"kind": "measured", "method": record["method"], "source": "measured (ours)",
+            cross = record.get("trained_on", dataset) != dataset
+            source = f"measured (ours), trained on {record['trained_on']} (cross-dataset)" if cross else "measured (ours)"
+            rows.append({"kind": "measured", "method": record["method"], "source": source,
                          "values": dict(record["metrics"]),
                          "missing": {k: v for k, v in record["missing"].items() if k not in record["metrics"]}})
         for entry in (p for p in paper if p["dataset"] == dataset):

@@ -152,3 +152,20 @@ def test_bad_paper_yaml_names_the_file(tmp_path):
                    " metrics: {lmd: 1.0}}\n")
     with pytest.raises(ReportError, match=r"paper\.yaml: entry 0 .*unknown metric key 'lmd'"):
         load_paper(bad)
+
+
+def test_cross_dataset_rows_are_labelled(tmp_path):
+    root = tmp_path / "eval"
+    _write(root, "sinha", "crema_d.trained_on_mead", {
+        "method": "sinha", "dataset": "crema_d", "trained_on": "mead", "split": "test",
+        "metrics": {"psnr": 25.5}, "n_clips": 2})
+    _write(root, "sinha", "crema_d", {"method": "sinha", "dataset": "crema_d", "metrics": {"psnr": 20.25}, "n_clips": 2})
+    measured = load_measured(root)
+    assert [(r["dataset"], r["trained_on"]) for r in measured] == [("crema_d", "crema_d"), ("crema_d", "mead")]
+    crema = render_markdown(measured, load_paper(PAPER_YAML)).split("## CREMA-D", 1)[1]
+    assert "| sinha | measured (ours), trained on mead (cross-dataset) |" in crema and "25.50" in crema
+    assert "| sinha | measured (ours) |" in crema and "20.25" in crema
+    _write(root, "sinha", "crema_d.trained_on_mead", {"method": "sinha", "dataset": "crema_d", "trained_on": "vox",
+                                                       "metrics": {"psnr": 25.5}})
+    with pytest.raises(ReportError, match="trained_on"):
+        load_measured(root)

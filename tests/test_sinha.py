@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import lightning as L
@@ -185,3 +186,23 @@ def test_generate_renders_video_and_needs_reference_landmarks(trained):
     wrong = SinhaModule(net={**NET, "texture": {**NET["texture"], "lmk_size": 256}})
     with pytest.raises(ValueError, match="lmk_size"):
         wrong.fit_neutral_landmarks(dm.training_clips(("lmk",)))
+
+
+def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trained, crema_shards, monkeypatch, tmp_path):
+    from pipeline.evaluate_video import main
+
+    _, _, trainer = trained
+    monkeypatch.chdir(crema_shards)
+    trainer.save_checkpoint(crema_shards / "models/sinha/mead/last.ckpt")  # stands in for a MEAD-trained model
+    params = {"evaluate": {"crop_size": S, "n_videos": 0}, "train": {"data": {"window": 8, "batch_size": 4}},
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "sinha"}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    assert main(["--method", "sinha", "--dataset", "crema_d", "--train-dataset", "mead",
+                 "--params", str(tmp_path / "params.yaml")]) == 0
+    out = crema_shards / "eval/sinha/crema_d.trained_on_mead"
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["trained_on"] == "mead" and provenance["dataset"] == "crema_d"
+    assert provenance["evaluators"]["mouth_ld"].startswith("mediapipe face mesh")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_clips"] == 1 and {"psnr", "ssim", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd"} <= set(saved["metrics"])
+    assert (out / "emotion_grid.png").is_file()
