@@ -1,8 +1,8 @@
 """Does a generator learn? Train it for a fixed CPU time on the sample's training clips, then score
 it on those same clips beside ``copy_reference`` and render its emotion grid.
 
-    python benchmarks/learning_check.py --method cvae --dataset crema_d --minutes 12 \
-        --set methods.cvae.optim.aux_start_step=3500
+    python benchmarks/learning_check.py --method cvae --dataset crema_d --minutes 14 \
+        --set methods.cvae.optim.aux_start_step=1000 --set methods.cvae.optim.delta=0.01
 
 Needs ``dvc repro`` to have built ``shards/<dataset>`` and the loss / evaluator networks the method
 names (``models/syncnet*``, ``models/emotion_classifier*``). The run uses params.yaml's

@@ -315,22 +315,31 @@ def _baselines() -> set[str]:
 
 
 @torch.no_grad()
-def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: int = 6) -> Path:
-    """Emotion control (paper 000 Fig. 2): the clip's reference and audio rendered with each of
-    CREMA-D's six emotions; rows = emotions, columns = every 4th frame. Saved as a PNG."""
+def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: int = 6,
+                 intensities: tuple[int, ...] = (1, 3)) -> Path:
+    """Emotion control (paper 000 Fig. 2, paper 002 Fig. 5): the clip's reference and audio rendered
+    with each of CREMA-D's six emotions; rows = emotions (x ``intensities``, low / high, when the
+    generator's ``generate`` takes an ``intensity``), columns = every 4th frame. Saved as a PNG."""
+    import inspect
+
     import cv2
 
     from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 
     real = torch.from_numpy(clip[frames_key])
     mel = torch.from_numpy(clip["mel"])[None]
+    ref_lmk = torch.from_numpy(clip["lmk"][:1])
+    levels = intensities if "intensity" in inspect.signature(generator.generate).parameters else (None,)
     rows = []
     for name in CREMA_D_EMOTIONS.values():
-        frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
-                                    ref_lmk=torch.from_numpy(clip["lmk"][:1]))[0]
-        row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
-        cv2.putText(row, name, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-        rows.append(row)
+        for level in levels:
+            extra = {} if level is None else {"intensity": torch.tensor([level])}
+            frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
+                                        ref_lmk=ref_lmk, **extra)[0]
+            row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
+            label = name if level is None else f"{name} {level}"
+            cv2.putText(row, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            rows.append(row)
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
     return path
 

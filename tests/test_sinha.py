@@ -104,6 +104,10 @@ def test_zero_flow_with_full_occlusion_reproduces_the_encoder_path():
         assert torch.allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="occlusion"):
         SinhaTextureConfig(occlusion="softmax")
+    from lightning_modules.sinha import SinhaTrainConfig
+
+    with pytest.raises(ValueError, match="neutral"):
+        SinhaTrainConfig(neutral="median")
 
 
 def test_canonical_frame_round_trip_and_eye_positions():
@@ -205,4 +209,7 @@ def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trai
     assert provenance["evaluators"]["mouth_ld"].startswith("mediapipe face mesh")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["n_clips"] == 1 and {"psnr", "ssim", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd"} <= set(saved["metrics"])
-    assert (out / "emotion_grid.png").is_file()
+    import cv2
+
+    grid = cv2.imread(str(out / "emotion_grid.png"))
+    assert grid.shape == (6 * 2 * S, 6 * S, 3)  # six emotions x intensities low / high, every 4th of 24 frames
