@@ -196,14 +196,17 @@ def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trai
     from pipeline.evaluate_video import main
 
     _, _, trainer = trained
-    monkeypatch.chdir(crema_shards)
-    trainer.save_checkpoint(crema_shards / "models/sinha/mead/last.ckpt")  # stands in for a MEAD-trained model
+    work = tmp_path / "work"  # its own working directory: the shared shard fixture stays untouched
+    work.mkdir()
+    (work / "shards").symlink_to(crema_shards / "shards")
+    monkeypatch.chdir(work)
+    trainer.save_checkpoint(work / "models/sinha/mead/last.ckpt")  # stands in for a MEAD-trained model
     params = {"evaluate": {"crop_size": S, "n_videos": 0}, "train": {"data": {"window": 8, "batch_size": 4}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "sinha"}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     assert main(["--method", "sinha", "--dataset", "crema_d", "--train-dataset", "mead",
                  "--params", str(tmp_path / "params.yaml")]) == 0
-    out = crema_shards / "eval/sinha/crema_d.trained_on_mead"
+    out = work / "eval/sinha/crema_d.trained_on_mead"
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["trained_on"] == "mead" and provenance["dataset"] == "crema_d"
     assert provenance["evaluators"]["mouth_ld"].startswith("mediapipe face mesh")
