@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.generation import frames_to_chw
 from lightning_modules.networks.cvae import (CVAE, MEL_WINDOW, CVAEConfig, VGGPerceptual, kl_divergence,
                                              mask_lower_half, recon_loss)
 from lightning_modules.networks.syncnet import sync_loss
@@ -159,11 +160,6 @@ def build_augmentation(p: float = 0.5) -> nn.Module:
         K.RandomRGBShift(r_shift_limit=0.05, g_shift_limit=0.05, b_shift_limit=0.05, p=p),
         K.RandomGaussianNoise(mean=0.0, std=0.02, p=p),
         data_format="BTCHW", same_on_frame=True)
-
-
-def _to_chw(x: Tensor) -> Tensor:
-    """``(..., S, S, 3)`` uint8 -> ``(..., 3, S, S)`` float in [0, 1]."""
-    return x.movedim(-1, -3).float() / 255.0
 
 
 class CVAEModule(L.LightningModule):
@@ -313,7 +309,7 @@ class CVAEModule(L.LightningModule):
         idx, ref_idx = self._pick(frames, train, SYNC_FRAMES if gamma > 0 else 1)
         k = idx.shape[1]
         rows = torch.arange(b, device=frames.device)
-        clip = _to_chw(torch.cat([frames[rows, ref_idx][:, None], frames[rows[:, None], idx]], dim=1))  # (B,1+K,3,S,S)
+        clip = frames_to_chw(torch.cat([frames[rows, ref_idx][:, None], frames[rows[:, None], idx]], dim=1))  # (B,1+K,3,S,S)
         aug = self._augment["net"]
         if train and aug is not None:
             if self._augment["device"] != clip.device:
@@ -404,7 +400,7 @@ class CVAEModule(L.LightningModule):
         self.net.eval()
         dev = next(self.net.parameters()).device
         b = reference.shape[0]
-        ref = _to_chw(reference.to(dev))
+        ref = frames_to_chw(reference.to(dev))
         masked = mask_lower_half(ref)
         mel, emotion = mel.to(dev).float(), emotion.to(dev).long()
         out = []

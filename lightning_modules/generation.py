@@ -35,6 +35,11 @@ class VideoGenerator(Protocol):
         ...
 
 
+def frames_to_chw(frames: torch.Tensor) -> torch.Tensor:
+    """``(..., S, S, 3)`` uint8 RGB frames -> ``(..., 3, S, S)`` float32 in [0, 1]."""
+    return frames.movedim(-1, -3).float() / 255.0
+
+
 class CopyReference(nn.Module):
     """Baseline that repeats the reference frame: no lip motion, perfect identity.
 

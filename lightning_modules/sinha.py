@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eval_metrics.landmarks import LandmarkMetrics
+from lightning_modules.generation import frames_to_chw
 from lightning_modules.networks.sinha_graph import (EmotionEncoder, GraphDiscriminator, LandmarkGenerator,
                                                     SinhaGraphConfig, delaunay_adjacency, lsgan_d_loss, lsgan_g_loss)
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
@@ -229,10 +230,6 @@ def speech_windows(mel: Tensor, frames: Tensor, window: int, feature: str) -> Te
     return win @ basis.T
 
 
-def _to_chw(x: Tensor) -> Tensor:
-    return x.movedim(-1, -3).float() / 255.0
-
-
 # ------------------------------------------------------------------------------------------ module
 class SinhaModule(L.LightningModule):
     """Trains G_L and G_T (paper 002) on windows ``{lmk, frames_<S>, mel, emotion, intensity, speaker}``.
@@ -247,18 +244,11 @@ class SinhaModule(L.LightningModule):
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        net = dict(net or {})
-        self.optim_cfg = SinhaTrainConfig(**(optim or {}))
-        feature_dim = 80 if self.optim_cfg.speech_feature == "mel" else 13
-        self.graph_cfg = SinhaGraphConfig.from_dict({"feature_dim": feature_dim, **net.get("landmark", {})})
-        self.net_cfg = self.texture_cfg = SinhaTextureConfig.from_dict(net.get("texture", {}))
-        unknown = sorted(set(net) - {"landmark", "texture"})
-        if unknown:
-            raise ValueError(f"unknown sinha.net keys {unknown}; known: landmark, texture")
+        self.optim_cfg, self.graph_cfg, self.texture_cfg = self._configs(net, optim)
+        self.net_cfg = self.texture_cfg  # what evaluate_video / learning_check read the crop size from
         self.frames_key = f"frames_{self.texture_cfg.crop_size}"
         self.data_keys = ("lmk", self.frames_key, "mel")
-        # graph of a neutral, closed-lip face: the canonical mean face shipped with the module
-        self.register_buffer("neutral_template", torch.tensor(CANONICAL_NEUTRAL, dtype=torch.float32))
+        # graph of a neutral, closed-lip face (NEUTRAL_FACE)
         adjacency = torch.from_numpy(delaunay_adjacency(CANONICAL_NEUTRAL))
         self.landmark = LandmarkGenerator(adjacency, self.graph_cfg)
         self.landmark_disc = GraphDiscriminator(adjacency, self.graph_cfg)
@@ -273,16 +263,26 @@ class SinhaModule(L.LightningModule):
         self.test_metrics = LandmarkMetrics(prefix="test/")
 
     @staticmethod
+    def _configs(net: dict | None, optim: dict | None) -> tuple[SinhaTrainConfig, SinhaGraphConfig, SinhaTextureConfig]:
+        """The three config dataclasses from ``train.methods.sinha.{net,optim}``; ``ValueError`` on a bad
+        value or an unknown ``net`` key."""
+        net = dict(net or {})
+        unknown = sorted(set(net) - {"landmark", "texture"})
+        if unknown:
+            raise ValueError(f"unknown sinha.net keys {unknown}; known: landmark, texture")
+        optim_cfg = SinhaTrainConfig(**(optim or {}))
+        feature_dim = 80 if optim_cfg.speech_feature == "mel" else 13
+        graph_cfg = SinhaGraphConfig.from_dict({"feature_dim": feature_dim, **net.get("landmark", {})})
+        return optim_cfg, graph_cfg, SinhaTextureConfig.from_dict(net.get("texture", {}))
+
+    @staticmethod
     def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
         """Check the params without building the networks. Raises ``ValueError`` on a bad value."""
-        net = dict(net or {})
-        cfg = SinhaTrainConfig(**(optim or {}))
-        SinhaGraphConfig.from_dict({"feature_dim": 80 if cfg.speech_feature == "mel" else 13, **net.get("landmark", {})})
-        SinhaTextureConfig.from_dict(net.get("texture", {}))
+        SinhaModule._configs(net, optim)
 
     # ---------------------------------------------------------------- neutral landmarks
     def on_fit_start(self) -> None:
-        if not self.neutral_lmk:
+        if self.optim_cfg.neutral == "speaker" and not self.neutral_lmk:
             self.fit_neutral_landmarks(self.trainer.datamodule.training_clips(("lmk",)))
 
     def fit_neutral_landmarks(self, clips: list[dict]) -> None:
@@ -302,7 +302,7 @@ class SinhaModule(L.LightningModule):
                                  f"{self.texture_cfg.lmk_size}: make it max(preprocess.crop_sizes) = {size}")
             lmk = torch.from_numpy(np.asarray(clip["lmk"], dtype=np.float32))
             rot, offset = canonical_transform(lmk)
-            canon = (lmk @ rot.transpose(-1, -2) + offset[:, None]).numpy()  # (T, 68, 2)
+            canon = to_canonical(lmk, rot, offset).numpy()  # (T, 68, 2), one transform per frame
             opening = mouth_opening(lmk).numpy()
             t = int(np.argmin(opening))
             speaker, neutral = str(clip["meta"].get("speaker", "")), clip["meta"]["emotion"] == "neutral"
@@ -379,7 +379,7 @@ class SinhaModule(L.LightningModule):
         out = {"pred_canon": pred_canon, "target_canon": target_canon, "x": x,
                "ver": ((pred_canon - target_canon) ** 2).sum((1, 2)).mean()}  # eq. 2
         # G_T on ground-truth landmarks: reference frame r -> target frame t
-        image, target = _to_chw(frames[rows, r]), _to_chw(frames[rows, t])
+        image, target = frames_to_chw(frames[rows, r]), frames_to_chw(frames[rows, t])
         f_e = self.texture_emotion(emotion, intensity)
         gen, _, _ = self.texture(image, ref_lmk, target_lmk, f_e)
         out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6
@@ -520,7 +520,7 @@ class SinhaModule(L.LightningModule):
             raise ValueError(f"reference must be (B, {s}, {s}, 3) uint8, got {tuple(reference.shape)}")
         dev = self.device
         b, n_frames = lmk.shape[:2]
-        image, ref_lmk, lmk = _to_chw(reference.to(dev)), ref_lmk.float().to(dev), lmk.float().to(dev)
+        image, ref_lmk, lmk = frames_to_chw(reference.to(dev)), ref_lmk.float().to(dev), lmk.float().to(dev)
         emotion = emotion.to(dev)
         intensity = torch.zeros_like(emotion) if intensity is None else intensity.to(dev)
         texture = self.one_shot(image, ref_lmk)

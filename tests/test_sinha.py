@@ -108,6 +108,8 @@ def test_zero_flow_with_full_occlusion_reproduces_the_encoder_path():
 
     with pytest.raises(ValueError, match="neutral"):
         SinhaTrainConfig(neutral="median")
+    with pytest.raises(ValueError, match="unknown sinha.net keys"):
+        SinhaModule.validate_params(net={"landmrk": {}})
 
 
 def test_canonical_frame_round_trip_and_eye_positions():
@@ -158,7 +160,10 @@ def trained(crema_shards):
 
 def test_fit_learns_neutral_faces_and_logs_both_generators(trained):
     model, dm, trainer = trained
-    assert set(model.neutral_lmk) == {"9903", "9904"} and model.neutral_fallbacks == 0
+    assert model.neutral_lmk == {}  # optim.neutral = first_frame: no per-speaker table is read at fit start
+    speaker_mode = SinhaModule(net=NET, optim={"neutral": "speaker"})
+    speaker_mode.fit_neutral_landmarks(dm.training_clips(("lmk",)))
+    assert set(speaker_mode.neutral_lmk) == {"9903", "9904"} and speaker_mode.neutral_fallbacks == 0
     for key in ("train/ver", "train/rec", "train/gan_d", "train/adv_d", "val/mouth_lvd"):
         assert math.isfinite(float(trainer.callback_metrics[key])), key
     batch = next(iter(dm.test_dataloader()))

@@ -262,7 +262,7 @@ class SinhaGraphConfig:
     def __post_init__(self) -> None:
         for name in ("feature_dim", "audio_hidden", "dim", "gcn_layers", "n_emotions", "n_intensities"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"sinha.net.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"sinha.net.landmark.{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SinhaGraphConfig":
