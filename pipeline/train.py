@@ -159,6 +159,13 @@ def build(spec: RunSpec):
     return model, datamodule
 
 
+def state_signature(model: torch.nn.Module) -> str:
+    """16 hex digits of sha256 over the model's state_dict names, shapes and dtypes: a checkpoint
+    resumes only into a model with the same ones (params equal but code changed can differ)."""
+    entries = [f"{name}:{tuple(t.shape)}:{t.dtype}" for name, t in model.state_dict().items()]
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
 def mlflow_logger(spec: RunSpec, run_id: str | None = None):
     """An ``MLFlowLogger`` on ``spec.tracking_uri`` (rank zero creates the run lazily)."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -237,18 +244,23 @@ def train(spec: RunSpec) -> dict:
     params_hash = spec.params_hash()
     config_path = spec.model_dir / "config.json"
     previous = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    model, datamodule = build(spec)
+    signature = state_signature(model)
     resume = (spec.model_dir / "last.ckpt").is_file() and previous.get("params_hash") == params_hash
+    if resume and previous.get("state_signature") != signature:  # same params, code with other weights
+        print(f"warning: {spec.model_dir / 'last.ckpt'} holds other parameters than this code builds "
+              "(changed architecture); training from scratch", file=sys.stderr)
+        resume = False
     # every rank takes the same decision; only rank zero (from the launcher's env) removes stale files
     if not resume and rank_zero_only.rank == 0 and spec.model_dir.exists():
         shutil.rmtree(spec.model_dir)
     spec.model_dir.mkdir(parents=True, exist_ok=True)
 
-    model, datamodule = build(spec)
     # only global rank zero talks to MLflow: an MlflowClient on a new sqlite store migrates its tables,
     # and processes started together (torchrun, srun) would race on that
     logger = mlflow_logger(spec, run_id=previous.get("mlflow_run_id") if resume else None) \
         if rank_zero_only.rank == 0 else False
-    config = {"method": spec.method, "dataset": spec.dataset, "params_hash": params_hash,
+    config = {"method": spec.method, "dataset": spec.dataset, "params_hash": params_hash, "state_signature": signature,
               "tracking_uri": spec.tracking_uri, "resolved": model.resolved_config(), "data": spec.data,
               "trainer": spec.trainer, "seed": spec.seed}
     sync = MLflowRunSync(config, config_path)

@@ -298,3 +298,17 @@ def test_params_hash_follows_the_training_shards(workdir, tmp_path, monkeypatch)
     with open(next(copy.glob("train-*.tar")), "ab") as fh:
         fh.write(b"\0" * 512)
     assert moved.params_hash() != spec.params_hash()
+
+
+def test_state_signature_follows_the_architecture_not_the_weights():
+    """Same params but code that builds other tensors (a renamed or new buffer) must not resume."""
+    import torch
+
+    from pipeline.train import state_signature
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert state_signature(a) == state_signature(b)  # other weights, same tensors
+    b.register_buffer("extra", torch.zeros(1))
+    assert state_signature(a) != state_signature(b)
+    assert state_signature(a) != state_signature(torch.nn.Linear(4, 2))
