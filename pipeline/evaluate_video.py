@@ -225,9 +225,22 @@ class Evaluators:
         return values
 
 
-def split_clips(shard_dir: Path, frames_key: str, split: str = "test"):
-    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel`` and ``audio``."""
-    keys = (frames_key, "lmk", "mel")
+CLIP_INPUTS = ("phones",)
+"""Shard arrays a generator's ``generate`` may take by name, beside the protocol's mel (sinha's phones)."""
+
+
+def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
+    """The :data:`CLIP_INPUTS` of ``clip`` that ``generator.generate`` takes, as (1, ...) tensors."""
+    import inspect
+
+    takes = inspect.signature(generator.generate).parameters
+    return {k: torch.from_numpy(clip[k])[None] for k in CLIP_INPUTS if k in takes and k in clip}
+
+
+def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = ()):
+    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel``,
+    ``audio`` and the arrays named in ``extra_keys`` (e.g. ``phones``)."""
+    keys = (frames_key, "lmk", "mel", *extra_keys)
     pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
                                 ReadShards(SelectMembers(keys, extra=("audio.wav",))), wds.map(_DecodeWithAudio(keys)))
     return iter(pipeline)
@@ -335,7 +348,7 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
         for level in levels:
             extra = {} if level is None else {"intensity": torch.tensor([level])}
             frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
-                                        ref_lmk=ref_lmk, **extra)[0]
+                                        ref_lmk=ref_lmk, **extra, **clip_inputs(generator, clip))[0]
             row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
             label = name if level is None else f"{name} {level}"
             cv2.putText(row, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
@@ -371,14 +384,15 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
     first_clip = None
-    for clip in split_clips(shard_dir, frames_key):
+    wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
+    for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
         first_clip = first_clip or clip
         real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
         mel = torch.from_numpy(clip["mel"])
         emotion = clip["meta"]["emotion_id"]
         with torch.no_grad():
             generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real),
-                                           ref_lmk=torch.from_numpy(clip["lmk"][:1]))[0]
+                                           ref_lmk=torch.from_numpy(clip["lmk"][:1]), **clip_inputs(generator, clip))[0]
         evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion)
         n_clips += 1
         if len(videos) < n_videos:

@@ -13,6 +13,7 @@ import torch
 from datamodules.talking_face import DataConfig, TalkingFaceDataModule
 from lightning_modules.networks.sinha_graph import (FACE_REGIONS, EdgeWeightedGCN, LandmarkGenerator, SinhaGraphConfig,
                                                     delaunay_adjacency, region_adjacency, region_matrix)
+from lightning_modules.networks.vgg16 import VGG16_LABEL
 from lightning_modules.networks.sinha_texture import (SinhaTextureConfig, TextureGenerator, heatmap_difference,
                                                       landmark_heatmaps, warp)
 from lightning_modules.sinha import (CANONICAL_NEUTRAL, SinhaModule, blink_displacements, canonical_transform,
@@ -134,6 +135,9 @@ def test_speech_windows_mfcc_is_the_dct_of_the_mel_rows():
     assert win.shape == (19, 80) and torch.allclose(win, mel[0, 22:41] / 4)
     mfcc = speech_windows(mel, torch.tensor([[10]]), 6, "mfcc")[0, 0]
     np.testing.assert_allclose(mfcc.numpy(), dct(win.numpy(), type=2, norm="ortho", axis=-1)[:, :13], atol=1e-4)
+    phones = torch.rand(1, 30, 40)  # per video frame: frames t - 3 .. t + 2, clamped into the clip
+    assert torch.equal(speech_windows(phones, torch.tensor([[10, 1]]), 6, "phones")[0],
+                       torch.stack([phones[0, 7:13], phones[0, 0:6]]))
 
 
 def test_blinks_close_the_upper_lids_only():
@@ -164,8 +168,13 @@ def test_fit_learns_neutral_faces_and_logs_both_generators(trained):
     speaker_mode = SinhaModule(net=NET, optim={"neutral": "speaker"})
     speaker_mode.fit_neutral_landmarks(dm.training_clips(("lmk",)))
     assert set(speaker_mode.neutral_lmk) == {"9903", "9904"} and speaker_mode.neutral_fallbacks == 0
-    for key in ("train/ver", "train/rec", "train/gan_d", "train/adv_d", "val/mouth_lvd"):
+    for key in ("train/ver", "train/rec", "train/per", "train/gan_d", "train/adv_d", "val/mouth_lvd"):
         assert math.isfinite(float(trainer.callback_metrics[key])), key
+    # eq. 7's VGG16 is a frozen loss network: used, recorded, and never part of the checkpoint
+    assert model.resolved_config()["perceptual_loss"] == VGG16_LABEL and model.lambda_per == 10.0
+    assert not any(k.startswith(("_perceptual", "blocks")) for k in model.state_dict())
+    off = SinhaModule(net=NET, optim={"vgg16_weights": None})
+    assert off.lambda_per == 0 and off.resolved_config()["perceptual_loss"].startswith("disabled")
     batch = next(iter(dm.test_dataloader()))
     pred = model.eval()(batch)
     assert pred.shape == batch["lmk"].shape
@@ -184,14 +193,38 @@ def test_one_shot_updates_only_image_encoder_and_decoder(trained):
     assert any(k.startswith("enc.") for k in changed) and any(k.startswith("dec") for k in changed)
 
 
-def test_generate_renders_video_and_needs_reference_landmarks(trained):
+def test_generate_renders_video_and_needs_reference_landmarks(trained, monkeypatch):
     model, dm, _ = trained
     batch = next(iter(dm.test_dataloader()))
-    ref, mel = batch[f"frames_{S}"][:1, 0], batch["mel"][:1]
-    video = model.generate(ref, mel, torch.tensor([5]), 8, ref_lmk=batch["ref_lmk"][:1])
+    assert model.speech_key == "phones" and "mel" not in batch  # the default speech feature
+    ref, phones, mel = batch[f"frames_{S}"][:1, 0], batch["phones"][:1], torch.zeros(1, 26, 80)
+    video = model.generate(ref, mel, torch.tensor([5]), 8, ref_lmk=batch["ref_lmk"][:1], phones=phones)
     assert video.shape == (1, 8, S, S, 3) and video.dtype == torch.uint8
     with pytest.raises(ValueError, match="ref_lmk"):
-        model.generate(ref, mel, torch.tensor([5]), 8)
+        model.generate(ref, mel, torch.tensor([5]), 8, phones=phones)
+    with pytest.raises(ValueError, match="phones"):
+        model.generate(ref, mel, torch.tensor([5]), 8, ref_lmk=batch["ref_lmk"][:1])
+    # background replacement (paper A.1): G_T sees the training backdrop behind the person, the output
+    # shows the reference's own background again (a fixed square "person" mask makes it exact)
+    assert len(model.background_rgb) == 3  # the training backdrop, measured at fit start
+    person = np.zeros((S, S), np.float32)
+    person[16:48, 16:48] = 1.0
+    seen = []
+
+    def square_mask(frames):
+        seen.append(frames.copy())
+        return np.broadcast_to(person, frames.shape[:-1]).copy()
+
+    monkeypatch.setattr("lightning_modules.sinha.person_mask", square_mask)
+    swapped = model.generate(ref, mel, torch.tensor([5]), 4, ref_lmk=batch["ref_lmk"][:1], phones=phones,
+                             replace_background=True)[0].numpy()
+    outside = person == 0
+    assert np.array_equal(swapped[:, outside], np.broadcast_to(ref[0].numpy()[outside], swapped[:, outside].shape))
+    assert not np.array_equal(swapped[:, ~outside], np.broadcast_to(ref[0].numpy()[~outside], swapped[:, ~outside].shape))
+    assert len(seen) == 2  # the reference, then the generated frames
+    blank = SinhaModule(net=NET)
+    with pytest.raises(ValueError, match="backdrop"):
+        blank.generate(ref, mel, torch.tensor([5]), 2, ref_lmk=batch["ref_lmk"][:1], phones=phones, replace_background=True)
     wrong = SinhaModule(net={**NET, "texture": {**NET["texture"], "lmk_size": 256}})
     with pytest.raises(ValueError, match="lmk_size"):
         wrong.fit_neutral_landmarks(dm.training_clips(("lmk",)))
@@ -221,3 +254,25 @@ def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trai
 
     grid = cv2.imread(str(out / "emotion_grid.png"))
     assert grid.shape == (6 * 2 * S, 6 * S, 3)  # six emotions x intensities low / high, every 4th of 24 frames
+
+
+def test_every_paper_ablation_row_is_a_valid_params_override():
+    import yaml
+
+    from lightning_modules.sinha import ABLATIONS
+
+    rows = {r["variant"] for r in yaml.safe_load(open("reference/paper_results.yaml")) if r["method"] == "sinha"}
+    assert set(ABLATIONS) <= rows  # each names a Table 3 / 4 row
+    section = yaml.safe_load(open("params.yaml"))["train"]["methods"]["sinha"]
+    base = SinhaModule(net=section["net"], optim=section["optim"])
+    for variant, overrides in ABLATIONS.items():
+        params = json.loads(json.dumps(section))
+        for dotted, value in overrides.items():  # what `dvc exp run -S train.methods.sinha.<dotted>=<value>` writes
+            *path, key = dotted.split(".")
+            node = params
+            for part in path:
+                node = node[part]
+            assert key in node, f"{variant}: params.yaml has no train.methods.sinha.{dotted}"
+            node[key] = value
+        model = SinhaModule(net=params["net"], optim=params["optim"])
+        assert model.resolved_config() != base.resolved_config(), variant

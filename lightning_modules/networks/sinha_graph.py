@@ -245,7 +245,8 @@ class SinhaGraphConfig:
         graph_encoder: use E_G (False: Table 3 "w/o graph encoder", f_l = 0).
         skips: D_G skips from E_G (Table 3 "w/o skip connections").
         edge_weights: learnable omega of eq. 1 (Table 3 "w/o edge weights").
-        use_emotion: feed f_e to D_G (Table 4 "w/o emotion feature": f_e = 0).
+        use_emotion: feed f_e to D_G (False: f_e = 0, G_L without emotion; not a paper row: Table 4's
+            "w/o emotion feature" is G_T's, ``SinhaTextureConfig.use_emotion``).
     """
 
     feature_dim: int = 29

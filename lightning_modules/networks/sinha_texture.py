@@ -47,6 +47,7 @@ class SinhaTextureConfig:
         lmk_size: landmarks are pixels of a ``lmk_size`` crop (the shards' 256).
         occlusion: ``"sigmoid"`` | ``"softmax2"``.
         warp: ``"features"`` (FOMM) | ``"none"`` (eq. 5 literal).
+        use_emotion: join f_e at the motion bottleneck (False: Table 4 "w/o emotion feature", f_e = 0).
     """
 
     crop_size: int = 256
@@ -57,6 +58,7 @@ class SinhaTextureConfig:
     lmk_size: int = 256
     occlusion: str = "sigmoid"
     warp: str = "features"
+    use_emotion: bool = True
 
     def __post_init__(self) -> None:
         self.encoder_widths = tuple(int(c) for c in self.encoder_widths)
@@ -233,7 +235,7 @@ class TextureGenerator(nn.Module):
         feats = self.encode(image)
         size = self.cfg.crop_size // 4
         f_h = heatmap_difference(lmk_generated, lmk_source, size, self.cfg.lmk_size, self.cfg.heatmap_sigma)
-        flow, occ = self.motion(feats[2], f_h, f_e)
+        flow, occ = self.motion(feats[2], f_h, f_e if self.cfg.use_emotion else torch.zeros_like(f_e))
         return self.decode(feats, flow, occ), flow, occ
 
 

@@ -26,10 +26,11 @@ from pipeline.extract.audio import (
 )
 from pipeline.extract.errors import ClipFailure
 from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
+from pipeline.extract.phones import phone_features
 from pipeline.extract.video import decode_video
 from primitives.vocab import EMOTION_TO_ID
 
-PREPROCESS_VERSION = "4"
+PREPROCESS_VERSION = "5"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
 
 
@@ -53,6 +54,7 @@ class PreprocessConfig:
     max_av_mismatch_s: float = 0.5
     frames_format: str = "jpeg"
     jpeg_quality: int = 90
+    phones: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_sizes", tuple(int(s) for s in self.crop_sizes))
@@ -71,6 +73,7 @@ class PreprocessConfig:
             "max_av_mismatch_s": self.max_av_mismatch_s >= 0,
             "frames_format": self.frames_format in ("jpeg", "npy"),
             "jpeg_quality": 1 <= self.jpeg_quality <= 100,
+            "phones": isinstance(self.phones, bool),
         }
         for key, ok in checks.items():
             if not ok:
@@ -99,7 +102,7 @@ class ClipResult:
         sample: file name -> bytes of the shard sample, or None on failure.
         failure: ``{"id", "step", "reason"}`` or None on success.
         n_frames: frames written (0 on failure).
-        timings: seconds spent per step (decode, landmarks, crop, audio, encode), for benchmarks.
+        timings: seconds spent per step (audio, decode, landmarks, crop, phones, encode), for benchmarks.
     """
 
     key: str
@@ -129,7 +132,8 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         JPEG per frame (:mod:`primitives.frame_codec`; ``frames_<S>.npy`` with ``frames_format: npy``);
         ``lmk.npy`` (T, 68, 2) float32 and ``lmk478.npy`` (T, 478, 3) float32, pixels of the
         largest crop; ``mel.npy`` (floor(3.2 T), 80) float32 in [-4, 4] (80 Hz); ``mfcc.npy`` (T, 28, 12) float32;
-        ``llf.npy`` (T, 25) float32; ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
+        ``llf.npy`` (T, 25) float32; ``phones.npy`` (T, 40) float32 pocketsphinx phone occupancy
+        (:mod:`pipeline.extract.phones`, with ``cfg.phones``); ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
         exactly T / fps seconds); ``meta.json``.
     """
     # one BLAS/OpenMP thread: a worker owns one CPU, and reductions then sum in the same order in
@@ -193,6 +197,9 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
             sample[f"{name}.npy"] = _npy(features[name])
         sample["audio.wav"] = wav_to_bytes(wav, cfg.sample_rate)
         lap("audio")
+        if cfg.phones:
+            sample["phones.npy"] = _npy(phone_features(wav, n_frames, cfg.sample_rate, cfg.fps))
+            lap("phones")
     except ClipFailure as failure:
         return ClipResult(key, failure={"id": key, "step": failure.step, "reason": failure.reason}, timings=timings)
     except Exception as err:  # an unexpected bug must not stop the run either: record it loudly
