@@ -41,3 +41,35 @@ def crema_shards(tmp_path_factory, shared_datasets: Path) -> Path:
     run_preprocess(rows, root / "shards" / "crema_d",
                    PreprocessConfig(crop_sizes=(64,), decode_max_side=480, clips_per_shard=1), serial=True)
     return root
+
+
+TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run end to end in seconds
+    "cvae": ({"crop_size": 64, "widths": [8, 16, 32], "stem_channels": 4, "latent_dim": 8, "audio_channels": [8, 8, 8],
+              "audio_dim": 8, "emotion_dim": 4, "cond_channels": 4, "groups": 4}, {"vgg_weights": None}),
+    "sinha": ({"landmark": {"audio_hidden": 8, "dim": 8},
+               "texture": {"crop_size": 64, "encoder_widths": [8, 8, 8], "motion_widths": [8, 8, 8], "emotion_dim": 8}},
+              {"vgg16_weights": None}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """``<dir>/<method>/crema_d/last.ckpt`` for ``cvae`` and ``sinha`` (weights + hyper-parameters as
+    Lightning writes them, without a training run); returns ``<dir>``."""
+    import lightning as L
+    import torch
+
+    from lightning_modules import METHODS
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    for method, (net, optim) in TINY_NETS.items():
+        model = METHODS[method](net=net, optim=optim)
+        if method == "sinha":
+            model.background_rgb = [20.0, 90.0, 40.0]  # a MEAD-like green backdrop
+        checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                      "pytorch-lightning_version": L.__version__}
+        model.on_save_checkpoint(checkpoint)
+        (root / method / "crema_d").mkdir(parents=True)
+        torch.save(checkpoint, root / method / "crema_d" / "last.ckpt")
+    return root

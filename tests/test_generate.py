@@ -1,0 +1,137 @@
+"""`generate`: a real photo + real speech (or text) + emotion -> MP4, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import av
+import cv2
+import numpy as np
+import pytest
+import soundfile
+
+from pipeline.generate import main
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_models):
+    return {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha")}
+
+
+@pytest.fixture(scope="module")
+def photo(talking_clips):
+    return talking_clips / "pcavs/Input/517600055/000000.jpg"  # a 224 px VoxCeleb2 frame, one face
+
+
+@pytest.fixture(scope="module")
+def speech(shared_datasets):
+    return shared_datasets / "crema-d-real/AudioWAV/1001_DFA_HAP_XX.wav"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("generate:")], err
+
+
+def probe(path):
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        n = sum(1 for _ in container.decode(video=0))
+        return {"fps": float(video.average_rate), "frames": n, "size": (video.width, video.height),
+                "video": video.codec_context.name, "audio": audio.codec_context.name}
+
+
+@pytest.mark.parametrize("method", ["cvae", "sinha"])
+def test_photo_and_wav_give_a_browser_mp4_of_the_whole_photo(method, checkpoints, photo, speech, tmp_path, capsys):
+    out = tmp_path / f"{method}.mp4"
+    code, lines, _ = run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo,
+                         "--audio", speech, "--emotion", "happy", "--out", out)
+    assert code == 0 and lines == []
+    n_frames = len(soundfile.read(speech)[0]) // 640  # 16 kHz WAV, 25 fps
+    info = probe(out)
+    assert info == {"fps": 25.0, "frames": n_frames, "size": (224, 224), "video": "h264", "audio": "aac"}
+    assert not list(tmp_path.glob(".*partial*"))
+    crop = tmp_path / f"{method}_crop.mp4"
+    assert run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo, "--audio", speech,
+               "--emotion", "sad", "--crop-only", "--out", crop)[0] == 0
+    assert probe(crop)["size"] == (64, 64)
+
+
+def test_text_goes_through_tts(checkpoints, photo, tmp_path, capsys):
+    out = tmp_path / "text.mp4"
+    code, _, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--image", photo,
+                     "--text", "Don't forget a jacket.", "--emotion", "neutral", "--out", out)
+    assert code == 0 and probe(out)["frames"] > 25  # over a second of speech
+
+
+def test_jobs_file_renders_good_jobs_and_reports_bad_ones(checkpoints, photo, speech, tmp_path, capsys):
+    jobs = tmp_path / "jobs.csv"
+    with open(jobs, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "audio", "text", "emotion", "out"])
+        w.writerow([photo, speech, "", "angry", "a.mp4"])
+        w.writerow([tmp_path / "missing.jpg", speech, "", "sad", "b.mp4"])
+        w.writerow([photo, "", "Hello there.", "fear", "c.mp4"])
+    code, lines, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--jobs", jobs)
+    assert code == 2
+    assert (tmp_path / "a.mp4").is_file() and (tmp_path / "c.mp4").is_file() and not (tmp_path / "b.mp4").exists()
+    assert len(lines) == 1 and "image not found" in lines[0]
+
+
+def _blank(tmp_path):
+    path = tmp_path / "wall.png"
+    cv2.imwrite(str(path), np.full((240, 320, 3), 128, np.uint8))
+    return path
+
+
+def _two_faces(tmp_path, photo):
+    """The 224 px face beside a smaller (140 px) face of another VoxCeleb2 speaker, on grey."""
+    canvas = np.full((224, 384, 3), 128, np.uint8)
+    canvas[:, :224] = cv2.imread(str(photo))
+    canvas[40:180, 234:374] = cv2.resize(cv2.imread(str(photo.parents[1] / "741400163/000000.jpg")), (140, 140))
+    path = tmp_path / "two.png"
+    cv2.imwrite(str(path), canvas)
+    return path
+
+
+def _text_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("not media")
+    return path
+
+
+def _wav(tmp_path, name, seconds, amplitude):
+    path = tmp_path / name
+    t = np.arange(int(16000 * seconds)) / 16000
+    soundfile.write(path, (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    return path
+
+
+BAD = {  # case -> (argument overrides, expected words in the one error line)
+    "no face": (lambda tmp, photo, speech: {"--image": _blank(tmp)}, "no face"),
+    "unreadable image": (lambda tmp, photo, speech: {"--image": _text_file(tmp, "face.jpg")}, "cannot read face.jpg"),
+    "unreadable audio": (lambda tmp, photo, speech: {"--audio": _text_file(tmp, "speech.wav")}, "unreadable audio"),
+    "silent audio": (lambda tmp, photo, speech: {"--audio": _wav(tmp, "silent.wav", 2.0, 0.0)}, "silent"),
+    "too long": (lambda tmp, photo, speech: {"--audio": _wav(tmp, "long.wav", 3.0, 0.3), "--max-seconds": 2}, "limit"),
+    "unknown emotion": (lambda tmp, photo, speech: {"--emotion": "ecstatic"}, "unknown emotion"),
+    "other method's checkpoint": (lambda tmp, photo, speech: {"--method": "sinha"}, "not a sinha checkpoint"),
+    "not a video method": (lambda tmp, photo, speech: {"--method": "syncnet"}, "not a video-generating method"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_no_file(case, checkpoints, photo, speech, tmp_path, capsys):
+    overrides, words = BAD[case]
+    args = {"--method": "cvae", "--checkpoint": checkpoints["cvae"], "--image": photo, "--audio": speech,
+            "--emotion": "happy", "--out": tmp_path / "out.mp4", **overrides(tmp_path, photo, speech)}
+    code, lines, err = run(capsys, *[x for kv in args.items() for x in kv])
+    assert code == 2 and len(lines) == 1 and words in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_several_faces_use_the_largest_and_say_so(checkpoints, photo, speech, tmp_path, capsys):
+    code, lines, err = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"],
+                           "--image", _two_faces(tmp_path, photo), "--audio", speech, "--out", tmp_path / "o.mp4")
+    assert code == 0 and any("2 faces found; using the largest" in line for line in lines), err
+    assert probe(tmp_path / "o.mp4")["size"] == (384, 224)
