@@ -8,6 +8,16 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# System programs the tests use: Chromium (the web demo's browser test, driven by Playwright) and
+# espeak-ng (the fallback TTS engine). Installed only when missing; needs root (or sudo) for apt-get.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || echo "install.sh: could not apt-get install ${missing[*]} (the browser / espeak-ng tests will fail)" >&2
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 # CPU torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q torch==2.13.0

@@ -64,9 +64,10 @@ def post(url: str, files: dict[str, tuple[str, bytes]], fields: dict[str, str]) 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chromium: apt-get install chromium")
 def test_browser_uploads_a_face_and_speech_and_plays_the_video(server, talking_clips, shared_datasets):
     from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "the browser test needs the system Chromium: apt-get install chromium (.ci/install.sh does)"
 
     face = talking_clips / "pcavs/Input/517600055/000000.jpg"
     speech = shared_datasets / "crema-d-real/AudioWAV/1001_DFA_HAP_XX.wav"
