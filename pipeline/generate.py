@@ -126,11 +126,11 @@ def read_audio(job: Job, cfg: GenerateConfig) -> np.ndarray:
             wav, _ = load_audio(path, SAMPLE_RATE)
             source = path.name
         check_not_silent(wav, cfg.silence_dbfs)
+    except InputError:
+        raise
     except ClipFailure as failure:
-        raise InputError(f"{failure.reason}") from None
-    except (TTSError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
+        raise InputError(failure.reason) from None
+    except (TTSError, ValueError) as err:  # TTS: empty / over-long text, engine missing or failing
         raise InputError(str(err)) from None
     seconds = len(wav) / SAMPLE_RATE
     if seconds > cfg.max_seconds:

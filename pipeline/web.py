@@ -104,9 +104,9 @@ def create_app(cfg: WebConfig):
     def options() -> dict:
         import inspect
 
-        methods = available_methods(cfg)
         from lightning_modules import METHODS
 
+        methods = available_methods(cfg)
         takes = {m: inspect.signature(METHODS[m].generate).parameters for m in methods}
         return {"methods": methods, "emotions": list(EMOTIONS),
                 "intensity_methods": [m for m in methods if "intensity" in takes[m]],
