@@ -32,6 +32,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 # not re-exported by torchmetrics.image unless torch-fidelity is installed; we never use its default network
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -115,6 +116,18 @@ class FrameSSIM(StructuralSimilarityIndexMeasure):
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # noqa: D102 - documented on the class
         super().update(to_unit_float(preds), to_unit_float(target))
+
+
+class FrameMSE(MeanSquaredError):
+    """Mean squared error on 0-255 pixel values (paper 003's "MSE" column, Wav2Lip-style evaluation);
+    ``torchmetrics`` ``MeanSquaredError`` over every value of every frame seen.
+
+    ``update(preds, target)``: two ``(N, 3, H, W)`` tensors, uint8 ``[0, 255]`` or float ``[0, 1]``.
+    ``compute()`` returns a scalar float tensor in ``[0, 65025]``.
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # noqa: D102 - documented on the class
+        super().update((to_unit_float(preds) * 255.0).reshape(-1), (to_unit_float(target) * 255.0).reshape(-1))
 
 
 def psnr(preds: Tensor, target: Tensor) -> Tensor:

@@ -13,11 +13,13 @@ from lightning_modules.eapc import EAPCModule
 from lightning_modules.emotion_classifier import EmotionClassifierModule
 from lightning_modules.sinha import SinhaModule
 from lightning_modules.syncnet import SyncNetModule
+from lightning_modules.two_stage import TwoStageModule
 
 METHODS: dict[str, type] = {
     "eapc": EAPCModule,
     "cvae": CVAEModule,  # emotion-controllable conditional VAE generator (paper 000)
     "sinha": SinhaModule,  # landmark GCN + flow-guided texture generator, one-shot (paper 002)
+    "two_stage": TwoStageModule,  # StarGAN emotion editing, then Wav2Lip-style lip-sync (paper 003)
     "emotion_classifier": EmotionClassifierModule,  # emotion loss network of the generators (paper 000 §2.1)
     "syncnet": SyncNetModule,  # expert lip-sync loss network (Wav2Lip-style, paper 000 eq. 4-5)
     "emotion_classifier_eval": EmotionClassifierModule,  # the EmoAcc evaluator: same architecture, own seed

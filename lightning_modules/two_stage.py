@@ -1,0 +1,338 @@
+"""Lightning glue for the two-stage method (paper file 003): StarGAN emotion editing of the still face,
+then Wav2Lip-style lip-sync of the edited face (networks in ``lightning_modules.networks.two_stage``).
+
+One module trains both stages on the same window batches, with manual optimisation (four Adam
+optimisers): stage 1 on one random frame per window with the clip's emotion label, stage 2 on 5
+consecutive frames per window.
+
+Readings (ours where the report and anchors leave it open; parameters where it matters)
+------------------------------------------------------------------------------------------
+* Stage 1 is StarGAN's solver: WGAN-GP critic (``lambda_gp`` 10) with an emotion classification
+  head (``lambda_cls`` 1), generator updated every ``n_critic`` = 5 critic steps with adversarial +
+  classification + cycle L1 (``lambda_rec`` 10); Adam 1e-4, betas (0.5, 0.999); target labels are
+  the batch's own labels shuffled (StarGAN's ``label_org[randperm]``).
+* Stage 2 is Wav2Lip's hq trainer: ``(1 - s - d) L1 + s sync + d GAN`` with d = ``disc_wt`` 0.07
+  always and s = ``sync_wt`` 0.03 only after the expert's sync loss on the validation batches fell
+  below ``sync_threshold`` 0.75 (Wav2Lip's switch; sticky, kept in the checkpoint). The expert is
+  the loss-side ``syncnet`` checkpoint, never the evaluator.
+* Wav2Lip's reference: 5 frames starting at another random place in the same window (never the
+  target frame itself, else the model learns to copy the reference's lips). At inference from a still photo
+  there is no other time: the (emotion-edited) still is the reference of every frame and its
+  upper half the masked target's, so the mouth comes from the audio alone.
+* The emotion-preserving variant (an emotion-classifier loss on generated frames) is not
+  implemented yet; ``emotion_wt`` is rejected unless 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_modules.cvae import frame_mel_windows
+from lightning_modules.generation import frames_to_chw
+from lightning_modules.networks.cvae import mask_lower_half
+from lightning_modules.networks.syncnet import sync_loss
+from lightning_modules.networks.two_stage import (EditorConfig, EditorDiscriminator, EmotionEditor, LipSyncConfig,
+                                                   LipSyncGenerator, QualityDiscriminator, gradient_penalty)
+from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
+
+
+@dataclass
+class TwoStageTrainConfig:
+    """``train.methods.two_stage.optim`` (module docstring for the readings).
+
+    Attributes:
+        lr_editor, betas: stage 1 Adam (StarGAN: 1e-4, (0.5, 0.999)); lr_lipsync: stage 2 Adam (Wav2Lip: 1e-4).
+        n_critic, lambda_gp, lambda_cls, lambda_rec: StarGAN's (5, 10, 1, 10).
+        sync_wt, disc_wt, sync_threshold: Wav2Lip's (0.03, 0.07, 0.75).
+        syncnet_ckpt: the loss-side SyncNet checkpoint (null: no sync loss, recorded).
+        emotion_wt: the emotion-preserving variant's weight (must be 0: not implemented).
+    """
+
+    lr_editor: float = 1e-4
+    lr_lipsync: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    n_critic: int = 5
+    lambda_gp: float = 10.0
+    lambda_cls: float = 1.0
+    lambda_rec: float = 10.0
+    sync_wt: float = 0.03
+    disc_wt: float = 0.07
+    sync_threshold: float = 0.75
+    syncnet_ckpt: str | None = None
+    emotion_wt: float = 0.0
+
+    def __post_init__(self) -> None:
+        p = "train.methods.two_stage.optim"
+        self.betas = tuple(float(b) for b in self.betas)
+        if min(self.lr_editor, self.lr_lipsync) <= 0 or self.n_critic < 1:
+            raise ValueError(f"{p}: learning rates must be > 0 and n_critic >= 1")
+        if not 0 <= self.sync_wt + self.disc_wt < 1 or min(self.sync_wt, self.disc_wt) < 0:
+            raise ValueError(f"{p}: sync_wt and disc_wt must be >= 0 with sync_wt + disc_wt < 1")
+        if self.emotion_wt != 0:
+            raise ValueError(f"{p}.emotion_wt: the emotion-preserving variant is not implemented; use 0")
+        if self.syncnet_ckpt is not None and not Path(self.syncnet_ckpt).is_file():
+            raise FileNotFoundError(f"{p}.syncnet_ckpt: checkpoint {self.syncnet_ckpt} does not exist "
+                                    "(train it first: `dvc repro train@syncnet-<dataset>`)")
+
+
+def to_tanh(frames: Tensor) -> Tensor:
+    """(..., S, S, 3) uint8 -> (..., 3, S, S) float in [-1, 1] (StarGAN's range)."""
+    return frames_to_chw(frames) * 2.0 - 1.0
+
+
+class TwoStageModule(L.LightningModule):
+    """Trains the emotion editor (stage 1) and the lip-sync generator (stage 2) on windows
+    ``{frames_<S>, mel, emotion}``; :meth:`generate` is the shared ``VideoGenerator`` interface.
+
+    Logs ``train/{d_real,d_fake,d_cls,gp,g_adv,g_cls,g_rec}`` (stage 1), ``train/{l1,sync,gan_g,gan_d}``
+    (stage 2), ``train/sync_on`` and ``val/{l1,sync,edit_acc}`` (``edit_acc``: the critic's own
+    classification of the edits as their target emotion, the signal of "identical outputs across
+    emotions").
+    """
+
+    automatic_optimization = False
+
+    def __init__(self, net: dict | None = None, optim: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        net = dict(net or {})
+        unknown = sorted(set(net) - {"crop_size", "editor", "lipsync"})
+        if unknown:
+            raise ValueError(f"unknown two_stage.net keys {unknown}; known: crop_size, editor, lipsync")
+        s = int(net.get("crop_size", 64))
+        self.optim_cfg = TwoStageTrainConfig(**(optim or {}))
+        self.editor_cfg = EditorConfig.from_dict({"image_size": s, **net.get("editor", {})})
+        self.lipsync_cfg = LipSyncConfig.from_dict({"image_size": s, **net.get("lipsync", {})})
+        self.net_cfg = self.lipsync_cfg  # evaluate_video / generate read crop_size from net_cfg
+        self.frames_key = f"frames_{s}"
+        self.data_keys = (self.frames_key, "mel", "lmk")
+        self.editor, self.critic = EmotionEditor(self.editor_cfg), EditorDiscriminator(self.editor_cfg)
+        self.lipsync, self.quality = LipSyncGenerator(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
+        self.sync_on = False
+        self._expert: tuple = ()  # (SyncNet,): a tuple keeps the frozen loss network out of checkpoints
+        if self.optim_cfg.syncnet_ckpt is not None:
+            from lightning_modules.syncnet import SyncNetModule
+
+            self.set_sync_expert(SyncNetModule.load_from_checkpoint(self.optim_cfg.syncnet_ckpt, map_location="cpu").net)
+
+    @staticmethod
+    def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
+        """Check params without building networks; raises ``ValueError`` / ``FileNotFoundError``."""
+        TwoStageTrainConfig(**(optim or {}))
+        s = int((net or {}).get("crop_size", 64))
+        EditorConfig.from_dict({"image_size": s, **(net or {}).get("editor", {})})
+        LipSyncConfig.from_dict({"image_size": s, **(net or {}).get("lipsync", {})})
+
+    def set_sync_expert(self, net: torch.nn.Module) -> None:
+        """Use ``net`` (a SyncNet at this crop size) as stage 2's frozen lip-sync expert."""
+        if net.cfg.crop_size != self.net_cfg.crop_size:
+            raise ValueError(f"SyncNet crop_size {net.cfg.crop_size} != two_stage crop_size {self.net_cfg.crop_size}")
+        self._expert = (net.eval().requires_grad_(False),)
+
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        return [torch.optim.Adam(self.editor.parameters(), c.lr_editor, betas=c.betas),
+                torch.optim.Adam(self.critic.parameters(), c.lr_editor, betas=c.betas),
+                torch.optim.Adam(self.lipsync.parameters(), c.lr_lipsync, betas=(0.5, 0.999)),
+                torch.optim.Adam(self.quality.parameters(), c.lr_lipsync, betas=(0.5, 0.999))]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sync_on"] = self.sync_on
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.sync_on = bool(checkpoint.get("sync_on", False))
+
+    # ---------------------------------------------------------------- stage 1 (StarGAN)
+    def critic_losses(self, x: Tensor, label: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """StarGAN's critic step: WGAN terms, gradient penalty, emotion CE on real faces (``d_total``).
+
+        Args:
+            x: (B, 3, S, S) real faces in [-1, 1]; label: (B,) their emotions; target: (B,) edit targets.
+        """
+        c = self.optim_cfg
+        src, cls = self.critic(x)
+        with torch.no_grad():
+            fake = self.editor(x, target)
+        out = {"d_real": -src.mean(), "d_cls": F.cross_entropy(cls, label),
+               "d_fake": self.critic(fake)[0].mean(), "gp": gradient_penalty(self.critic, x, fake)}
+        out["d_total"] = out["d_real"] + out["d_fake"] + c.lambda_cls * out["d_cls"] + c.lambda_gp * out["gp"]
+        return out
+
+    def generator_losses(self, x: Tensor, label: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """StarGAN's generator step: adversarial, target-emotion CE and cycle L1 back to ``label`` (``g_total``)."""
+        c = self.optim_cfg
+        fake = self.editor(x, target)
+        src, cls = self.critic(fake)
+        out = {"g_adv": -src.mean(), "g_cls": F.cross_entropy(cls, target),
+               "g_rec": (x - self.editor(fake, label)).abs().mean()}
+        out["g_total"] = out["g_adv"] + c.lambda_cls * out["g_cls"] + c.lambda_rec * out["g_rec"]
+        return out
+
+    # ---------------------------------------------------------------- stage 2 (Wav2Lip)
+    def lipsync_frames(self, frames: Tensor, mel: Tensor, targets: Tensor, references: Tensor) -> Tensor:
+        """Stage 2 on K frames per sample.
+
+        Args:
+            frames: (B, T, S, S, 3) uint8 windows; mel: (B, M, 80); targets, references: (B, K) frame indices.
+
+        Returns:
+            (B, K, 3, S, S) generated frames in [0, 1].
+        """
+        b, k = targets.shape
+        rows = torch.arange(b, device=frames.device)[:, None]
+        target = frames_to_chw(frames[rows, targets]).flatten(0, 1)  # (B K, 3, S, S)
+        reference = frames_to_chw(frames[rows, references]).flatten(0, 1)
+        mels = frame_mel_windows(mel, targets).flatten(0, 1)  # (B K, 1, 16, 80)
+        return self.lipsync(mask_lower_half(target), reference, mels).view(b, k, *target.shape[1:])
+
+    def sync_term(self, generated: Tensor, mel: Tensor, start: Tensor) -> Tensor | None:
+        """The expert's sync loss (eq. 5 with y = 1) of 5 generated frames (B, 5, 3, S, S) at ``start`` (B,)."""
+        if not self._expert:
+            return None
+        expert = self._expert[0].to(generated.device)
+        v, a = expert(face_windows(generated.permute(0, 1, 3, 4, 2), 0), mel_windows(mel, start))
+        return sync_loss(v, a, torch.ones(len(v), device=v.device), expert.cfg.prob_mode)
+
+    def _windows(self, batch: dict, train: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Target window start (B,), target indices (B, 5) and reference indices (B, 5): the
+        reference window starts elsewhere (Wav2Lip's "wrong window"), so no frame is its own reference."""
+        frames = batch[self.frames_key]
+        b, t_len = frames.shape[:2]
+        if t_len < SYNC_FRAMES + 1:
+            raise ValueError(f"two_stage needs windows of >= {SYNC_FRAMES + 1} frames, got {t_len}")
+        dev = frames.device
+        span = torch.arange(SYNC_FRAMES, device=dev)
+        if train:
+            start = torch.randint(0, t_len - SYNC_FRAMES + 1, (b,), device=dev)
+            ref = torch.randint(0, t_len - SYNC_FRAMES, (b,), device=dev)
+            ref = ref + (ref >= start).long()  # any window start but the target's
+        else:
+            start = torch.full((b,), t_len - SYNC_FRAMES, device=dev)
+            ref = torch.zeros(b, dtype=torch.long, device=dev)
+        return start, start[:, None] + span, ref[:, None] + span
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        c = self.optim_cfg
+        opt_g1, opt_d1, opt_g2, opt_d2 = self.optimizers()
+        frames, mel, label = batch[self.frames_key], batch["mel"].float(), batch["emotion"]
+        b, t_len = frames.shape[:2]
+        # stage 1: one random frame per window; targets = the batch's labels shuffled (StarGAN)
+        pick = torch.randint(0, t_len, (b,), device=frames.device)
+        x = to_tanh(frames[torch.arange(b, device=frames.device), pick])
+        target = label[torch.randperm(b, device=label.device)]
+        s1 = self.critic_losses(x, label, target)
+        opt_d1.zero_grad()
+        self.manual_backward(s1["d_total"])
+        opt_d1.step()
+        if (batch_idx + 1) % c.n_critic == 0:  # StarGAN: the generator every n_critic critic steps
+            s1.update(self.generator_losses(x, label, target))
+            opt_g1.zero_grad()
+            self.manual_backward(s1["g_total"])
+            opt_g1.step()
+        # stage 2: 5 target frames, 5 reference frames from elsewhere in the window
+        start, targets, refs = self._windows(batch, train=True)
+        gen = self.lipsync_frames(frames, mel, targets, refs)  # (B, 5, 3, S, S)
+        real = frames_to_chw(frames[torch.arange(b, device=frames.device)[:, None], targets])
+        d_loss = (F.binary_cross_entropy_with_logits(self.quality(real.flatten(0, 1)), torch.ones(b * SYNC_FRAMES, device=real.device))
+                  + F.binary_cross_entropy_with_logits(self.quality(gen.detach().flatten(0, 1)),
+                                                       torch.zeros(b * SYNC_FRAMES, device=real.device)))
+        opt_d2.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d2.step()
+        l1 = (gen - real).abs().mean()
+        gan = F.binary_cross_entropy_with_logits(self.quality(gen.flatten(0, 1)), torch.ones(b * SYNC_FRAMES, device=real.device))
+        sync = self.sync_term(gen, mel, start)
+        s = c.sync_wt if (self.sync_on and sync is not None) else 0.0
+        loss = (1 - s - c.disc_wt) * l1 + c.disc_wt * gan + (s * sync if s else 0.0)
+        opt_g2.zero_grad()
+        self.manual_backward(loss)
+        opt_g2.step()
+        logs = {f"train/{k}": v for k, v in s1.items()}
+        logs.update({"train/l1": l1, "train/gan_g": gan, "train/gan_d": d_loss, "train/sync_on": float(self.sync_on)})
+        if sync is not None:
+            logs["train/sync"] = sync
+        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        frames, mel, label = batch[self.frames_key], batch["mel"].float(), batch["emotion"]
+        b = len(frames)
+        start, targets, refs = self._windows(batch, train=False)
+        gen = self.lipsync_frames(frames, mel, targets, refs)
+        real = frames_to_chw(frames[torch.arange(b, device=frames.device)[:, None], targets])
+        logs = {"val/l1": (gen - real).abs().mean()}
+        sync = self.sync_term(gen, mel, start)
+        if sync is not None:
+            logs["val/sync"] = sync
+        x = to_tanh(frames[:, 0])
+        target = (label + 1) % self.editor_cfg.n_emotions
+        logs["val/edit_acc"] = (self.critic(self.editor(x, target))[1].argmax(1) == target).float().mean()
+        self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=b)
+
+    def on_validation_epoch_end(self) -> None:
+        sync = self.trainer.callback_metrics.get("val/sync")
+        if sync is not None and float(sync) < self.optim_cfg.sync_threshold and not self.sync_on:
+            self.sync_on = True  # Wav2Lip: the sync loss joins once the expert finds the lips in sync enough
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def edit(self, reference: Tensor, emotion: Tensor) -> Tensor:
+        """Stage 1: (B, S, S, 3) uint8 faces -> (B, S, S, 3) uint8 edited to ``emotion`` (B,)."""
+        x = to_tanh(reference.to(self.device))
+        out = (self.editor(x, emotion.to(self.device)) + 1.0) / 2.0
+        return (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).contiguous()
+
+    @torch.no_grad()
+    def generate(self, reference: Tensor, mel: Tensor, emotion: Tensor, n_frames: int,
+                 ref_lmk: Tensor | None = None) -> Tensor:
+        """:meth:`lightning_modules.generation.VideoGenerator.generate`: stage 1 edits the reference to
+        ``emotion``, stage 2 lip-syncs the edited still to ``mel`` (module docstring: the still is
+        every frame's reference and masked target). ``ref_lmk`` is unused.
+
+        Returns:
+            (B, n_frames, S, S, 3) uint8.
+        """
+        edited = self.edit(reference, emotion)  # (B, S, S, 3)
+        b = len(edited)
+        still = edited[:, None].expand(-1, n_frames, -1, -1, -1)
+        idx = torch.arange(n_frames, device=self.device)[None].expand(b, -1)
+        out = []
+        for t0 in range(0, n_frames, 32):
+            sl = idx[:, t0:t0 + 32]
+            out.append(self.lipsync_frames(still, mel.float().to(self.device), sl, sl))
+        video = torch.cat(out, dim=1)  # (B, T, 3, S, S)
+        return (video.clamp(0, 1) * 255).round().byte().permute(0, 1, 3, 4, 2).contiguous().cpu()
+
+    @torch.no_grad()
+    def dub(self, frames: Tensor, mel: Tensor) -> Tensor:
+        """Stage 2 alone on a real video (paper 003's "evaluation with ground truth video", Wav2Lip's
+        inference): each frame re-rendered from its own upper half, the real frame as reference;
+        the output keeps the real upper half (rows < S/2) and takes the generated lower half.
+
+        Args:
+            frames: (T, S, S, 3) uint8; mel: (M, 80) of the same clip.
+
+        Returns:
+            (T, S, S, 3) uint8.
+        """
+        video = frames[None].to(self.device)
+        idx = torch.arange(len(frames), device=self.device)[None]
+        out = [self.lipsync_frames(video, mel[None].float().to(self.device), idx[:, t0:t0 + 32], idx[:, t0:t0 + 32])
+               for t0 in range(0, len(frames), 32)]
+        dubbed = (torch.cat(out, dim=1)[0].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).contiguous().cpu()
+        half = frames.shape[1] // 2
+        dubbed[:, :half] = frames[:, :half]
+        return dubbed
+
+    def resolved_config(self) -> dict:
+        """Network and optimisation config plus what the run derived (MLflow, config.json)."""
+        return {"net": {"crop_size": self.net_cfg.crop_size, "editor": asdict(self.editor_cfg),
+                        "lipsync": asdict(self.lipsync_cfg)},
+                "optim": asdict(self.optim_cfg), "sync_on": self.sync_on,
+                "sync_loss": f"enabled ({self.optim_cfg.syncnet_ckpt})" if self._expert else "disabled (syncnet_ckpt: null)",
+                "data_keys": list(self.data_keys)}
