@@ -49,12 +49,14 @@ TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run e
     "sinha": ({"landmark": {"audio_hidden": 8, "dim": 8},
                "texture": {"crop_size": 64, "encoder_widths": [8, 8, 8], "motion_widths": [8, 8, 8], "emotion_dim": 8}},
               {"vgg16_weights": None}),
+    "two_stage": ({"crop_size": 64, "editor": {"g_conv_dim": 8, "g_repeat": 1, "d_conv_dim": 8, "d_repeat": 4},
+                   "lipsync": {"widths": [8, 8, 8, 16, 16, 16, 16], "audio_widths": [8, 16], "d_widths": [8]}}, {}),
 }
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    """``<dir>/<method>/crema_d/last.ckpt`` for ``cvae`` and ``sinha`` (weights + hyper-parameters as
+    """``<dir>/<method>/crema_d/last.ckpt`` for each of ``TINY_NETS`` (weights + hyper-parameters as
     Lightning writes them, without a training run); returns ``<dir>``."""
     import lightning as L
     import torch

@@ -15,7 +15,7 @@ from pipeline.generate import main
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_models):
-    return {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha")}
+    return {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha", "two_stage")}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def probe(path):
                 "video": video.codec_context.name, "audio": audio.codec_context.name}
 
 
-@pytest.mark.parametrize("method", ["cvae", "sinha"])
+@pytest.mark.parametrize("method", ["cvae", "sinha", "two_stage"])
 def test_photo_and_wav_give_a_browser_mp4_of_the_whole_photo(method, checkpoints, photo, speech, tmp_path, capsys):
     out = tmp_path / f"{method}.mp4"
     code, lines, _ = run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo,
@@ -58,10 +58,11 @@ def test_photo_and_wav_give_a_browser_mp4_of_the_whole_photo(method, checkpoints
     assert probe(crop)["size"] == (64, 64)
 
 
-def test_text_goes_through_tts(checkpoints, photo, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["cvae", "two_stage"])
+def test_text_goes_through_tts(method, checkpoints, photo, tmp_path, capsys):
     out = tmp_path / "text.mp4"
-    code, _, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--image", photo,
-                     "--text", "Don't forget a jacket.", "--emotion", "neutral", "--out", out)
+    code, _, _ = run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo,
+                     "--text", "Don't forget a jacket.", "--emotion", "angry", "--out", out)
     assert code == 0 and probe(out)["frames"] > 25  # over a second of speech
 
 

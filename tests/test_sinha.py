@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -19,6 +20,7 @@ from lightning_modules.networks.sinha_texture import (SinhaTextureConfig, Textur
 from lightning_modules.sinha import (CANONICAL_NEUTRAL, SinhaModule, blink_displacements, canonical_transform,
                                      from_canonical, speech_windows, to_canonical)
 
+ROOT = Path(__file__).resolve().parents[1]
 S = 64
 NET = {"landmark": {"audio_hidden": 16, "dim": 16},
        "texture": {"crop_size": S, "encoder_widths": [8, 16, 16], "motion_widths": [16, 32, 32], "emotion_dim": 16,
@@ -261,9 +263,9 @@ def test_every_paper_ablation_row_is_a_valid_params_override():
 
     from lightning_modules.sinha import ABLATIONS
 
-    rows = {r["variant"] for r in yaml.safe_load(open("reference/paper_results.yaml")) if r["method"] == "sinha"}
+    rows = {r["variant"] for r in yaml.safe_load(open(ROOT / "reference/paper_results.yaml")) if r["method"] == "sinha"}
     assert set(ABLATIONS) <= rows  # each names a Table 3 / 4 row
-    section = yaml.safe_load(open("params.yaml"))["train"]["methods"]["sinha"]
+    section = yaml.safe_load(open(ROOT / "params.yaml"))["train"]["methods"]["sinha"]
     base = SinhaModule(net=section["net"], optim=section["optim"])
     for variant, overrides in ABLATIONS.items():
         params = json.loads(json.dumps(section))

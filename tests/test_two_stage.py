@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -14,6 +15,7 @@ from lightning_modules.networks.two_stage import (EditorConfig, EditorDiscrimina
                                                    LipSyncGenerator, QualityDiscriminator, gradient_penalty)
 from lightning_modules.two_stage import TwoStageModule
 
+ROOT = Path(__file__).resolve().parents[1]
 S = 64
 NET = {"crop_size": S, "editor": {"g_conv_dim": 8, "g_repeat": 2, "d_conv_dim": 8, "d_repeat": 4},
        "lipsync": {"widths": [8, 8, 16, 16, 32, 32, 32], "audio_widths": [8, 16, 32], "d_widths": [8, 16]}}
@@ -141,7 +143,7 @@ def test_fit_logs_both_stages_and_generate_renders_the_edited_still(trained):
 def test_paper_table_rows_and_bad_params():
     import yaml
 
-    rows = [r for r in yaml.safe_load(open("reference/paper_results.yaml")) if r["method"] == "two_stage"]
+    rows = [r for r in yaml.safe_load(open(ROOT / "reference/paper_results.yaml")) if r["method"] == "two_stage"]
     assert {r["variant"] for r in rows} >= {"Wav2lip", "Video-retalking", "PC-AVS (without head pose)"}
     wav2lip = next(r for r in rows if r["variant"] == "Wav2lip")["metrics"]
     assert wav2lip == {"psnr": 36.236, "mse": 46.699, "ssim": 0.963, "fid": 17.459}
