@@ -16,43 +16,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
-from pipeline.extract.video import write_mp4
-from pipeline.generate import FPS, SAMPLE_RATE, GenerateConfig, Job, load_method, method_inputs, read_audio
-from pipeline.photo import paste_back, prepare_face, read_image
+from pipeline.generate import FPS, GenerateConfig, Job, load_method, run_job
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def timed_job(model, job: Job, cfg: GenerateConfig, out: Path) -> tuple[dict[str, float], int]:
-    """One ``run_job`` split into its steps; returns seconds per step and the frame count."""
-    laps, clock = {}, time.perf_counter()
+def timed_job(model, job: Job, cfg: GenerateConfig) -> dict[str, float]:
+    """``run_job`` with the seconds of each of its steps."""
+    laps, clock = {}, [time.perf_counter()]
 
-    def lap(name: str) -> None:
-        nonlocal clock
+    def lap(step: str) -> None:
         now = time.perf_counter()
-        laps[name], clock = now - clock, now
+        laps[step], clock[0] = now - clock[0], now
 
-    face = prepare_face(read_image(job.image), int(model.net_cfg.crop_size), cfg.lmk_size, cfg.face_scale)
-    lap("face")
-    wav = read_audio(job, cfg)
-    args, kwargs = method_inputs(model, face, wav, job, cfg.replace_background)
-    lap("audio")
-    with torch.no_grad():
-        crops = model.generate(*args, **kwargs)[0].cpu().numpy()
-    lap("render")
-    frames = paste_back(face, crops)
-    lap("paste")
-    write_mp4(out, frames, FPS, wav[: len(crops) * SAMPLE_RATE // FPS], SAMPLE_RATE)
-    lap("encode")
-    return laps, len(crops)
+    run_job(model, job, cfg, log=lambda message: None, lap=lap)
+    return laps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["cvae", "sinha"])
+    parser.add_argument("--methods", nargs="+", default=["cvae", "sinha", "two_stage"])
     parser.add_argument("--dataset", default="crema_d")
     parser.add_argument("--image", default=str(SHARED / "talking-clips/pcavs/Input/517600055/000000.jpg"))
     parser.add_argument("--audio", default=str(SHARED / "talking-clips/retalking/audio_1.wav"))
@@ -65,12 +52,13 @@ def main() -> None:
           f"{'first frame':>11s} {'fps':>6s} {'x real time':>11s}")
     for method in args.methods:
         model = load_method(method, Path("models") / method / args.dataset / "last.ckpt")
-        job = Job(image=args.image, emotion="happy", out="", audio=args.audio)
         with tempfile.TemporaryDirectory() as tmp:
-            timed_job(model, job, cfg, Path(tmp) / "warmup.mp4")
-            runs = [timed_job(model, job, cfg, Path(tmp) / f"{i}.mp4") for i in range(args.repeats)]
-        n = runs[0][1]
-        laps = {k: float(np.median([r[0][k] for r in runs])) for k in runs[0][0]}
+            job = Job(image=args.image, emotion="happy", out=str(Path(tmp) / "out.mp4"), audio=args.audio)
+            timed_job(model, job, cfg)  # warm-up
+            runs = [timed_job(model, job, cfg) for _ in range(args.repeats)]
+            with av.open(job.out) as container:
+                n = container.streams.video[0].frames
+        laps = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         first = laps["face"] + laps["audio"] + laps["render"]
         total = sum(laps.values())
         print(f"{method:8s} {n:6d} {laps['face']:6.2f} {laps['audio']:6.2f} {laps['render']:7.2f} {laps['paste']:6.2f} "

@@ -40,6 +40,12 @@ def frames_to_chw(frames: torch.Tensor) -> torch.Tensor:
     return frames.movedim(-1, -3).float() / 255.0
 
 
+def chw_to_frames(images: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`frames_to_chw`: ``(..., 3, S, S)`` float in [0, 1] (clamped) ->
+    ``(..., S, S, 3)`` uint8 RGB, contiguous."""
+    return (images.clamp(0, 1) * 255).round().byte().movedim(-3, -1).contiguous()
+
+
 class CopyReference(nn.Module):
     """Baseline that repeats the reference frame: no lip motion, perfect identity.
 

