@@ -23,12 +23,21 @@ Methods with landmarks of their own (``sinha``) also get, on the same clips: M-L
 landmarks (X = frame 0's) beside "frame 0's landmarks held still", and the PSNR of their texture
 network rendering the ground-truth landmarks (``render``) beside ``copy_reference``.
 
+Methods with an emotion editor (``two_stage``) also get the evaluator's (``emotion_classifier_eval``)
+accuracy on every training clip's frame 0 edited to each of the six emotions, beside chance.
+
 Named checks (``--require``; defaults per method in :data:`REQUIRED`): ``psnr`` (PSNR above
-``copy_reference``), ``emotion_rows`` (every pair of emotion rows differs by more than
+``copy_reference``), ``loss_falling`` / ``psnr_vs_noise`` (diffusion models: the last epoch's
+eq. 1 loss below the first's; samples' PSNR above uniform-noise frames by ``--noise-margin`` dB),
+``lse`` (LSE-C above and LSE-D below ``copy_reference``; for a two-stage method its stage 2 alone on
+the unedited still, the row ``<method> stage 2``), ``edit_acc`` (edits
+classified as their target above chance), ``emotion_rows`` (every pair of emotion rows differs by more than
 ``--min-emotion-mad`` levels), ``mouth_ld`` (M-LD below the still landmarks), ``reconstruction_psnr``
 (rendering PSNR above ``copy_reference``). The exit status is 1 when a required check fails.
 
     python benchmarks/learning_check.py --method sinha --minutes 12
+    python benchmarks/learning_check.py --method two_stage --minutes 14
+    python benchmarks/learning_check.py --method emotalker --minutes 14
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from eval_metrics.sync import LSEC, LSED, SyncEvaluator
 from lightning_modules import METHODS
 from lightning_modules.generation import CopyReference
 from lightning_modules.syncnet import SyncNetModule
-from pipeline.evaluate_video import CLIP_INPUTS, SYNC_EVALUATOR, clip_inputs, emotion_grid, split_clips
+from pipeline.evaluate_video import CLIP_INPUTS, EMOTION_EVALUATOR, SYNC_EVALUATOR, clip_inputs, emotion_grid, split_clips
 from pipeline.params import load_params
 from pipeline.train import apply_overrides, run_spec, train
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
@@ -73,8 +82,56 @@ def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) ->
             "lse_c": float(lse_c.compute())}
 
 
-REQUIRED: dict[str, tuple[str, ...]] = {"cvae": ("psnr", "emotion_rows"), "sinha": ("mouth_ld", "reconstruction_psnr")}
-"""Checks a method must pass (issue #10 for cvae, #12 for sinha); others: ``psnr``, ``emotion_rows``."""
+REQUIRED: dict[str, tuple[str, ...]] = {"cvae": ("psnr", "emotion_rows"), "sinha": ("mouth_ld", "reconstruction_psnr"),
+                                        "two_stage": ("edit_acc", "lse"), "emotalker": ("loss_falling", "psnr_vs_noise")}
+"""Checks a method must pass (issue #10 for cvae, #12 for sinha, #14 for two_stage, #15 for emotalker);
+others: ``psnr``, ``emotion_rows``."""
+
+
+class StillLipSync:
+    """``generate`` of a two-stage model's lip-sync stage alone (no emotion edit)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def generate(self, reference, mel, emotion, n_frames, ref_lmk=None):
+        return self.model.lipsync_still(reference, mel, n_frames)
+
+
+def noise_psnr(clips: list[dict], frames_key: str, seed: int = 0) -> float:
+    """PSNR (dB) of uniform random uint8 frames against the clips' frames 1..T-1: the "pure noise" floor."""
+    psnr, gen = FramePSNR(), torch.Generator().manual_seed(seed)
+    for clip in clips:
+        real = torch.from_numpy(clip[frames_key][1:]).permute(0, 3, 1, 2)
+        psnr.update(torch.randint(0, 256, real.shape, generator=gen, dtype=torch.uint8), real)
+    return float(psnr.compute())
+
+
+def loss_history(tracking_uri: str, run_id: str, key: str) -> list[float]:
+    """Per-epoch values of ``key`` logged by the training run."""
+    from mlflow.tracking import MlflowClient
+
+    return [m.value for m in sorted(MlflowClient(tracking_uri).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+@torch.no_grad()
+def edit_accuracy(model, clips: list[dict], frames_key: str, dataset: str) -> dict[str, float]:
+    """EmoAcc (%) of the evaluator (``emotion_classifier_eval``) on every clip's frame 0 edited by
+    ``model.edit`` to each of CREMA-D's six emotions (1-frame clips): overall and per target emotion."""
+    from eval_metrics.emotion import EmotionAccuracy
+    from lightning_modules.emotion_classifier import load_emotion_classifier
+
+    classifier, name = load_emotion_classifier(Path("models") / EMOTION_EVALUATOR / dataset / "last.ckpt",
+                                               trained_on=f"{dataset} train split")
+    emotions = {e: EMOTION_TO_ID[e] for e in CREMA_D_EMOTIONS.values()}
+    accs = {key: EmotionAccuracy(classifier, name) for key in ("all", *emotions)}
+    for clip in clips:
+        ref = torch.from_numpy(clip[frames_key][:1])
+        edited = model.edit(ref.expand(len(emotions), -1, -1, -1), torch.tensor(list(emotions.values()))).cpu()
+        for i, (emotion, emotion_id) in enumerate(emotions.items()):
+            accs["all"].update(edited[i:i + 1, None], torch.tensor([emotion_id]))
+            accs[emotion].update(edited[i:i + 1, None], torch.tensor([emotion_id]))
+    return {k: float(m.compute()) for k, m in accs.items()} | {"chance": 100.0 / len(emotions), "evaluator": name}
 
 
 @torch.no_grad()
@@ -127,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a train.* param, e.g. --set methods.cvae.optim.aux_start_step=3500")
     parser.add_argument("--min-emotion-mad", type=float, default=0.5,
                         help="smallest mean |difference| (uint8 levels) two emotion rows may have")
+    parser.add_argument("--score-only", action="store_true", help="score the model already trained in --out")
+    parser.add_argument("--noise-margin", type=float, default=6.0,
+                        help="dB a diffusion model's samples must beat uniform noise frames by")
     parser.add_argument("--require", nargs="*", default=None,
                         help="checks that must pass (default: REQUIRED[method], else psnr emotion_rows)")
     args = parser.parse_args(argv)
@@ -139,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         spec, model_dir=out / "model", tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
         trainer={**spec.trainer, "max_epochs": -1, "max_time": {"seconds": seconds}})
     start = time.perf_counter()
-    config = train(spec)
+    if args.score_only:  # re-score the model a previous run left in --out
+        config = json.loads((spec.model_dir / "config.json").read_text())
+    else:
+        config = train(spec)
     train_s = time.perf_counter() - start
     model = METHODS[args.method].load_from_checkpoint(spec.model_dir / "last.ckpt", map_location="cpu").eval()
 
@@ -150,10 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     sync = SyncEvaluator.own_expert(SyncNetModule.load_from_checkpoint(ckpt, map_location="cpu").net, args.dataset)
     rows = {args.method: score(model, clips, frames_key, sync), "copy_reference": score(CopyReference(), clips,
                                                                                          frames_key, sync)}
+    if hasattr(model, "lipsync_still"):  # stage 2 alone on the unedited still (Wav2Lip on a photo)
+        rows[f"{args.method} stage 2"] = score(StillLipSync(model), clips, frames_key, sync)
     mad = emotion_row_mad(model, clips[0], frames_key)
     emotion_grid(model, clips[0], frames_key, out / "emotion_grid.png")
-    checks = {"psnr": rows[args.method]["psnr"] > rows["copy_reference"]["psnr"],
-              "emotion_rows": min(mad.values()) > args.min_emotion_mad}
+    ours, copy = rows[args.method], rows["copy_reference"]
+    lips = rows.get(f"{args.method} stage 2", ours)  # the lip-sync network's own row where there is one
+    checks = {"psnr": ours["psnr"] > copy["psnr"], "emotion_rows": min(mad.values()) > args.min_emotion_mad,
+              "lse": lips["lse_c"] > copy["lse_c"] and lips["lse_d"] < copy["lse_d"]}
     extra: dict = {}
     if hasattr(model, "test_metrics"):
         extra["landmarks"] = landmark_scores(model, clips)
@@ -161,12 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(model, "render"):
         extra["reconstruction_psnr"] = reconstruction_psnr(model, clips, frames_key)
         checks["reconstruction_psnr"] = extra["reconstruction_psnr"] > rows["copy_reference"]["psnr"]
+    if hasattr(model, "prompt_e_emo"):  # a diffusion model: its loss falls, its samples beat pure noise
+        history = loss_history(spec.tracking_uri, config["mlflow_run_id"], "train/diffusion")
+        extra["diffusion_loss"] = {"first_epoch": history[0], "last_epoch": history[-1], "epochs": len(history)}
+        extra["noise_psnr"] = noise_psnr(clips, frames_key)
+        checks["loss_falling"] = len(history) > 1 and history[-1] < history[0]
+        checks["psnr_vs_noise"] = rows[args.method]["psnr"] > extra["noise_psnr"] + args.noise_margin
+    if hasattr(model, "edit"):
+        extra["edit_acc"] = edit_accuracy(model, clips, frames_key, args.dataset)
+        checks["edit_acc"] = extra["edit_acc"]["all"] > extra["edit_acc"]["chance"]
 
-    print(f"{args.method} on {args.dataset}: {config['global_step']} optimiser steps in {train_s / 60:.1f} min; "
+    trained = "scored only (trained earlier)" if args.score_only else f"in {train_s / 60:.1f} min"
+    print(f"{args.method} on {args.dataset}: {config['global_step']} optimiser steps {trained}; "
           f"scored on {len(clips)} training clips (LSE: {sync.name})")
-    print(f"{'method':16s} {'PSNR':>7s} {'SSIM':>7s} {'LSE-D':>7s} {'LSE-C':>7s}")
+    print(f"{'method':18s} {'PSNR':>7s} {'SSIM':>7s} {'LSE-D':>7s} {'LSE-C':>7s}")
     for name, r in rows.items():
-        print(f"{name:16s} {r['psnr']:7.2f} {r['ssim']:7.3f} {r['lse_d']:7.3f} {r['lse_c']:7.3f}")
+        print(f"{name:18s} {r['psnr']:7.2f} {r['ssim']:7.3f} {r['lse_d']:7.3f} {r['lse_c']:7.3f}")
     print(f"emotion rows: mean |difference| between pairs min {min(mad.values()):.2f}, "
           f"max {max(mad.values()):.2f} uint8 levels ({out / 'emotion_grid.png'})")
     if "landmarks" in extra:
@@ -175,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"F-LVD {r['face_lvd']:.3f} (256 px crop pixels)")
     if "reconstruction_psnr" in extra:
         print(f"texture network on ground-truth landmarks: PSNR {extra['reconstruction_psnr']:.2f} dB")
+    if "diffusion_loss" in extra:
+        d = extra["diffusion_loss"]
+        print(f"diffusion loss (eq. 1): epoch 1 {d['first_epoch']:.4f} -> epoch {d['epochs']} {d['last_epoch']:.4f}; "
+              f"pure noise PSNR {extra['noise_psnr']:.2f} dB (required margin {args.noise_margin:g} dB)")
+    if "edit_acc" in extra:
+        e = extra["edit_acc"]
+        print(f"stage-1 edits classified as their target: {e['all']:.1f}% (chance {e['chance']:.1f}%; "
+              + ", ".join(f"{k} {e[k]:.0f}" for k in CREMA_D_EMOTIONS.values()) + f"; {e['evaluator']})")
     required = args.require if args.require is not None else REQUIRED.get(args.method, ("psnr", "emotion_rows"))
     unknown = sorted(set(required) - set(checks))
     if unknown:

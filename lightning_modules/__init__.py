@@ -8,8 +8,10 @@ losses); ``syncnet_eval`` / ``emotion_classifier_eval`` only score (``evaluate_v
 generator whose config names an evaluator checkpoint).
 """
 
+from lightning_modules.autoencoder import AutoencoderModule
 from lightning_modules.cvae import CVAEModule
 from lightning_modules.eapc import EAPCModule
+from lightning_modules.emotalker import EmoTalkerModule
 from lightning_modules.emotion_classifier import EmotionClassifierModule
 from lightning_modules.sinha import SinhaModule
 from lightning_modules.syncnet import SyncNetModule
@@ -20,6 +22,8 @@ METHODS: dict[str, type] = {
     "cvae": CVAEModule,  # emotion-controllable conditional VAE generator (paper 000)
     "sinha": SinhaModule,  # landmark GCN + flow-guided texture generator, one-shot (paper 002)
     "two_stage": TwoStageModule,  # StarGAN emotion editing, then Wav2Lip-style lip-sync (paper 003)
+    "emotalker": EmoTalkerModule,  # latent diffusion, prompt emotion + intensity, identity-preserving DDIM (paper 004)
+    "autoencoder": AutoencoderModule,  # emotalker's frozen f4 image autoencoder (paper 004 §2.1)
     "emotion_classifier": EmotionClassifierModule,  # emotion loss network of the generators (paper 000 §2.1)
     "syncnet": SyncNetModule,  # expert lip-sync loss network (Wav2Lip-style, paper 000 eq. 4-5)
     "emotion_classifier_eval": EmotionClassifierModule,  # the EmoAcc evaluator: same architecture, own seed

@@ -19,8 +19,12 @@ Readings (ours where the report and anchors leave it open; parameters where it m
   target frame itself, else the model learns to copy the reference's lips). At inference from a still photo
   there is no other time: the (emotion-edited) still is the reference of every frame and its
   upper half the masked target's, so the mouth comes from the audio alone.
-* The emotion-preserving variant (an emotion-classifier loss on generated frames) is not
-  implemented yet; ``emotion_wt`` is rejected unless 0.
+* The emotion-preserving variant (the report's predecessor: an emotion-classifier loss on the
+  generated frames) is ``emotion_wt`` > 0 with ``emotion_ckpt``: the loss-side emotion classifier
+  (``train@emotion_classifier``, never the EmoAcc evaluator) scores stage 2's 5 generated frames as
+  one window, cross-entropy against the clip's emotion, weight ramped linearly from ``emotion_wt``
+  (0.1) to ``emotion_wt_final`` (0.2) over ``emotion_ramp_steps`` optimiser steps (our reading of
+  "0.1 -> 0.2"); the L1 weight becomes ``1 - s - d - e``. Off (0) by default, as the report's own pipeline.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from lightning_modules.networks.syncnet import sync_loss
 from lightning_modules.networks.two_stage import (EditorConfig, EditorDiscriminator, EmotionEditor, LipSyncConfig,
                                                    LipSyncGenerator, QualityDiscriminator, gradient_penalty)
 from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
+from primitives.vocab import EMOTIONS
 
 RENDER_CHUNK = 32
 """Frames per stage-2 call at inference (:meth:`TwoStageModule._render`)."""
@@ -54,7 +59,10 @@ class TwoStageTrainConfig:
         n_critic, lambda_gp, lambda_cls, lambda_rec: StarGAN's (5, 10, 1, 10).
         sync_wt, disc_wt, sync_threshold: Wav2Lip's (0.03, 0.07, 0.75).
         syncnet_ckpt: the loss-side SyncNet checkpoint (null: no sync loss, recorded).
-        emotion_wt: the emotion-preserving variant's weight (must be 0: not implemented).
+        emotion_wt, emotion_wt_final, emotion_ramp_steps: the emotion-preserving variant's weight e,
+            linear from ``emotion_wt`` at step 0 to ``emotion_wt_final`` (None: constant) at
+            ``emotion_ramp_steps``; 0 = off. ``sync_wt + disc_wt + max(e) < 1``.
+        emotion_ckpt: the loss-side ``EmotionClassifierModule`` checkpoint (required when e > 0).
     """
 
     lr_editor: float = 1e-4
@@ -69,6 +77,9 @@ class TwoStageTrainConfig:
     sync_threshold: float = 0.75
     syncnet_ckpt: str | None = None
     emotion_wt: float = 0.0
+    emotion_wt_final: float | None = None
+    emotion_ramp_steps: int = 2000
+    emotion_ckpt: str | None = None
 
     def __post_init__(self) -> None:
         p = "train.methods.two_stage.optim"
@@ -77,11 +88,27 @@ class TwoStageTrainConfig:
             raise ValueError(f"{p}: learning rates must be > 0 and n_critic >= 1")
         if not 0 <= self.sync_wt + self.disc_wt < 1 or min(self.sync_wt, self.disc_wt) < 0:
             raise ValueError(f"{p}: sync_wt and disc_wt must be >= 0 with sync_wt + disc_wt < 1")
-        if self.emotion_wt != 0:
-            raise ValueError(f"{p}.emotion_wt: the emotion-preserving variant is not implemented; use 0")
-        if self.syncnet_ckpt is not None and not Path(self.syncnet_ckpt).is_file():
-            raise FileNotFoundError(f"{p}.syncnet_ckpt: checkpoint {self.syncnet_ckpt} does not exist "
-                                    "(train it first: `dvc repro train@syncnet-<dataset>`)")
+        if self.emotion_ramp_steps < 1:
+            raise ValueError(f"{p}.emotion_ramp_steps must be >= 1")
+        if min(self.emotion_wt, self.emotion_weight(10**12)) < 0 or self.sync_wt + self.disc_wt + self.emotion_max >= 1:
+            raise ValueError(f"{p}: emotion weights must be >= 0 with sync_wt + disc_wt + emotion weight < 1")
+        if self.emotion_max > 0 and self.emotion_ckpt is None:
+            raise ValueError(f"{p}: emotion_wt > 0 needs emotion_ckpt (the loss-side emotion classifier)")
+        for key, stage in (("syncnet_ckpt", "syncnet"), ("emotion_ckpt", "emotion_classifier")):
+            path = getattr(self, key) if key == "syncnet_ckpt" or self.emotion_max > 0 else None
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{p}.{key}: checkpoint {path} does not exist "
+                                        f"(train it first: `dvc repro train@{stage}-<dataset>`)")
+
+    @property
+    def emotion_max(self) -> float:
+        """The largest emotion-preserving weight of the schedule (0: the variant is off)."""
+        return max(self.emotion_wt, self.emotion_weight(10**12))
+
+    def emotion_weight(self, step: int) -> float:
+        """The emotion-preserving weight e at optimiser step ``step`` (linear ramp, then constant)."""
+        final = self.emotion_wt if self.emotion_wt_final is None else self.emotion_wt_final
+        return self.emotion_wt + (final - self.emotion_wt) * min(step / self.emotion_ramp_steps, 1.0)
 
 
 def to_tanh(frames: Tensor) -> Tensor:
@@ -94,9 +121,10 @@ class TwoStageModule(L.LightningModule):
     ``{frames_<S>, mel, emotion}``; :meth:`generate` is the shared ``VideoGenerator`` interface.
 
     Logs ``train/{d_real,d_fake,d_cls,gp,g_adv,g_cls,g_rec}`` (stage 1), ``train/{l1,sync,gan_g,gan_d}``
-    (stage 2), ``train/sync_on`` and ``val/{l1,sync,edit_acc}`` (``edit_acc``: the critic's own
-    classification of the edits as their target emotion, the signal of "identical outputs across
-    emotions").
+    (stage 2), ``train/{emotion_ce,emotion_wt}`` (emotion-preserving variant), ``train/sync_on`` and
+    ``val/{l1,sync,edit_acc,edit_acc_<emotion>}`` (``edit_acc``: the critic's own classification of
+    the edits as their target emotion, overall and per target, the signal of "identical outputs
+    across emotions"; ``val/sync`` stuck near ln 2 = 0.69 is the anchor's "sync loss stuck" signal).
     """
 
     automatic_optimization = False
@@ -116,6 +144,12 @@ class TwoStageModule(L.LightningModule):
             from lightning_modules.syncnet import SyncNetModule
 
             self.set_sync_expert(SyncNetModule.load_from_checkpoint(self.optim_cfg.syncnet_ckpt, map_location="cpu").net)
+        self._emotion: tuple = ()  # (EmotionClassifier,), frozen, out of checkpoints like the expert
+        if self.optim_cfg.emotion_ckpt is not None and self.optim_cfg.emotion_max > 0:
+            from lightning_modules.emotion_classifier import EmotionClassifierModule
+
+            self.set_emotion_classifier(
+                EmotionClassifierModule.load_from_checkpoint(self.optim_cfg.emotion_ckpt, map_location="cpu").net)
 
     @staticmethod
     def _configs(net: dict | None, optim: dict | None) -> tuple[TwoStageTrainConfig, EditorConfig, LipSyncConfig]:
@@ -139,6 +173,16 @@ class TwoStageModule(L.LightningModule):
         if net.cfg.crop_size != self.net_cfg.crop_size:
             raise ValueError(f"SyncNet crop_size {net.cfg.crop_size} != two_stage crop_size {self.net_cfg.crop_size}")
         self._expert = (net.eval().requires_grad_(False),)
+
+    def set_emotion_classifier(self, net: torch.nn.Module) -> None:
+        """Use ``net`` (an ``EmotionClassifier``) as the emotion-preserving variant's frozen loss network."""
+        self._emotion = (net.eval().requires_grad_(False),)
+
+    def emotion_term(self, generated: Tensor, label: Tensor) -> Tensor:
+        """CE of the loss-side emotion classifier on generated frames (B, K, 3, S, S) in [0, 1] as one
+        K-frame window each, against ``label`` (B,) -> () float."""
+        classifier = self._emotion[0].to(generated.device)
+        return F.cross_entropy(classifier(generated.permute(0, 1, 3, 4, 2) * 255.0), label)
 
     def configure_optimizers(self):
         c = self.optim_cfg
@@ -254,7 +298,9 @@ class TwoStageModule(L.LightningModule):
         gan = F.binary_cross_entropy_with_logits(self.quality(gen.flatten(0, 1)), torch.ones(b * SYNC_FRAMES, device=real.device))
         sync = self.sync_term(gen, mel, start)
         s = c.sync_wt if (self.sync_on and sync is not None) else 0.0
-        loss = (1 - s - c.disc_wt) * l1 + c.disc_wt * gan + (s * sync if s else 0.0)
+        e = c.emotion_weight(self.global_step) if self._emotion else 0.0
+        emotion = self.emotion_term(gen, label) if e else None
+        loss = (1 - s - c.disc_wt - e) * l1 + c.disc_wt * gan + (s * sync if s else 0.0) + (e * emotion if e else 0.0)
         opt_g2.zero_grad()
         self.manual_backward(loss)
         opt_g2.step()
@@ -262,6 +308,8 @@ class TwoStageModule(L.LightningModule):
         logs.update({"train/l1": l1, "train/gan_g": gan, "train/gan_d": d_loss, "train/sync_on": float(self.sync_on)})
         if sync is not None:
             logs["train/sync"] = sync
+        if emotion is not None:
+            logs.update({"train/emotion_ce": emotion, "train/emotion_wt": e})
         self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -276,8 +324,13 @@ class TwoStageModule(L.LightningModule):
             logs["val/sync"] = sync
         x = to_tanh(frames[:, 0])
         target = (label + 1) % self.editor_cfg.n_emotions
-        logs["val/edit_acc"] = (self.critic(self.editor(x, target))[1].argmax(1) == target).float().mean()
+        hit = (self.critic(self.editor(x, target))[1].argmax(1) == target).float()
+        logs["val/edit_acc"] = hit.mean()
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=b)
+        for emotion_id in target.unique().tolist():  # per target emotion (weighted by its count)
+            chosen = target == emotion_id
+            self.log(f"val/edit_acc_{EMOTIONS[emotion_id]}", hit[chosen].mean(), on_epoch=True, sync_dist=True,
+                     batch_size=int(chosen.sum()))
 
     def on_validation_epoch_end(self) -> None:
         sync = self.trainer.callback_metrics.get("val/sync")
@@ -310,8 +363,13 @@ class TwoStageModule(L.LightningModule):
         Returns:
             (B, n_frames, S, S, 3) uint8.
         """
-        edited = self.edit(reference, emotion)  # (B, S, S, 3)
-        return self._render(edited[:, None].expand(-1, n_frames, -1, -1, -1), mel)
+        return self.lipsync_still(self.edit(reference, emotion), mel, n_frames)
+
+    @torch.no_grad()
+    def lipsync_still(self, still: Tensor, mel: Tensor, n_frames: int) -> Tensor:
+        """Stage 2 alone on a still (B, S, S, 3) uint8: every frame's reference and masked target,
+        the mouth from ``mel`` (B, M, 80) -> (B, n_frames, S, S, 3) uint8 (Wav2Lip on a photo)."""
+        return self._render(still[:, None].expand(-1, n_frames, -1, -1, -1), mel)
 
     @torch.no_grad()
     def dub(self, frames: Tensor, mel: Tensor) -> Tensor:
@@ -336,4 +394,5 @@ class TwoStageModule(L.LightningModule):
                         "lipsync": asdict(self.lipsync_cfg)},
                 "optim": asdict(self.optim_cfg), "sync_on": self.sync_on,
                 "sync_loss": f"enabled ({self.optim_cfg.syncnet_ckpt})" if self._expert else "disabled (syncnet_ckpt: null)",
+                "emotion_loss": f"enabled ({self.optim_cfg.emotion_ckpt})" if self._emotion else "disabled (emotion_wt: 0)",
                 "data_keys": list(self.data_keys)}

@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -283,32 +284,39 @@ class EditScores:
     """The emotion editor's own evaluation (paper 003 §3; generators with ``edit(faces, emotion)``):
     every test clip's reference edited to each of CREMA-D's six emotions, scored by the shared
     evaluators' emotion classifier (``edit_emo_acc``: accuracy of the target emotion on the edited
-    stills, as 1-frame clips) and dlib identity similarity to the input (``edit_csim_dlib``); the
-    first clips' edits form ``edit_grid.png`` (rows: inputs; columns: input, then the emotions)."""
+    stills, as 1-frame clips; ``edit_emo_acc_<emotion>`` per target, where identical outputs across
+    emotions show as one high and five low rows) and dlib identity similarity to the input
+    (``edit_csim_dlib``); the first clips' edits form ``edit_grid.png`` (rows: inputs; columns:
+    input, then the emotions)."""
 
     def __init__(self, evaluators: "Evaluators", grid_rows: int = 4):
         from eval_metrics.emotion import EmotionAccuracy
         from eval_metrics.identity import CSIM
+        from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 
+        self.emotions = {name: EMOTION_TO_ID[name] for name in CREMA_D_EMOTIONS.values()}
         self.metrics = {}  # fresh metric states over the shared evaluators' networks
+        self.evaluators = {}
         if "emo_acc" in evaluators.metrics:
             shared = evaluators.metrics["emo_acc"]
-            self.metrics["edit_emo_acc"] = EmotionAccuracy(shared.classifier, shared.evaluator)
+            for key in ("edit_emo_acc", *(f"edit_emo_acc_{name}" for name in self.emotions)):
+                self.metrics[key] = EmotionAccuracy(shared.classifier, shared.evaluator)
+                self.evaluators[key] = f"{evaluators.evaluators.get('emo_acc', 'emo_acc')}, on the stage-1 edits"
         if "csim_dlib" in evaluators.metrics:
             self.metrics["edit_csim_dlib"] = CSIM(evaluators.metrics["csim_dlib"].embedder)
-        self.evaluators = {k: f"{evaluators.evaluators.get(k[5:], k[5:])}, on the stage-1 edits" for k in self.metrics}
+            self.evaluators["edit_csim_dlib"] = f"{evaluators.evaluators.get('csim_dlib', 'csim_dlib')}, on the stage-1 edits"
         self.grid: list[np.ndarray] = []
         self.grid_rows = grid_rows
 
     @torch.no_grad()
     def update(self, generator, reference: torch.Tensor) -> None:
         """reference: (S, S, 3) uint8, one clip's reference frame."""
-        from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
-
-        emotions = torch.tensor([EMOTION_TO_ID[e] for e in CREMA_D_EMOTIONS.values()])
+        emotions = torch.tensor(list(self.emotions.values()))
         edited = generator.edit(reference[None].expand(len(emotions), -1, -1, -1), emotions).cpu()  # (E, S, S, 3)
         if "edit_emo_acc" in self.metrics:
             self.metrics["edit_emo_acc"].update(edited[:, None], emotions)
+            for i, name in enumerate(self.emotions):
+                self.metrics[f"edit_emo_acc_{name}"].update(edited[i:i + 1, None], emotions[i:i + 1])
         if "edit_csim_dlib" in self.metrics:
             self.metrics["edit_csim_dlib"].update(edited[:, None], reference[None].expand(len(emotions), -1, -1, -1))
         if len(self.grid) < self.grid_rows:
@@ -322,6 +330,61 @@ class EditScores:
 
         cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(self.grid, axis=0), cv2.COLOR_RGB2BGR))
         return path
+
+
+class AutoencoderScores:
+    """A latent method's frozen autoencoder on the test crops (paper 004 §2.1): ``ae_psnr``, PSNR
+    (dB, [0, 1] range, torchmetrics, per frame) of decode(encode(frame)) on every frame: the ceiling
+    of the method's own PSNR."""
+
+    evaluators = {"ae_psnr": "torchmetrics PSNR of the frozen autoencoder's reconstruction, every test frame"}
+
+    def __init__(self):
+        from eval_metrics.image import FramePSNR
+
+        self.psnr = FramePSNR()
+
+    @torch.no_grad()
+    def update(self, autoencoder, frames: torch.Tensor, chunk: int = 32) -> None:
+        """frames: (T, S, S, 3) uint8 of one clip; autoencoder: ``encode`` / ``decode`` on (N, 3, S, S) in [0, 1]."""
+        from lightning_modules.generation import chw_to_frames, frames_to_chw
+
+        for t0 in range(0, len(frames), chunk):
+            x = frames_to_chw(frames[t0:t0 + chunk]).to(autoencoder.device)
+            rec = chw_to_frames(autoencoder.decode(autoencoder.encode(x))).cpu()
+            self.psnr.update(rec.permute(0, 3, 1, 2), frames[t0:t0 + chunk].permute(0, 3, 1, 2))
+
+    def compute(self) -> dict[str, float]:
+        return {"ae_psnr": float(self.psnr.compute())}
+
+
+@torch.no_grad()
+def prompt_grid(generator, clip: dict, frames_key: str, params: dict, path: Path) -> Path:
+    """Paper 004 Fig. 2-3: the clip's reference rendered with each of ``evaluate.prompt_grid.prompts``
+    (rows) at each cross-attention strength of ``evaluate.prompt_grid.strengths`` (columns); one
+    frame (the middle of 24) per cell, the reference first."""
+    import cv2
+
+    grid = get(params, "evaluate.prompt_grid", dict, default={}) or {}
+    prompts = list(grid.get("prompts") or ["very happy"])
+    strengths = [float(v) for v in grid.get("strengths") or [0.0, 1.0]]
+    real = torch.from_numpy(clip[frames_key])
+    n = min(24, len(real))
+    rows = []
+    for prompt in prompts:
+        cells = [real[0].numpy().copy()]
+        for strength in strengths:
+            video = generator.generate(real[:1], torch.from_numpy(clip["mel"])[None], torch.tensor([clip["meta"]["emotion_id"]]),
+                                       n, ref_lmk=torch.from_numpy(clip["lmk"][:1]), prompt=prompt, strength=strength,
+                                       **clip_inputs(generator, clip))[0]
+            cell = video[n // 2].numpy().copy()
+            cv2.putText(cell, f"{strength:g}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            cells.append(cell)
+        row = np.concatenate(cells, axis=1)
+        cv2.putText(row, prompt, (4, row.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        rows.append(row)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    return path
 
 
 def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = ()):
@@ -459,6 +522,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     shard_dir = Path("shards") / dataset
     train_dataset = train_dataset or dataset
     generator = load_generator(method, train_dataset)
+    if hasattr(generator, "configure_sampling"):  # sampled methods: inference settings from params, no retraining
+        generator.configure_sampling(get(params, f"evaluate.sampling.{method}", dict, default={}))
     config_path = Path("models") / method / train_dataset / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     _check_crop_size(crop_size, "generator", getattr(getattr(generator, "net_cfg", None), "crop_size", None),
@@ -473,6 +538,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     first_clip = None
     dubbing = DubbingScores(params) if hasattr(generator, "dub") else None
     edits = EditScores(evaluators) if hasattr(generator, "edit") else None
+    autoencoding = AutoencoderScores() if hasattr(generator, "autoencoder") else None
     wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
     for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
         first_clip = first_clip or clip
@@ -488,6 +554,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                 dubbing.update(generator.dub(real, mel), real)
         if edits is not None:
             edits.update(generator, real[0])
+        if autoencoding is not None:
+            autoencoding.update(generator.autoencoder, real)
         n_clips += 1
         if len(videos) < n_videos:
             path = out_dir / "videos" / f"{clip['key']}.mp4"
@@ -499,7 +567,9 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     if isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     metrics, evaluator_names = evaluators.compute(), dict(evaluators.evaluators)
-    for extra in (dubbing, edits):
+    if hasattr(generator, "prompt_e_emo"):
+        videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
+    for extra in (dubbing, edits, autoencoding):
         if extra is not None:
             metrics.update(extra.compute())
             evaluator_names.update(extra.evaluators)
@@ -518,7 +588,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
               "unreadable_clips": None if expected is None else expected - n_clips,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
                            "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
-                           **evaluators.fid_params}}
+                           **evaluators.fid_params,
+                           **({"sampling": str(asdict(generator.sampling))} if hasattr(generator, "sampling") else {})}}
     _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
     return result
 

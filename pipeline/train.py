@@ -104,10 +104,12 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     if method not in methods:
         raise ParamsError(f"train.methods.{method}: no parameters for this method in params.yaml")
     trainer = dict(get(params, "train.trainer", dict, default={}))
-    for key, value in trainer.items():
-        if key not in TRAINER_KEYS:
-            raise ParamsError(f"train.trainer.{key}: unknown key (known: {', '.join(TRAINER_KEYS)})")
-        get(params, f"train.trainer.{key}", TRAINER_KEYS[key])
+    # a method may override trainer arguments (e.g. more epochs for a small network)
+    for section in ("train.trainer", f"train.methods.{method}.trainer"):
+        for key in get(params, section, dict, default={}):
+            if key not in TRAINER_KEYS:
+                raise ParamsError(f"{section}.{key}: unknown key (known: {', '.join(TRAINER_KEYS)})")
+            trainer[key] = get(params, f"{section}.{key}", TRAINER_KEYS[key])
     if trainer.get("max_epochs", 1) < 1:
         raise ParamsError(f"train.trainer.max_epochs must be >= 1, got {trainer['max_epochs']}")
     shard_dir = Path("shards") / dataset
@@ -120,6 +122,7 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     # a network trained twice (loss network and evaluator) differs by its own seed
     seed = get(params, f"train.methods.{method}.seed", int, default=get(params, "train.seed", int, default=0))
     method_params.pop("seed", None)
+    method_params.pop("trainer", None)
     try:  # a module that loads weights validates its params without loading them
         getattr(METHODS[method], "validate_params", METHODS[method])(**method_params)
     except FileNotFoundError as err:

@@ -51,7 +51,11 @@ TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run e
               {"vgg16_weights": None}),
     "two_stage": ({"crop_size": 64, "editor": {"g_conv_dim": 8, "g_repeat": 1, "d_conv_dim": 8, "d_repeat": 4},
                    "lipsync": {"widths": [8, 8, 8, 16, 16, 16, 16], "audio_widths": [8, 16], "d_widths": [8]}}, {}),
+    "emotalker": ({"crop_size": 64, "block_out_channels": [8, 16], "norm_num_groups": 8, "cross_attention_dim": 16},
+                  {"autoencoder_path": "unused", "autoencoder_scaling": 1.0}),
 }
+TINY_INIT = {"emotalker": {"autoencoder_net": {"image_size": 64, "block_out_channels": [8, 8, 8], "norm_num_groups": 8}}}
+"""Extra constructor arguments: emotalker's autoencoder from its config alone (no file read)."""
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +70,7 @@ def tiny_models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     for method, (net, optim) in TINY_NETS.items():
-        model = METHODS[method](net=net, optim=optim)
+        model = METHODS[method](net=net, optim=optim, **TINY_INIT.get(method, {}))
         if method == "sinha":
             model.background_rgb = [20.0, 90.0, 40.0]  # a MEAD-like green backdrop
         checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),

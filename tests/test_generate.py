@@ -15,7 +15,7 @@ from pipeline.generate import main
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_models):
-    return {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha", "two_stage")}
+    return {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha", "two_stage", "emotalker")}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def probe(path):
                 "video": video.codec_context.name, "audio": audio.codec_context.name}
 
 
-@pytest.mark.parametrize("method", ["cvae", "sinha", "two_stage"])
+@pytest.mark.parametrize("method", ["cvae", "sinha", "two_stage", "emotalker"])
 def test_photo_and_wav_give_a_browser_mp4_of_the_whole_photo(method, checkpoints, photo, speech, tmp_path, capsys):
     out = tmp_path / f"{method}.mp4"
     code, lines, _ = run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo,
@@ -64,6 +64,17 @@ def test_text_goes_through_tts(method, checkpoints, photo, tmp_path, capsys):
     code, _, _ = run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo,
                      "--text", "Don't forget a jacket.", "--emotion", "angry", "--out", out)
     assert code == 0 and probe(out)["frames"] > 25  # over a second of speech
+
+
+def test_emotalker_takes_a_free_text_prompt(checkpoints, photo, speech, tmp_path, capsys):
+    out = tmp_path / "prompt.mp4"
+    code, lines, _ = run(capsys, "--method", "emotalker", "--checkpoint", checkpoints["emotalker"], "--image", photo,
+                         "--audio", speech, "--emotion", "happy", "--prompt", "very happy with a little surprised",
+                         "--crop-only", "--out", out)
+    assert code == 0 and lines == [] and probe(out)["frames"] == len(soundfile.read(speech)[0]) // 640
+    code, lines, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--image", photo,
+                         "--audio", speech, "--emotion", "happy", "--prompt", "very happy", "--out", out)
+    assert code == 2 and "emotalker" in lines[0]
 
 
 def test_jobs_file_renders_good_jobs_and_reports_bad_ones(checkpoints, photo, speech, tmp_path, capsys):

@@ -14,6 +14,7 @@ from datamodules.talking_face import DataConfig, TalkingFaceDataModule
 from lightning_modules.networks.two_stage import (EditorConfig, EditorDiscriminator, EmotionEditor, LipSyncConfig,
                                                    LipSyncGenerator, QualityDiscriminator, gradient_penalty)
 from lightning_modules.two_stage import TwoStageModule
+from primitives.vocab import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 S = 64
@@ -111,6 +112,30 @@ def test_training_reference_is_never_the_target_frame():
     assert bool((refs != targets).all())  # no target frame is its own reference
 
 
+def test_emotion_preserving_weight_ramps_and_its_loss_is_the_classifier_ce(tmp_path):
+    from lightning_modules.networks.emotion import EmotionClassifier, EmotionClassifierConfig
+    from lightning_modules.two_stage import TwoStageTrainConfig
+
+    ckpt = tmp_path / "emotion.ckpt"
+    ckpt.touch()
+    cfg = TwoStageTrainConfig(emotion_wt=0.1, emotion_wt_final=0.2, emotion_ramp_steps=2000, emotion_ckpt=str(ckpt))
+    assert [cfg.emotion_weight(t) for t in (0, 1000, 2000, 9000)] == pytest.approx([0.1, 0.15, 0.2, 0.2])
+    assert TwoStageTrainConfig().emotion_max == 0 and TwoStageTrainConfig(emotion_wt=0.1, emotion_ckpt=str(ckpt)).emotion_max == 0.1
+    torch.manual_seed(0)
+    classifier = EmotionClassifier(EmotionClassifierConfig(widths=(4, 8), image_size=32)).eval()
+    model = TwoStageModule(net=NET)
+    model.set_emotion_classifier(classifier)
+    levels = torch.randint(0, 256, (2, 5, S, S, 3))
+    generated = (levels.permute(0, 1, 4, 2, 3).float() / 255.0).requires_grad_(True)  # (B, 5, 3, S, S) in [0, 1]
+    label = torch.tensor([1, 5])
+    ce = model.emotion_term(generated, label)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(classifier(levels.to(torch.uint8)), label)
+    assert float(ce) == pytest.approx(float(expected), rel=1e-5)
+    ce.backward()
+    assert generated.grad.abs().sum() > 0 and all(p.grad is None for p in classifier.parameters())
+
+
 @pytest.fixture(scope="module")
 def trained(crema_shards):
     L.seed_everything(0)
@@ -127,6 +152,8 @@ def test_fit_logs_both_stages_and_generate_renders_the_edited_still(trained):
     model, dm, trainer = trained
     for key in ("train/d_total", "train/g_total", "train/gp", "train/l1", "train/gan_d", "val/l1", "val/edit_acc"):
         assert math.isfinite(float(trainer.callback_metrics[key])), key
+    per_emotion = [k for k in trainer.callback_metrics if k.startswith("val/edit_acc_")]
+    assert per_emotion and all(k.removeprefix("val/edit_acc_") in EMOTIONS for k in per_emotion)
     batch = next(iter(dm.test_dataloader()))
     ref, mel = batch[f"frames_{S}"][:1, 0], batch["mel"][:1]
     video = model.eval().generate(ref, mel, torch.tensor([1]), 10)
@@ -147,8 +174,13 @@ def test_paper_table_rows_and_bad_params():
     assert {r["variant"] for r in rows} >= {"Wav2lip", "Video-retalking", "PC-AVS (without head pose)"}
     wav2lip = next(r for r in rows if r["variant"] == "Wav2lip")["metrics"]
     assert wav2lip == {"psnr": 36.236, "mse": 46.699, "ssim": 0.963, "fid": 17.459}
-    with pytest.raises(ValueError, match="emotion_wt"):
+    with pytest.raises(ValueError, match="emotion_ckpt"):
         TwoStageModule(net=NET, optim={"emotion_wt": 0.1})
+    with pytest.raises(ValueError, match="emotion weight < 1"):
+        TwoStageModule.validate_params(NET, {"emotion_wt": 0.95, "emotion_ckpt": "x.ckpt"})
+    with pytest.raises(FileNotFoundError, match="emotion_ckpt"):
+        TwoStageModule.validate_params(NET, {"emotion_wt": 0.1, "emotion_ckpt": "models/none/last.ckpt"})
+    TwoStageModule.validate_params(NET, {"emotion_ckpt": "models/none/last.ckpt"})  # off: the file is not needed
     with pytest.raises(FileNotFoundError, match="syncnet_ckpt"):
         TwoStageModule.validate_params(NET, {"syncnet_ckpt": "models/none/last.ckpt"})
 
@@ -180,3 +212,27 @@ def test_video_protocol_adds_the_dubbing_protocol_and_the_edit_scores(trained, c
     assert {"edit_csim_dlib"} <= set(metrics)
     grid = cv2.imread(str(out / "edit_grid.png"))
     assert grid.shape == (S, 7 * S, 3)  # one test clip: its input and six edits
+
+
+def test_edit_scores_expose_identical_outputs_across_emotions_per_target():
+    from types import SimpleNamespace
+
+    from eval_metrics.emotion import EmotionAccuracy
+    from pipeline.evaluate_video import EditScores
+    from primitives.vocab import EMOTION_TO_ID
+
+    happy = EMOTION_TO_ID["happy"]
+
+    def classifier(windows):  # (W, T, S, S, 3): says "happy" for everything
+        return torch.nn.functional.one_hot(torch.full((len(windows),), happy), 8).float()
+
+    evaluators = SimpleNamespace(metrics={"emo_acc": EmotionAccuracy(classifier, "stub")}, evaluators={"emo_acc": "stub"})
+    scores = EditScores(evaluators)
+    collapsed = SimpleNamespace(edit=lambda faces, emotion: faces.clone())  # the same output for every emotion
+    for _ in range(2):
+        scores.update(collapsed, torch.zeros(S, S, 3, dtype=torch.uint8))
+    result = scores.compute()
+    assert result["edit_emo_acc"] == pytest.approx(100 / 6)
+    assert result["edit_emo_acc_happy"] == 100.0
+    assert all(result[f"edit_emo_acc_{e}"] == 0.0 for e in ("angry", "disgusted", "fear", "neutral", "sad"))
+    assert scores.evaluators["edit_emo_acc_sad"] == "stub, on the stage-1 edits"

@@ -1,0 +1,188 @@
+"""EmoTalker (paper 004): LDM scheduler, eq. 6 sampler, condition tokens, strength, module fit / generate."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.networks.emotalker import (EMOTION_TOKEN, ConditionEncoder, DenoiserConfig, build_unet,
+                                                  identity_preserving_ddim, ldm_scheduler, lower_face_mask,
+                                                  speech_windows)
+
+S = 64
+AE_NET = {"image_size": S, "block_out_channels": [8, 16, 16], "norm_num_groups": 8}
+NET = {"crop_size": S, "block_out_channels": [16, 32], "norm_num_groups": 8, "cross_attention_dim": 32,
+       "attention_head_dim": 8}
+
+
+def test_scheduler_is_ldm_linear_in_sqrt_beta():
+    betas = np.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=np.float64) ** 2  # LDM make_beta_schedule("linear")
+    np.testing.assert_allclose(ldm_scheduler().alphas_cumprod.numpy(), np.cumprod(1 - betas), atol=1e-6)
+    diffusers_linear = np.cumprod(1 - np.linspace(0.0015, 0.0195, 1000))
+    assert np.abs(diffusers_linear - np.cumprod(1 - betas)).max() > 1e-2  # the pitfall the issue names
+
+
+def _plain_ddim(eps_fn, scheduler, source, noise, steps):
+    scheduler.set_timesteps(steps)
+    z = scheduler.add_noise(source, noise, scheduler.timesteps[:1])
+    for t in scheduler.timesteps:
+        z = scheduler.step(eps_fn(z, int(t)), t, z).prev_sample
+    return z
+
+
+def test_eq6_is_plain_ddim_at_a0_and_keeps_the_source_at_a1():
+    torch.manual_seed(0)
+    source, noise = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    w = torch.randn(3, 3) * 0.3
+
+    def eps_fn(z, t):  # an arbitrary (imperfect) denoiser
+        return torch.einsum("oc,nchw->nohw", w, z) * (1 + t / 1000)
+
+    sched = ldm_scheduler()
+    plain = _plain_ddim(eps_fn, sched, source, noise, 20)
+    assert torch.allclose(identity_preserving_ddim(eps_fn, sched, source, noise, 20, 0.0, 0.65), plain, atol=1e-6)
+    blended = identity_preserving_ddim(eps_fn, sched, source, noise, 20, 0.3, 0.65)
+    assert (blended - plain).abs().max() > 1e-3
+    # a = 1 over every step (K = 0) with the exact noise predictor returns the source, noised only
+    # to DDIM's final level alpha_0 (set_alpha_to_one=False)
+    out = identity_preserving_ddim(lambda z, t: noise, sched, source, noise, 20, 1.0, 0.0)
+    abar = sched.alphas_cumprod[0]
+    assert torch.allclose(out, abar.sqrt() * source + (1 - abar).sqrt() * noise, atol=1e-5)
+    assert (out - source).abs().mean() < 0.05
+    with pytest.raises(ValueError, match="preserve_ratio"):
+        identity_preserving_ddim(eps_fn, sched, source, noise, 20, 1.5, 0.65)
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    torch.manual_seed(0)
+    cfg = DenoiserConfig.from_dict(NET)
+    return cfg, build_unet(cfg, S // 4).eval(), ConditionEncoder(cfg).eval()
+
+
+def _inputs(cfg):
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(2, cfg.audio_window, 40, generator=g), torch.rand(2, 68, 2, generator=g) * 256,
+            torch.randn(2, 384, generator=g), torch.randn(2, 9, S // 4, S // 4, generator=g))
+
+
+def test_each_condition_token_changes_the_output(denoiser):
+    cfg, unet, conditions = denoiser
+    speech, lmk, e_emo, x = _inputs(cfg)
+    with torch.no_grad():
+        base = unet(x, 500, encoder_hidden_states=conditions(speech, lmk, e_emo)).sample
+        changed = {"audio": conditions(speech.flip(1) + 1, lmk, e_emo), "landmark": conditions(speech, lmk + 20, e_emo),
+                   "emotion": conditions(speech, lmk, -e_emo)}
+        for name, cond in changed.items():
+            assert (unet(x, 500, encoder_hidden_states=cond).sample - base).abs().max() > 1e-4, name
+        # the landmark token reads only the upper face (17-47): a moved mouth changes nothing
+        mouth = lmk.clone()
+        mouth[:, 48:] += 30
+        assert torch.equal(conditions(speech, mouth, e_emo), conditions(speech, lmk, e_emo))
+
+
+def test_strength_zero_removes_the_emotion_token_and_one_is_plain_attention(denoiser):
+    cfg, unet, conditions = denoiser
+    speech, lmk, e_emo, x = _inputs(cfg)
+    with torch.no_grad():
+        cond = conditions(speech, lmk, e_emo)
+        other = cond.clone()
+        other[:, EMOTION_TOKEN] = conditions(speech, lmk, 3 * torch.randn_like(e_emo))[:, EMOTION_TOKEN]
+
+        def run(c, strength):
+            kwargs = None if strength is None else {"emotion_strength": torch.full((2,), strength)}
+            return unet(x, 300, encoder_hidden_states=c, cross_attention_kwargs=kwargs).sample
+
+        assert torch.allclose(run(cond, 0.0), run(other, 0.0), atol=1e-5)  # the emotion token has no effect at 0
+        assert (run(cond, 1.0) - run(other, 1.0)).abs().max() > 1e-3
+        assert torch.allclose(run(cond, 1.0), run(cond, None), atol=1e-5)
+        assert (run(cond, 2.0) - run(cond, 1.0)).abs().max() > 1e-4
+
+
+def test_masks_and_speech_windows():
+    images = torch.ones(1, 3, 20, 20)
+    masked = lower_face_mask(images, 0.55)
+    assert masked[..., :11, :].eq(1).all() and masked[..., 11:, :].eq(0).all()
+    speech = torch.arange(10.0).view(1, 10, 1)
+    windows = speech_windows(speech, torch.tensor([[0, 5, 9]]), 4)  # frames t-2 .. t+1, edges repeated
+    assert windows[0, :, :, 0].tolist() == [[0, 0, 0, 1], [3, 4, 5, 6], [7, 8, 9, 9]]
+
+
+@pytest.fixture(scope="module")
+def emotalker(crema_shards, tmp_path_factory):
+    from datamodules.talking_face import DataConfig, TalkingFaceDataModule
+    from lightning_modules.autoencoder import AutoencoderModule
+    from lightning_modules.emotalker import EmoTalkerModule
+
+    work = tmp_path_factory.mktemp("emotalker")
+    L.seed_everything(0)
+    ae = AutoencoderModule(net=AE_NET, optim={"scale_batches": 2})
+    dm = TalkingFaceDataModule(DataConfig(shard_dir=str(crema_shards / "shards/crema_d"), keys=ae.data_keys + ("phones", "mel"),
+                                          window=12, batch_size=2, train_batches=3, seed=0))
+    trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=work, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, accelerator="cpu")
+    trainer.fit(ae, datamodule=dm)
+    assert float(ae.scaling_factor) != 1.0  # measured at the end of fit, not SD's constant
+    ae_ckpt = work / "autoencoder.ckpt"
+    trainer.save_checkpoint(ae_ckpt)
+    model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(ae_ckpt), "lambda_emo": 0.0})
+    trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=work, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, accelerator="cpu")
+    trainer.fit(model, datamodule=dm)
+    return model, dm, trainer, ae_ckpt, work
+
+
+def test_fit_and_generate_and_reload_without_the_autoencoder_file(emotalker):
+    from lightning_modules.emotalker import EmoTalkerModule
+
+    model, dm, trainer, ae_ckpt, work = emotalker
+    assert math.isfinite(float(trainer.callback_metrics["train/diffusion"]))
+    assert all(not p.requires_grad for p in model.autoencoder.parameters())
+    batch = next(iter(dm.test_dataloader()))
+    args = (batch[f"frames_{S}"][:1, 0], batch["mel"][:1], torch.tensor([5]), 6)
+    kwargs = {"ref_lmk": batch["lmk"][:1, 0], "phones": batch["phones"][:1]}
+    model.eval().configure_sampling({"ddim_steps": 3})
+    video = model.generate(*args, **kwargs)
+    assert video.shape == (1, 6, S, S, 3) and video.dtype == torch.uint8
+    assert torch.equal(video, model.generate(*args, **kwargs))  # seeded noise: reproducible
+    assert not torch.equal(video, model.generate(*args, **kwargs, strength=0.0))
+    trainer.save_checkpoint(work / "emotalker.ckpt")
+    ae_ckpt.unlink()  # the autoencoder lives inside the EmoTalker checkpoint
+    again = EmoTalkerModule.load_from_checkpoint(work / "emotalker.ckpt", map_location="cpu").eval()
+    again.configure_sampling({"ddim_steps": 3})
+    assert torch.equal(again.generate(*args, **kwargs), video)
+    with pytest.raises(ValueError, match="ref_lmk and phones"):
+        model.generate(*args)
+
+
+def test_bad_params_name_the_fix(tmp_path):
+    from lightning_modules.emotalker import EmoTalkerModule
+
+    with pytest.raises(ValueError, match="exactly one of autoencoder_ckpt"):
+        EmoTalkerModule.validate_params(NET, {})
+    with pytest.raises(ValueError, match="autoencoder_scaling"):
+        EmoTalkerModule.validate_params(NET, {"autoencoder_path": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="train@autoencoder"):
+        EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(tmp_path / "none.ckpt")})
+    with pytest.raises(ValueError, match="unknown emotalker.net keys"):
+        EmoTalkerModule.validate_params({"crop": 64}, {"autoencoder_ckpt": "x"})
+
+
+def test_table2_sweep_rows_are_sampling_overrides_of_params():
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_modules.emotalker import TABLE2_SWEEP, SamplingConfig
+
+    root = Path(__file__).resolve().parents[1]
+    rows = {r["variant"] for r in yaml.safe_load(open(root / "reference/paper_results.yaml")) if r["method"] == "emotalker"}
+    assert set(TABLE2_SWEEP) - {"preserving ratio a = 0.3"} <= rows  # a = 0.3 is the "full" row
+    sampling = yaml.safe_load(open(root / "params.yaml"))["evaluate"]["sampling"]["emotalker"]
+    assert sampling["preserve_ratio"] == 0.3 and sampling["preserve_until"] == 0.65
+    for a in TABLE2_SWEEP.values():
+        assert SamplingConfig(**{**sampling, "preserve_ratio": a}).preserve_ratio == a
