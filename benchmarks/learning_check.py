@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-emotion-mad", type=float, default=0.5,
                         help="smallest mean |difference| (uint8 levels) two emotion rows may have")
     parser.add_argument("--score-only", action="store_true", help="score the model already trained in --out")
-    parser.add_argument("--noise-margin", type=float, default=6.0,
+    parser.add_argument("--noise-margin", type=float, default=4.0,
                         help="dB a diffusion model's samples must beat uniform noise frames by")
     parser.add_argument("--require", nargs="*", default=None,
                         help="checks that must pass (default: REQUIRED[method], else psnr emotion_rows)")

@@ -243,11 +243,11 @@ class EmoTalkerModule(L.LightningModule):
         cond = self.conditions(speech_windows(phones, target[:, None], self.net_cfg.audio_window)[:, 0], lmk[rows, ref], e_emo)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=frames.device)
         noise = torch.randn_like(z0)
-        eps = self.denoise(self.scheduler.add_noise(z0, noise, t), t, z_masked, z_ref, cond)
+        z_t = self.scheduler.add_noise(z0, noise, t)
+        eps = self.denoise(z_t, t, z_masked, z_ref, cond)
         out = {"diffusion": F.mse_loss(eps, noise)}
         low = t < self.optim_cfg.emotion_max_t
         if self._emotion and bool(low.any()):
-            z_t = self.scheduler.add_noise(z0, noise, t)
             decoded = self.autoencoder.decode(predicted_x0(self.scheduler, z_t[low], eps[low], t[low]))  # (n, 3, S, S)
             classifier = self._emotion[0].to(decoded.device)
             out["emotion"] = F.cross_entropy(classifier(decoded.permute(0, 2, 3, 1)[:, None] * 255.0), batch["emotion"][low])

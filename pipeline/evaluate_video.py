@@ -362,14 +362,14 @@ class AutoencoderScores:
 def prompt_grid(generator, clip: dict, frames_key: str, params: dict, path: Path) -> Path:
     """Paper 004 Fig. 2-3: the clip's reference rendered with each of ``evaluate.prompt_grid.prompts``
     (rows) at each cross-attention strength of ``evaluate.prompt_grid.strengths`` (columns); one
-    frame (the middle of 24) per cell, the reference first."""
+    frame (the middle of 8) per cell, the reference first."""
     import cv2
 
     grid = get(params, "evaluate.prompt_grid", dict, default={}) or {}
     prompts = list(grid.get("prompts") or ["very happy"])
     strengths = [float(v) for v in grid.get("strengths") or [0.0, 1.0]]
     real = torch.from_numpy(clip[frames_key])
-    n = min(24, len(real))
+    n = min(8, len(real))
     rows = []
     for prompt in prompts:
         cells = [real[0].numpy().copy()]
@@ -567,6 +567,10 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     if isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     metrics, evaluator_names = evaluators.compute(), dict(evaluators.evaluators)
+    for key in ("csim", "csim_dlib"):  # paper 004 prints CSIMD = 1 - CSIM (a distance, lower is better)
+        if key in metrics:
+            metrics[key.replace("csim", "csimd")] = 1.0 - metrics[key]
+            evaluator_names[key.replace("csim", "csimd")] = f"1 - {key} ({evaluator_names.get(key, key)})"
     if hasattr(generator, "prompt_e_emo"):
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
     for extra in (dubbing, edits, autoencoding):

