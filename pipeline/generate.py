@@ -163,6 +163,13 @@ def method_inputs(model, face: PreparedFace, wav: np.ndarray, job: Job,
     elif job.intensity:
         raise InputError("this method takes no --intensity")
     if "prompt" in takes:
+        if job.prompt is not None:
+            from lightning_modules.networks.intensity import split_clauses
+
+            try:
+                split_clauses(job.prompt)  # a prompt with no words is the user's error, not a crash
+            except ValueError as err:
+                raise InputError(str(err)) from None
         kwargs["prompt"] = job.prompt
     elif job.prompt:
         raise InputError("this method takes no --prompt (free-text emotion prompts are for emotalker)")

@@ -72,6 +72,9 @@ def test_emotalker_takes_a_free_text_prompt(checkpoints, photo, speech, tmp_path
                          "--audio", speech, "--emotion", "happy", "--prompt", "very happy with a little surprised",
                          "--crop-only", "--out", out)
     assert code == 0 and lines == [] and probe(out)["frames"] == len(soundfile.read(speech)[0]) // 640
+    code, lines, _ = run(capsys, "--method", "emotalker", "--checkpoint", checkpoints["emotalker"], "--image", photo,
+                         "--audio", speech, "--emotion", "happy", "--prompt", " , ", "--out", out)
+    assert code == 2 and "empty emotion prompt" in lines[0]
     code, lines, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--image", photo,
                          "--audio", speech, "--emotion", "happy", "--prompt", "very happy", "--out", out)
     assert code == 2 and "emotalker" in lines[0]
