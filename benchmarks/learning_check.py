@@ -19,7 +19,7 @@ frames 1..T-1 scored as in ``evaluate_video``):
 * the emotion grid's row differences: mean absolute difference (uint8 levels) between the frames
   rendered with each pair of CREMA-D's six emotions, same reference and audio.
 
-Methods with landmarks of their own (``sinha``) also get, on the same clips: M-LD / M-LVD of their
+Methods with landmarks of their own (``sinha``; ``eapc_vid2vid``: stage 1's) also get, on the same clips: M-LD / M-LVD of their
 landmarks (X = frame 0's) beside "frame 0's landmarks held still", and the PSNR of their texture
 network rendering the ground-truth landmarks (``render``) beside ``copy_reference``.
 
@@ -38,12 +38,14 @@ classified as their target above chance), ``emotion_rows`` (every pair of emotio
     python benchmarks/learning_check.py --method sinha --minutes 12
     python benchmarks/learning_check.py --method two_stage --minutes 14
     python benchmarks/learning_check.py --method emotalker --minutes 14
+    python benchmarks/learning_check.py --method eapc_vid2vid --minutes 14
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import itertools
 import json
 import sys
@@ -84,8 +86,10 @@ def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) ->
 
 
 REQUIRED: dict[str, tuple[str, ...]] = {"cvae": ("psnr", "emotion_rows"), "sinha": ("mouth_ld", "reconstruction_psnr"),
-                                        "two_stage": ("edit_acc", "lse"), "emotalker": ("loss_falling", "psnr_vs_noise")}
-"""Checks a method must pass (issue #10 for cvae, #12 for sinha, #14 for two_stage, #15 for emotalker);
+                                        "two_stage": ("edit_acc", "lse"), "emotalker": ("loss_falling", "psnr_vs_noise"),
+                                        "eapc_vid2vid": ("reconstruction_psnr",)}
+"""Checks a method must pass (issue #10 for cvae, #12 for sinha, #14 for two_stage, #15 for emotalker,
+#16 for eapc_vid2vid: stage 2 rendering ground-truth landmarks);
 others: ``psnr``, ``emotion_rows``."""
 
 
@@ -153,9 +157,11 @@ def landmark_scores(model, clips: list[dict]) -> dict[str, dict[str, float]]:
 def reconstruction_psnr(model, clips: list[dict], frames_key: str) -> float:
     """PSNR of ``model.render`` drawing each clip's ground-truth landmarks from frame 0 (frames 1..T-1)."""
     psnr = FramePSNR()
+    takes = inspect.signature(model.render).parameters
     for clip in clips:
         real, lmk = torch.from_numpy(clip[frames_key]), torch.from_numpy(clip["lmk"])
-        out = model.render(real[:1], lmk[:1], lmk[None], torch.tensor([clip["meta"]["emotion_id"]]))[0]
+        emotion = {"emotion": torch.tensor([clip["meta"]["emotion_id"]])} if "emotion" in takes else {}
+        out = model.render(real[:1], lmk[:1], lmk[None], **emotion)[0]
         psnr.update(out[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2))
     return float(psnr.compute())
 

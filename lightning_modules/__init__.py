@@ -11,6 +11,7 @@ generator whose config names an evaluator checkpoint).
 from lightning_modules.autoencoder import AutoencoderModule
 from lightning_modules.cvae import CVAEModule
 from lightning_modules.eapc import EAPCModule
+from lightning_modules.eapc_vid2vid import EAPCVid2VidModule
 from lightning_modules.emotalker import EmoTalkerModule
 from lightning_modules.emotion_classifier import EmotionClassifierModule
 from lightning_modules.sinha import SinhaModule
@@ -19,6 +20,7 @@ from lightning_modules.two_stage import TwoStageModule
 
 METHODS: dict[str, type] = {
     "eapc": EAPCModule,
+    "eapc_vid2vid": EAPCVid2VidModule,  # EAPC stage 2: few-shot vid2vid over stage 1's landmarks (paper 001 §3.5)
     "cvae": CVAEModule,  # emotion-controllable conditional VAE generator (paper 000)
     "sinha": SinhaModule,  # landmark GCN + flow-guided texture generator, one-shot (paper 002)
     "two_stage": TwoStageModule,  # StarGAN emotion editing, then Wav2Lip-style lip-sync (paper 003)
@@ -29,5 +31,8 @@ METHODS: dict[str, type] = {
     "emotion_classifier_eval": EmotionClassifierModule,  # the EmoAcc evaluator: same architecture, own seed
     "syncnet_eval": SyncNetModule,  # the lse_*_expert evaluator: same architecture, own seed
 }
+VIDEO_MODELS: dict[str, str] = {"eapc": "eapc_vid2vid"}
+"""Methods whose video comes from another checkpoint: EAPC's stage 2 carries its stage 1, so
+``generate --method eapc`` loads ``models/eapc_vid2vid/<dataset>``."""
 LOSS_NETWORKS: dict[str, str] = {"syncnet": "syncnet_eval", "emotion_classifier": "emotion_classifier_eval"}
 """Loss network -> the evaluator that replaces it when scoring (never the same checkpoint)."""

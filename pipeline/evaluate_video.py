@@ -227,8 +227,9 @@ class Evaluators:
         return values
 
 
-CLIP_INPUTS = ("phones",)
-"""Shard arrays a generator's ``generate`` may take by name, beside the protocol's mel (sinha's phones)."""
+CLIP_INPUTS = ("phones", "mfcc", "llf")
+"""Shard arrays a generator's ``generate`` may take by name, beside the protocol's mel (sinha's
+phones, EAPC stage 1's MFCC windows and low-level features)."""
 
 
 def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
@@ -237,6 +238,56 @@ def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
 
     takes = inspect.signature(generator.generate).parameters
     return {k: torch.from_numpy(clip[k])[None] for k in CLIP_INPUTS if k in takes and k in clip}
+
+
+class RedetectedLandmarks:
+    """Paper 001 Table 1's landmark metrics as the paper measures them, on VIDEO: the preprocessing's
+    landmarker (mediapipe face mesh -> 68 points, :mod:`pipeline.extract.landmarks`) runs on the
+    rendered frames and on the real frames of the same crop, and M-LD / M-LVD / F-LD / F-LVD
+    compare the two (frames 1..T-1, head motion aligned away as in ``evaluate@eapc``), in pixels
+    of the shards' ``lmk_size`` crop so they read like the stage-1 numbers. Frames where either
+    detection fails are interpolated (at most ``max_missing`` of a clip, else the clip is counted
+    in ``skipped``). Keys ``redetected_mouth_ld`` etc. for every video method."""
+
+    evaluator = "mediapipe face mesh 0.10.14 -> 68 points, re-detected on rendered and real crops"
+
+    def __init__(self, max_missing: float = 0.2):
+        from eval_metrics.landmarks import LandmarkMetrics
+
+        self.metrics = LandmarkMetrics(prefix="redetected_")
+        self.max_missing, self.scored, self.skipped = max_missing, 0, 0
+
+    def _detect(self, frames: torch.Tensor, lmk_size: int) -> torch.Tensor:
+        from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
+
+        mesh = detect_face_mesh(frames.numpy())
+        lmk = np.full((len(frames), 68, 2), np.nan, dtype=np.float32)
+        lmk[mesh.found] = mesh_to_68(mesh.lmk478[mesh.found])
+        lmk = fill_missing_faces(lmk, mesh.found, self.max_missing)
+        return torch.from_numpy(lmk * (lmk_size / frames.shape[-2]))
+
+    def update(self, generated: torch.Tensor, real: torch.Tensor, lmk_size: int) -> None:
+        """One clip: generated / real (T, S, S, 3) uint8; ``lmk_size``: the crop the shards'
+        landmarks are in (``meta.lmk_crop_size``)."""
+        from pipeline.extract.errors import ClipFailure
+
+        try:
+            ours, theirs = self._detect(generated[1:], lmk_size), self._detect(real[1:], lmk_size)
+        except ClipFailure:
+            self.skipped += 1
+            return
+        self.metrics.update(ours[None], theirs[None])
+        self.scored += 1
+
+    def compute(self) -> dict[str, float]:
+        """The four metrics; {} when no clip could be scored (``skipped`` says how many failed)."""
+        if self.scored == 0:
+            return {}
+        return {k: float(v) for k, v in self.metrics.compute().items()}
+
+    @property
+    def evaluators(self) -> dict[str, str]:
+        return {f"redetected_{k}": self.evaluator for k in ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd")}
 
 
 def fid_from_params(params: dict):
@@ -540,6 +591,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     edits = EditScores(evaluators) if hasattr(generator, "edit") else None
     autoencoding = AutoencoderScores() if hasattr(generator, "autoencoder") else None
     wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
+    redetected = RedetectedLandmarks()
     for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
         first_clip = first_clip or clip
         real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
@@ -549,6 +601,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
             generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real),
                                            ref_lmk=torch.from_numpy(clip["lmk"][:1]), **clip_inputs(generator, clip))[0]
         evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion)
+        redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]))
         if dubbing is not None:
             with torch.no_grad():
                 dubbing.update(generator.dub(real, mel), real)
@@ -573,7 +626,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
             evaluator_names[key.replace("csim", "csimd")] = f"1 - {key} ({evaluator_names.get(key, key)})"
     if hasattr(generator, "prompt_e_emo"):
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
-    for extra in (dubbing, edits, autoencoding):
+    for extra in (redetected, dubbing, edits, autoencoding):
         if extra is not None:
             metrics.update(extra.compute())
             evaluator_names.update(extra.evaluators)
@@ -587,7 +640,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
               "training_run_id": config.get("mlflow_run_id"),
               "evaluator_checkpoints": {k: str(v) for k, v in evaluators.checkpoints.items()},
               "evaluators": evaluator_names, "missing": evaluators.missing, "n_clips": n_clips,
-              "skipped_clips": evaluators.skipped,
+              "skipped_clips": {**evaluators.skipped, **({"redetected_landmarks": redetected.skipped}
+                                                          if redetected.skipped else {})},
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
               "unreadable_clips": None if expected is None else expected - n_clips,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",

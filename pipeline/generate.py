@@ -79,6 +79,14 @@ class Job:
     prompt: str | None = None
 
 
+def default_checkpoint(method: str, dataset: str) -> Path:
+    """``models/<method>/<dataset>/last.ckpt``; for a method in ``VIDEO_MODELS`` (``eapc``) the
+    checkpoint that renders its video (``models/eapc_vid2vid/...``)."""
+    from lightning_modules import VIDEO_MODELS
+
+    return Path("models") / VIDEO_MODELS.get(method, method) / dataset / "last.ckpt"
+
+
 def load_method(method: str, checkpoint: Path):
     """The trained method in eval mode on the CPU (or CUDA when present).
 
@@ -86,8 +94,9 @@ def load_method(method: str, checkpoint: Path):
         InputError: unknown or not video-generating method, missing checkpoint, or a checkpoint of
             another method (by its ``config.json``, or because its weights do not fit).
     """
-    from lightning_modules import METHODS
+    from lightning_modules import METHODS, VIDEO_MODELS
 
+    method = VIDEO_MODELS.get(method, method)  # eapc renders through its stage-2 checkpoint
     video_methods = sorted(m for m, cls in METHODS.items() if hasattr(cls, "generate"))
     if method not in video_methods:
         raise InputError(f"--method {method!r} is not a video-generating method (known: {', '.join(video_methods)})")
@@ -151,13 +160,15 @@ def emotion_id(name: str) -> int:
 def method_inputs(model, face: PreparedFace, wav: np.ndarray, job: Job,
                   replace_background: bool) -> tuple[tuple, dict]:
     """Arguments of ``model.generate`` for one job: the protocol's five plus what the method takes
-    by name (landmarks, intensity, phones, background replacement, prompt)."""
+    by name (landmarks, intensity, phones, EAPC's mfcc / llf, background replacement, prompt)."""
     cfg = AudioConfig(sample_rate=SAMPLE_RATE, fps=FPS)
     n_frames = len(wav) // cfg.samples_per_frame
     wav = fit_to_frames(wav, n_frames, cfg)
-    mel = torch.from_numpy(extract_audio_features(wav, n_frames, cfg)["mel"])[None]
+    features = extract_audio_features(wav, n_frames, cfg)
+    mel = torch.from_numpy(features["mel"])[None]
     takes = inspect.signature(model.generate).parameters
-    kwargs: dict = {"ref_lmk": torch.from_numpy(face.lmk)[None]}
+    kwargs: dict = {"ref_lmk": torch.from_numpy(face.lmk)[None],
+                    **{k: torch.from_numpy(features[k])[None] for k in ("mfcc", "llf") if k in takes}}
     if "intensity" in takes:
         kwargs["intensity"] = torch.tensor([job.intensity or 0])
     elif job.intensity:
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs = [Job(args.image, args.emotion, args.out, args.audio, args.text, args.intensity, args.prompt)]
         for job in jobs:
             emotion_id(job.emotion)  # an unknown emotion fails before the model is loaded
-        model = load_method(args.method, args.checkpoint or Path("models") / args.method / args.dataset / "last.ckpt")
+        model = load_method(args.method, args.checkpoint or default_checkpoint(args.method, args.dataset))
     except InputError as err:
         return fail(str(err))
     failed = 0

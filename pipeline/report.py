@@ -45,10 +45,13 @@ DISPLAY: dict[str, str] = {
     "emo_acc": "EmoAcc", "csim": "CSIM", "lse_c_expert": "LSE-C (own expert)",
     "lse_d_expert": "LSE-D (own expert)", "emo_acc_fer": "EmoAcc (FER2013)", "csim_dlib": "CSIM (dlib)",
     "csimd_dlib": "CSIMD (dlib)", "cpbd_python": "CPBD (python-cpbd)",
+    **{f"redetected_{k}": f"{v} (re-detected on video)" for k, v in
+       (("mouth_ld", "M-LD"), ("mouth_lvd", "M-LVD"), ("face_ld", "F-LD"), ("face_lvd", "F-LVD"))},
 }
 LOWER_IS_BETTER: frozenset[str] = frozenset({"mse", "fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd", "lse_d",
-                                            "lse_d_expert", "csimd_dlib"})
-METHODS: tuple[str, ...] = ("cvae", "eapc", "sinha", "two_stage", "emotalker")
+                                            "lse_d_expert", "csimd_dlib", "redetected_mouth_ld", "redetected_mouth_lvd",
+                                            "redetected_face_ld", "redetected_face_lvd"})
+METHODS: tuple[str, ...] = ("cvae", "eapc", "eapc_vid2vid", "sinha", "two_stage", "emotalker")
 DATASETS: tuple[str, ...] = ("crema_d", "mead", "authors_own")
 DATASET_NAMES: dict[str, str] = {"crema_d": "CREMA-D", "mead": "MEAD",
                                  "authors_own": "the authors' own test videos (paper 003, not CREMA-D or MEAD)"}
@@ -56,6 +59,7 @@ DECIMALS: dict[str, int] = {
     "psnr": 2, "mse": 2, "ssim": 3, "cpbd": 3, "fid": 2, "mouth_ld": 3, "mouth_lvd": 3, "face_ld": 3,
     "face_lvd": 3, "lse_c": 3, "lse_d": 3, "emo_acc": 2, "csim": 3, "lse_c_expert": 3, "lse_d_expert": 3,
     "emo_acc_fer": 2, "csim_dlib": 3, "csimd_dlib": 3, "cpbd_python": 3,
+    "redetected_mouth_ld": 3, "redetected_mouth_lvd": 3, "redetected_face_ld": 3, "redetected_face_lvd": 3,
 }
 """Decimals shown for measured values (paper values are shown exactly as transcribed)."""
 MIN_COMPARABLE_CLIPS = 50

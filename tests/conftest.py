@@ -53,9 +53,13 @@ TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run e
                    "lipsync": {"widths": [8, 8, 8, 16, 16, 16, 16], "audio_widths": [8, 16], "d_widths": [8]}}, {}),
     "emotalker": ({"crop_size": 64, "block_out_channels": [8, 16], "norm_num_groups": 8, "cross_attention_dim": 16},
                   {"autoencoder_path": "unused", "autoencoder_scaling": 1.0}),
+    "eapc_vid2vid": ({"crop_size": 64, "widths": [8, 16, 16], "label_channels": 8, "flow_widths": [8, 8]},
+                     {"stage1_ckpt": None, "vgg16_weights": None, "d_widths": [8]}),
 }
-TINY_INIT = {"emotalker": {"autoencoder_net": {"image_size": 64, "block_out_channels": [8, 8, 8], "norm_num_groups": 8}}}
-"""Extra constructor arguments: emotalker's autoencoder from its config alone (no file read)."""
+TINY_INIT = {"emotalker": {"autoencoder_net": {"image_size": 64, "block_out_channels": [8, 8, 8], "norm_num_groups": 8}},
+             "eapc_vid2vid": {"stage1": {"net": {"audio_hidden": 8, "llf_hidden": 8, "lm_hidden": 16, "attention_dim": 8},
+                                         "optim": None}}}
+"""Extra constructor arguments: emotalker's autoencoder and EAPC's stage 1 from their configs alone (no file read)."""
 
 
 @pytest.fixture(scope="session")

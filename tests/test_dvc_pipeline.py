@@ -45,6 +45,8 @@ def repo_copy(tmp_path_factory, shared_datasets):
                                                  "llf_layers": 1, "lm_hidden": 16, "lm_layers": 1,
                                                  "attention_dim": 16, "fc_dims": [64]})
     params["train"]["methods"]["sinha"]["net"]["texture"]["lmk_size"] = 128  # landmarks: max(crop_sizes) px
+    params["train"]["methods"]["eapc_vid2vid"]["net"]["lmk_size"] = 128
+    params["train"]["methods"]["eapc_vid2vid"]["trainer"]["max_epochs"] = 2  # single frames, then stage 1's landmarks
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], repo)
@@ -90,13 +92,18 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
         video = json.loads((repo_copy / f"eval/{method}/crema_d/metrics.json").read_text())
         about = json.loads((repo_copy / f"eval/{method}/crema_d/provenance.json").read_text())
         assert set(video["metrics"]) == {"psnr", "mse", "ssim", "fid", "cpbd", "cpbd_python", "lse_d_expert", "lse_c_expert",
-                                         "emo_acc", "emo_acc_fer", "csim_dlib", "csimd_dlib"}
+                                         "emo_acc", "emo_acc_fer", "csim_dlib", "csimd_dlib", "redetected_mouth_ld",
+                                         "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd"}
         assert about["evaluators"]["lse_d_expert"] == "own expert SyncNet trained on crema_d"
         # the papers' evaluators need files that cannot be downloaded here: missing, with what to get
         assert set(about["missing"]) == {"lse_d", "lse_c", "csim"}
         assert "syncnet_v2.model" in about["missing"]["lse_d"] and "backbone.pth" in about["missing"]["csim"]
         assert list((repo_copy / f"eval/{method}/crema_d/videos").glob("*.mp4"))
     assert (repo_copy / "eval/cvae/crema_d/emotion_grid.png").stat().st_size > 10_000
+    # EAPC end to end (stage 2 over stage 1): Table 1's image metrics, stage 1's and re-detected landmarks
+    eapc_video = json.loads((repo_copy / "eval/eapc_vid2vid/crema_d/metrics.json").read_text())["metrics"]
+    assert {"psnr", "ssim", "fid", "mouth_ld", "face_lvd", "redetected_mouth_ld", "redetected_face_lvd"} <= set(eapc_video)
+    assert eapc_video["mouth_ld"] == pytest.approx(metrics["metrics"]["mouth_ld"], rel=1e-5)  # the same frozen stage 1
     # no generator is scored by a network it learnt from: evaluators differ from every file cvae names
     from primitives.checksum import file_sha256
 

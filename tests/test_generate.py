@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import av
 import cv2
@@ -15,7 +16,8 @@ from pipeline.generate import main
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_models):
-    return {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha", "two_stage", "emotalker")}
+    paths = {m: tiny_models / m / "crema_d" / "last.ckpt" for m in ("cvae", "sinha", "two_stage", "emotalker")}
+    return {**paths, "eapc": tiny_models / "eapc_vid2vid" / "crema_d" / "last.ckpt"}  # eapc renders through stage 2
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def probe(path):
                 "video": video.codec_context.name, "audio": audio.codec_context.name}
 
 
-@pytest.mark.parametrize("method", ["cvae", "sinha", "two_stage", "emotalker"])
+@pytest.mark.parametrize("method", ["cvae", "sinha", "two_stage", "emotalker", "eapc"])
 def test_photo_and_wav_give_a_browser_mp4_of_the_whole_photo(method, checkpoints, photo, speech, tmp_path, capsys):
     out = tmp_path / f"{method}.mp4"
     code, lines, _ = run(capsys, "--method", method, "--checkpoint", checkpoints[method], "--image", photo,
@@ -150,3 +152,10 @@ def test_several_faces_use_the_largest_and_say_so(checkpoints, photo, speech, tm
                            "--image", _two_faces(tmp_path, photo), "--audio", speech, "--out", tmp_path / "o.mp4")
     assert code == 0 and any("2 faces found; using the largest" in line for line in lines), err
     assert probe(tmp_path / "o.mp4")["size"] == (384, 224)
+
+
+def test_eapc_defaults_to_its_stage2_checkpoint():
+    from pipeline.generate import default_checkpoint
+
+    assert default_checkpoint("eapc", "mead") == Path("models/eapc_vid2vid/mead/last.ckpt")
+    assert default_checkpoint("cvae", "crema_d") == Path("models/cvae/crema_d/last.ckpt")

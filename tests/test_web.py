@@ -77,7 +77,7 @@ def test_browser_uploads_a_face_and_speech_and_plays_the_video(server, talking_c
         page = browser.new_page()
         page.goto(server)
         page.wait_for_function("document.querySelectorAll('#method option').length > 0")
-        assert page.locator("#method option").all_inner_texts() == ["cvae", "emotalker", "sinha", "two_stage"]
+        assert page.locator("#method option").all_inner_texts() == ["cvae", "eapc_vid2vid", "emotalker", "sinha", "two_stage"]
         page.set_input_files("#image", str(face))
         page.set_input_files("#audio", str(speech))
         page.select_option("#emotion", "happy")
