@@ -289,6 +289,14 @@ class RedetectedLandmarks:
     def evaluators(self) -> dict[str, str]:
         return {f"redetected_{k}": self.evaluator for k in ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd")}
 
+    def missing(self) -> dict[str, str]:
+        """Why the metrics are absent when no clip could be scored (else {})."""
+        if self.scored or not self.skipped:
+            return {}
+        why = (f"the landmarker found no face in over {self.max_missing:.0%} of the rendered (or real) frames "
+               f"of all {self.skipped} clips")
+        return {key: why for key in self.evaluators}
+
 
 def fid_from_params(params: dict):
     """FID metric over the Inception weights ``evaluate.fid_weights`` / ``fid_sha256`` (default: the
@@ -626,6 +634,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
             evaluator_names[key.replace("csim", "csimd")] = f"1 - {key} ({evaluator_names.get(key, key)})"
     if hasattr(generator, "prompt_e_emo"):
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
+    evaluators.missing.update(redetected.missing())
     for extra in (redetected, dubbing, edits, autoencoding):
         if extra is not None:
             metrics.update(extra.compute())

@@ -78,6 +78,8 @@ def test_redetected_landmarks_compare_like_with_like(crema_shards):
     blank = RedetectedLandmarks()
     blank.update(torch.zeros_like(real), real, size)  # no face in the rendering: counted, not a crash
     assert blank.compute() == {} and blank.skipped == 1
+    assert set(blank.missing()) == set(values) and "no face" in blank.missing()["redetected_face_ld"]
+    assert still.missing() == {}
     assert set(still.evaluators) == set(values) and "mediapipe" in still.evaluators["redetected_mouth_ld"]
 
 
