@@ -39,7 +39,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.eapc import EAPCModule

@@ -300,7 +300,7 @@ class Vid2VidGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.widths
-        n_sources = 2 if cfg.temporal else 1
+        self.n_sources = n_sources = 2 if cfg.temporal else 1
         self.reference = ReferenceEncoder(w)
         self.label = LabelEncoder(cfg.label_channels, len(w))
         self.key = nn.Conv2d(cfg.label_channels, cfg.label_channels, 1)
@@ -342,16 +342,14 @@ class Vid2VidGenerator(nn.Module):
         # flows from the first reference (the one the protocol gives) and the previous frame
         flow, mask_ref = self.flow_ref(label, ref_labels[:, 0], refs[:, 0])
         out["flow_ref"], out["warped_ref"] = flow, warp(refs[:, 0], flow)
-        logits, sources = [torch.zeros_like(mask_ref), mask_ref], [out["warped_ref"]]
-        if self.flow_prev is not None:
-            if prev is not None:
-                flow_p, mask_p = self.flow_prev(label, prev_label, prev)
-                out["flow_prev"], out["warped_prev"] = flow_p, warp(prev, flow_p)
-                logits.append(mask_p)
-                sources.append(out["warped_prev"])
-            else:
-                sources.append(torch.zeros_like(out["warped_ref"]))  # no previous frame: a zero input channel
-        warped_in = torch.cat(sources, 1)  # (B, 3 n_sources, S, S)
+        logits, sources = [torch.zeros_like(mask_ref), mask_ref], [out["warped_ref"]]  # blended with the raw image
+        if prev is not None:
+            flow_p, mask_p = self.flow_prev(label, prev_label, prev)
+            out["flow_prev"], out["warped_prev"] = flow_p, warp(prev, flow_p)
+            logits.append(mask_p)
+            sources.append(out["warped_prev"])
+        pad = [torch.zeros_like(sources[0])] * (self.n_sources - len(sources))  # no previous frame: zeros
+        warped_in = torch.cat(sources + pad, 1)  # (B, 3 n_sources, S, S)
         x = combined[-1]
         for i, up in zip(range(len(combined) - 1, -1, -1), self.ups):
             cond = labels[i - 1] if i > 0 else F.interpolate(labels[0], scale_factor=2.0, mode="nearest")
@@ -360,8 +358,7 @@ class Vid2VidGenerator(nn.Module):
         out["raw"] = torch.sigmoid(self.to_image(x))
         mask = torch.softmax(torch.cat(logits, 1), dim=1)  # (B, 2 | 3, S, S)
         out["mask"] = mask
-        out["image"] = mask[:, :1] * out["raw"] + sum(mask[:, i + 1:i + 2] * src for i, src in
-                                                       enumerate([out["warped_ref"]] + ([out["warped_prev"]] if "warped_prev" in out else [])))
+        out["image"] = mask[:, :1] * out["raw"] + sum(mask[:, i + 1:i + 2] * src for i, src in enumerate(sources))
         return out
 
 
