@@ -326,13 +326,6 @@ class EAPCVid2VidModule(L.LightningModule):
         metric.update(video[:, 1:].cpu(), reference.cpu())
         return metric.compute().float()
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self(batch), batch["lmk"])
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
-
     def configure_optimizers(self):
         betas = (0.5, 0.999)
         return [torch.optim.Adam(self.generator.parameters(), lr=self.optim_cfg.lr, betas=betas),

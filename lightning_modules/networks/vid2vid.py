@@ -9,7 +9,7 @@ Structure (our reading of few-shot vid2vid, sized by :class:`Vid2VidConfig`):
 * :func:`edge_map` draws the 68-point face parts (jaw, brows, nose, eyes, lips) and the upper-face
   curve few-shot vid2vid adds (the jaw mirrored above the line through its end points, scaled
   by ``upper_face_scale``, closing the face contour), one channel at the crop size.
-* :class:`ReferenceEncoder` encodes each reference (image + its edge map) into a feature
+* :class:`ConvPyramid` encodes each reference (image + its edge map) into a feature
   pyramid; with K > 1 references, :class:`Vid2VidGenerator` combines them by attention: at the
   coarsest level every position weighs the K references by the dot product between the target's
   and each reference's label embedding (softmax over K, per position), and those weights, resized,
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from lightning_modules.networks.config import config_from_dict, config_to_dict
 
-__all__ = ["Vid2VidConfig", "edge_map", "FACE_PARTS", "warp", "ReferenceEncoder", "HyperSPADE", "FlowNet",
+__all__ = ["Vid2VidConfig", "edge_map", "FACE_PARTS", "warp", "ConvPyramid", "HyperSPADE", "FlowNet",
            "Vid2VidGenerator", "MultiScaleDiscriminator", "hinge_d_loss", "hinge_g_loss", "feature_matching_loss"]
 
 FACE_PARTS: tuple[tuple[tuple[int, ...], bool], ...] = (
@@ -177,32 +177,16 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.LeakyReLU(0.2))
 
 
-def _pyramid(c_in: int, widths: tuple[int, ...]) -> nn.ModuleList:
-    """Level 0 at full size, then one stride-2 conv per width."""
-    return nn.ModuleList([_conv(c_in, widths[0])] + [_conv(a, b, 2) for a, b in zip(widths, widths[1:])])
+class ConvPyramid(nn.Module):
+    """Stride-2 3 x 3 convs: (N, c_in, S, S) -> the features after each, (N, widths[l], S / 2^(l+1), ...).
 
+    The reference encoder is ``ConvPyramid(4, widths)`` over [image in [0, 1], edge map]; the label
+    encoder ``ConvPyramid(1, (label_channels,) * L)`` over the edge map.
+    """
 
-class ReferenceEncoder(nn.Module):
-    """(N, 4, S, S) [image in [0, 1], edge map] -> features at S / 2 .. S / 2^L, (N, widths[l], ...)."""
-
-    def __init__(self, widths: tuple[int, ...]):
+    def __init__(self, c_in: int, widths: tuple[int, ...]):
         super().__init__()
-        self.levels = nn.ModuleList([_conv(4, widths[0], 2)] + [_conv(a, b, 2) for a, b in zip(widths, widths[1:])])
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        out = []
-        for level in self.levels:
-            x = level(x)
-            out.append(x)
-        return out
-
-
-class LabelEncoder(nn.Module):
-    """(N, 1, S, S) edge map -> ``label_channels`` embeddings at S / 2 .. S / 2^L (shared 3 x 3 convs)."""
-
-    def __init__(self, channels: int, n_levels: int):
-        super().__init__()
-        self.levels = nn.ModuleList([_conv(1 if i == 0 else channels, channels, 2) for i in range(n_levels)])
+        self.levels = nn.ModuleList([_conv(a, b, 2) for a, b in zip((c_in,) + tuple(widths[:-1]), widths)])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = []
@@ -301,8 +285,8 @@ class Vid2VidGenerator(nn.Module):
         self.cfg = cfg
         w = cfg.widths
         self.n_sources = n_sources = 2 if cfg.temporal else 1
-        self.reference = ReferenceEncoder(w)
-        self.label = LabelEncoder(cfg.label_channels, len(w))
+        self.reference = ConvPyramid(4, w)
+        self.label = ConvPyramid(1, (cfg.label_channels,) * len(w))
         self.key = nn.Conv2d(cfg.label_channels, cfg.label_channels, 1)
         self.ups = nn.ModuleList([_UpBlock(w[i], w[i - 1] if i > 0 else w[0], cfg.label_channels, w[i - 1] if i > 0 else w[0],
                                            3 * n_sources) for i in range(len(w) - 1, -1, -1)])
