@@ -277,6 +277,7 @@ class DataConfig:
         windows_per_clip: random windows drawn from each training clip visit.
         shuffle_buffer: windows in the training shuffle buffer.
         num_workers: DataLoader worker processes.
+        pin_memory: page-locked batches for faster host-to-GPU copies (a GPU run; no effect on results).
         seed: seed of shard resampling, window starts and shuffling.
     """
 
@@ -288,6 +289,7 @@ class DataConfig:
     windows_per_clip: int = 4
     shuffle_buffer: int = 256
     num_workers: int = 0
+    pin_memory: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -340,7 +342,8 @@ class TalkingFaceDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, workers: int) -> torch.utils.data.DataLoader:
         # persistent_workers=False: workers must be re-created (with the new epoch) every epoch
-        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False,
+                                           pin_memory=self.cfg.pin_memory)
 
     def train_dataloader(self):
         trainer = getattr(self, "trainer", None)

@@ -174,6 +174,8 @@ class CVAEModule(L.LightningModule):
     Reloading a checkpoint re-reads the configured ``*_ckpt`` paths (missing -> FileNotFoundError).
     """
 
+    ddp_find_unused_parameters = True  # the fine-tuned emotion discriminator gets no gradient before aux_start_step
+
     @staticmethod
     def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
         """Check the params without building the module or loading any weights.

@@ -143,6 +143,7 @@ class EAPCVid2VidModule(L.LightningModule):
     """
 
     automatic_optimization = False
+    ddp_find_unused_parameters = True  # each manual backward (discriminator, generator) reaches only its own networks
 
     def __init__(self, net: dict | None = None, optim: dict | None = None, stage1: dict | None = None):
         super().__init__()

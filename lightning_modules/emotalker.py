@@ -220,13 +220,14 @@ class EmoTalkerModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self._losses(batch)
+        # not synced: train/emotion exists only on a rank whose batch drew a t < emotion_max_t
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=False, on_epoch=True,
                       batch_size=len(batch[self.frames_key]))
         return out["total"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._losses(batch)
-        self.log("val/diffusion", out["diffusion"], on_epoch=True, batch_size=len(batch[self.frames_key]))
+        self.log("val/diffusion", out["diffusion"], on_epoch=True, sync_dist=True, batch_size=len(batch[self.frames_key]))
 
     def _losses(self, batch: dict) -> dict[str, Tensor]:
         """Eq. 1 (epsilon MSE) + lambda_emo x eq. 4 on one random (target, reference) pair per window."""

@@ -268,6 +268,7 @@ class SinhaModule(L.LightningModule):
     """
 
     automatic_optimization = False
+    ddp_find_unused_parameters = True  # each manual backward (discriminator, generator) reaches only its own networks
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()

@@ -128,6 +128,7 @@ class TwoStageModule(L.LightningModule):
     """
 
     automatic_optimization = False
+    ddp_find_unused_parameters = True  # each manual backward (discriminator, generator) reaches only its own networks
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()
@@ -139,6 +140,7 @@ class TwoStageModule(L.LightningModule):
         self.editor, self.critic = EmotionEditor(self.editor_cfg), EditorDiscriminator(self.editor_cfg)
         self.lipsync, self.quality = LipSyncGenerator(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
         self.sync_on = False
+        self._edit_counts: Tensor | None = None  # (2, n_emotions): validation edit hits, targets per emotion
         self._expert: tuple = ()  # (SyncNet,): a tuple keeps the frozen loss network out of checkpoints
         if self.optim_cfg.syncnet_ckpt is not None:
             from lightning_modules.syncnet import SyncNetModule
@@ -325,14 +327,25 @@ class TwoStageModule(L.LightningModule):
         x = to_tanh(frames[:, 0])
         target = (label + 1) % self.editor_cfg.n_emotions
         hit = (self.critic(self.editor(x, target))[1].argmax(1) == target).float()
-        logs["val/edit_acc"] = hit.mean()
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=b)
-        for emotion_id in target.unique().tolist():  # per target emotion (weighted by its count)
-            chosen = target == emotion_id
-            self.log(f"val/edit_acc_{EMOTIONS[emotion_id]}", hit[chosen].mean(), on_epoch=True, sync_dist=True,
-                     batch_size=int(chosen.sum()))
+        # edit accuracy per target emotion from counts, summed over ranks at epoch end (every rank logs
+        # the same keys: a per-rank mean of the emotions one rank happened to see would pair values by order)
+        counts = torch.zeros(2, self.editor_cfg.n_emotions, device=hit.device)
+        counts[0].index_add_(0, target, hit)
+        counts[1].index_add_(0, target, torch.ones_like(hit))
+        self._edit_counts = counts if self._edit_counts is None else self._edit_counts + counts
+
+    def on_validation_epoch_start(self) -> None:
+        self._edit_counts = None
 
     def on_validation_epoch_end(self) -> None:
+        counts = self._edit_counts if self._edit_counts is not None else torch.zeros(2, self.editor_cfg.n_emotions,
+                                                                                     device=self.device)
+        hits, totals = self.trainer.strategy.reduce(counts, reduce_op="sum")  # (n_emotions,) each, all ranks
+        if totals.sum() > 0:
+            self.log("val/edit_acc", hits.sum() / totals.sum())
+            for emotion_id in torch.nonzero(totals).flatten().tolist():
+                self.log(f"val/edit_acc_{EMOTIONS[emotion_id]}", hits[emotion_id] / totals[emotion_id])
         sync = self.trainer.callback_metrics.get("val/sync")
         if sync is not None and float(sync) < self.optim_cfg.sync_threshold and not self.sync_on:
             self.sync_on = True  # Wav2Lip: the sync loss joins once the expert finds the lips in sync enough

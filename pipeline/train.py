@@ -21,13 +21,33 @@ from pathlib import Path
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
 from pipeline.params import ParamsError, get, load_params
 
-TRAINER_KEYS = {"max_epochs": int, "accelerator": str, "devices": (int, str, list), "num_nodes": int,
-                "strategy": str, "precision": (str, int), "log_every_n_steps": int,
-                "gradient_clip_val": (int, float), "max_time": (str, dict)}
+TRAINER_KEYS = {"max_epochs": int, "max_steps": int, "max_time": (str, dict), "accelerator": str,
+                "devices": (int, str, list), "num_nodes": int, "strategy": str, "precision": (str, int),
+                "log_every_n_steps": int, "gradient_clip_val": (int, float), "accumulate_grad_batches": int,
+                "val_check_interval": (int, float), "limit_val_batches": (int, float),
+                "check_val_every_n_epoch": int, "sync_batchnorm": bool, "benchmark": bool,
+                "deterministic": (bool, str), "num_sanity_val_steps": int,
+                # ours, not lightning.Trainer arguments:
+                "float32_matmul_precision": str,   # torch.set_float32_matmul_precision: highest | high (TF32) | medium
+                "checkpoint_every_n_steps": int}   # a step-based last.ckpt as well (preemption); null: per epoch only
+"""Accepted ``train.trainer`` (and ``train.methods.<m>.trainer``) keys and their types."""
+
+RUN_KEYS = frozenset({"devices", "num_nodes", "strategy", "accelerator", "max_epochs", "max_steps", "max_time",
+                      "log_every_n_steps", "val_check_interval", "limit_val_batches", "check_val_every_n_epoch",
+                      "deterministic", "benchmark", "float32_matmul_precision", "checkpoint_every_n_steps",
+                      "num_sanity_val_steps"})
+"""Trainer keys that say how long, where and how reproducibly a run goes, not what it learns: they
+stay out of the params hash, so raising ``max_epochs`` resumes from ``last.ckpt``."""
+
+TRAINER_DEFAULTS = {"deterministic": "warn", "benchmark": False, "float32_matmul_precision": "highest"}
+"""``deterministic: warn`` (torch.use_deterministic_algorithms(True, warn_only=True)): CUDA kernels
+without a deterministic version (grid_sample / interpolate / adaptive-pool backward) warn instead
+of raising, so a GPU run is reproducible only up to those kernels and atomics."""
 
 
 @dataclass
@@ -46,13 +66,13 @@ class RunSpec:
     experiment: str
 
     def params_hash(self) -> str:
-        """Hash of what changes the trained weights (not devices, nodes or strategy): the params, the
+        """Hash of what changes the trained weights (not ``RUN_KEYS`` nor ``data.num_workers`` / ``pin_memory``): the params, the
         training data (:func:`shard_fingerprint`) and the files the params name (:func:`input_fingerprints`:
         loss networks, a frozen autoencoder), so a run resumes only on the same shards and inputs."""
-        content = {"method": self.method, "dataset": self.dataset, "data": self.data, "seed": self.seed,
+        content = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
                    "method_params": self.method_params, "shards": shard_fingerprint(self.shard_dir),
-                   "trainer": {k: v for k, v in self.trainer.items() if k not in ("devices", "num_nodes", "strategy",
-                                                                                  "accelerator")}}
+                   "trainer": {k: v for k, v in self.trainer.items() if k not in RUN_KEYS},
+                   "data": {k: v for k, v in self.data.items() if k not in ("num_workers", "pin_memory")}}
         inputs = input_fingerprints(self.method_params)
         if inputs:  # (absent when none: the hashes of methods without input files stay as they were)
             content["inputs"] = inputs
@@ -127,15 +147,14 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     methods = get(params, "train.methods", dict)
     if method not in methods:
         raise ParamsError(f"train.methods.{method}: no parameters for this method in params.yaml")
-    trainer = dict(get(params, "train.trainer", dict, default={}))
+    trainer = dict(TRAINER_DEFAULTS)
     # a method may override trainer arguments (e.g. more epochs for a small network)
     for section in ("train.trainer", f"train.methods.{method}.trainer"):
         for key in get(params, section, dict, default={}):
             if key not in TRAINER_KEYS:
                 raise ParamsError(f"{section}.{key}: unknown key (known: {', '.join(TRAINER_KEYS)})")
             trainer[key] = get(params, f"{section}.{key}", TRAINER_KEYS[key])
-    if trainer.get("max_epochs", 1) < 1:
-        raise ParamsError(f"train.trainer.max_epochs must be >= 1, got {trainer['max_epochs']}")
+    _check_trainer(trainer)
     shard_dir = Path("shards") / dataset
     data = dict(get(params, "train.data", dict, default={}))
     try:
@@ -162,6 +181,20 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
         tracking_uri=get(params, "mlflow.tracking_uri", str, default="sqlite:///mlflow.db"),
         experiment=get(params, "mlflow.experiment", str, default="emotional-talking-face"),
     )
+
+
+def _check_trainer(trainer: dict) -> None:
+    """Value checks of the resolved trainer keys; raises ``ParamsError`` naming the key."""
+    for key in ("max_epochs", "checkpoint_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
+        if trainer.get(key) is not None and trainer[key] < 1:
+            raise ParamsError(f"train.trainer.{key} must be >= 1, got {trainer[key]}")
+    if trainer.get("max_steps") is not None and trainer["max_steps"] < -1:
+        raise ParamsError(f"train.trainer.max_steps must be >= -1 (-1: no limit), got {trainer['max_steps']}")
+    if trainer["deterministic"] not in (True, False, "warn"):
+        raise ParamsError(f"train.trainer.deterministic must be true, false or warn, got {trainer['deterministic']!r}")
+    if trainer["float32_matmul_precision"] not in ("highest", "high", "medium"):
+        raise ParamsError("train.trainer.float32_matmul_precision must be highest, high or medium, "
+                          f"got {trainer['float32_matmul_precision']!r}")
 
 
 def _with_dataset(value, dataset: str):
@@ -262,10 +295,17 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 def train(spec: RunSpec) -> dict:
     """Fit (or resume) one method on one dataset; returns the ``config.json`` content.
 
+    Same params hash (``RunSpec.params_hash``: ``max_epochs`` / ``max_steps`` and the other
+    ``RUN_KEYS`` excluded) and a ``last.ckpt``: resume from it (on SLURM from Lightning's newer
+    ``hpc_ckpt_*.ckpt`` written at a preemption signal). Otherwise an existing model folder is moved
+    to ``models/.superseded/`` (:func:`set_aside`), never deleted.
+
     Raises:
         TrackingUnavailable: ``spec.tracking_uri`` is an MLflow server that does not answer (checked
             before any work).
     """
+    import torch
+
     check_tracking_uri(spec.tracking_uri)
     L.seed_everything(spec.seed, workers=True)
     params_hash = spec.params_hash()
@@ -278,9 +318,11 @@ def train(spec: RunSpec) -> dict:
         print(f"warning: {spec.model_dir / 'last.ckpt'} holds other parameters than this code builds "
               "(changed architecture); training from scratch", file=sys.stderr)
         resume = False
-    # every rank takes the same decision; only rank zero (from the launcher's env) removes stale files
-    if not resume and rank_zero_only.rank == 0 and spec.model_dir.exists():
-        shutil.rmtree(spec.model_dir)
+    # every rank takes the same decision; only rank zero (from the launcher's env) moves files
+    if not resume and rank_zero_only.rank == 0 and spec.model_dir.is_dir() and any(spec.model_dir.iterdir()):
+        moved = set_aside(spec.model_dir, previous.get("params_hash", "unknown"))
+        print(f"note: {spec.model_dir} was trained with other params; moved to {moved} (delete it yourself "
+              "when it is no longer needed)", file=sys.stderr)
     spec.model_dir.mkdir(parents=True, exist_ok=True)
 
     # only global rank zero talks to MLflow: an MlflowClient on a new sqlite store migrates its tables,
@@ -290,22 +332,62 @@ def train(spec: RunSpec) -> dict:
     config = {"method": spec.method, "dataset": spec.dataset, "params_hash": params_hash, "state_signature": signature,
               "tracking_uri": spec.tracking_uri, "resolved": model.resolved_config(), "data": spec.data,
               "trainer": spec.trainer, "seed": spec.seed}
-    sync = MLflowRunSync(config, config_path)
-    checkpoint = ModelCheckpoint(dirpath=spec.model_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                 save_last=True, save_top_k=1, every_n_epochs=1)  # newest epoch + last.ckpt
+    trainer_args = dict(spec.trainer)
+    torch.set_float32_matmul_precision(trainer_args.pop("float32_matmul_precision"))
+    every_n_steps = trainer_args.pop("checkpoint_every_n_steps", None)
+    checkpoints = [ModelCheckpoint(dirpath=spec.model_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                   save_last=True, save_top_k=1, every_n_epochs=1)]  # newest epoch + last.ckpt
+    if every_n_steps:  # preemptible jobs: last.ckpt also every n optimisation steps
+        checkpoints.append(ModelCheckpoint(dirpath=spec.model_dir, filename="step{step:09d}", auto_insert_metric_name=False,
+                                           save_last=True, save_top_k=1, every_n_train_steps=every_n_steps))
+    trainer_args["strategy"] = strategy_for(model, trainer_args)
     has_val = bool(datamodule.urls("val"))
     if not has_val:
         print(f"warning: no val shards in {spec.shard_dir}: training without validation", file=sys.stderr)
+        trainer_args["limit_val_batches"] = 0
     from datamodules.talking_face import DataEpochCallback
 
-    trainer = L.Trainer(logger=logger, callbacks=[sync, checkpoint, DataEpochCallback()], deterministic=True, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=None if has_val else 0, **spec.trainer)
-    trainer.fit(model, datamodule=datamodule, ckpt_path="last" if resume else None)
+    trainer = L.Trainer(logger=logger, callbacks=[MLflowRunSync(config, config_path), *checkpoints, DataEpochCallback()],
+                        default_root_dir=spec.model_dir, enable_progress_bar=False, enable_model_summary=False,
+                        **trainer_args)
+    hpc = sorted(spec.model_dir.glob("hpc_ckpt_*.ckpt"))
+    ckpt_path = None if not resume else "hpc" if hpc and SLURMEnvironment.detect() else "last"
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         config["global_step"] = trainer.global_step
         config_path.write_text(json.dumps(config, indent=1, sort_keys=True))
         _log_loss_plot(logger, config["mlflow_run_id"], spec)
+        for path in spec.model_dir.glob("hpc_ckpt_*.ckpt"):  # ours (a preemption's); last.ckpt is newer now
+            path.unlink()
     return config
+
+
+def set_aside(model_dir: Path, params_hash: str) -> Path:
+    """Move ``models/<method>/<dataset>`` to ``models/.superseded/<method>/<dataset>/<hash>-<UTC time>``
+    (config.json with it), so a changed-params run never deletes a trained model; returns the new path."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = model_dir.parent.parent / ".superseded" / model_dir.parent.name / model_dir.name / f"{params_hash}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(model_dir), str(target))
+    return target
+
+
+def strategy_for(model, trainer_args: dict):
+    """The Trainer's ``strategy``: a ``ddp`` request (or ``auto`` on several devices / nodes) becomes a
+    ``DDPStrategy`` with what the module states DDP needs: ``ddp_find_unused_parameters = True`` on
+    modules where a backward reaches only part of the parameters (GAN discriminator / generator
+    steps under manual optimisation, losses that start late). Other strategies pass unchanged."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer_args.get("strategy", "auto")
+    devices, nodes = trainer_args.get("devices", 1), trainer_args.get("num_nodes", 1)
+    several = nodes > 1 or devices == -1 or (isinstance(devices, int) and devices > 1) \
+        or (isinstance(devices, (list, str)) and str(devices) not in ("1", "auto", "[0]"))
+    if strategy == "ddp" or (strategy == "auto" and several):
+        return DDPStrategy(find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)))
+    return strategy
 
 
 def _log_loss_plot(logger, run_id: str, spec: RunSpec) -> None:

@@ -69,3 +69,92 @@ def test_killed_node_loses_no_clip(two_node_cluster, shared_datasets, serial_sha
     assert clips + len(failed) == 6  # every clip is in a shard or recorded as failed
     if not failed:  # retried on the surviving node: the same bytes as the serial run
         assert {p.name: p.read_bytes() for p in tmp_path.glob("*.tar")} == serial_shards
+
+
+# ------------------------------------------------------------------ training launchers (cluster/)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gan_workdir(crema_shards, tmp_path):
+    """A working directory with the fixture's shards and tiny-sinha params (a GAN under manual
+    optimisation: the method DDP failed on before it stated find_unused_parameters)."""
+    import yaml
+
+    from ddp_worker import tiny_params
+
+    (tmp_path / "shards").symlink_to(crema_shards / "shards", target_is_directory=True)
+    params = tiny_params("sinha", "32-true", devices=1, epochs=2)
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'cluster.db'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def _finished(workdir: Path, world: int) -> dict:
+    from mlflow import MlflowClient
+
+    config = json.loads((workdir / "models/sinha/crema_d/config.json").read_text())
+    assert config["global_step"] == 2 * 2 * 4  # 2 epochs x 2 batches x 4 optimizers (manual optimisation)
+    client = MlflowClient(f"sqlite:///{workdir / 'cluster.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == config["mlflow_run_id"]
+    return config
+
+
+@pytest.mark.slow
+def test_torchrun_script_two_nodes_on_localhost_trains_a_gan(gan_workdir):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HEAD": "127.0.0.1",
+           "PORT": str(_free_port()), "NNODES": "2", "GPUS": "1", "ACCELERATOR": "cpu", "PARAMS": "params.yaml"}
+    nodes = [subprocess.Popen(["bash", str(REPO / "cluster/torchrun_train.sh"), "sinha", "crema_d"], cwd=gan_workdir,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(o[-3000:] for o in outputs)
+    assert _finished(gan_workdir, world=2)["trainer"]["num_nodes"] == 2
+
+
+FAKE_SRUN = '''#!{python}
+"""srun stand-in: SLURM_NTASKS copies of the command, each with its task's SLURM_* variables."""
+import os, subprocess, sys
+n = int(os.environ["SLURM_NTASKS"])
+procs = [subprocess.Popen(sys.argv[1:], env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+                                             "SLURM_NODEID": "0"}}) for i in range(n)]
+sys.exit(max(p.wait() for p in procs))
+'''
+
+
+@pytest.mark.slow
+def test_slurm_script_srun_line_under_a_slurm_environment(gan_workdir, tmp_path_factory):
+    """cluster/train.slurm run by bash with a SLURM environment (one node, two tasks) and an srun
+    that starts the tasks: Lightning detects SLURM (ranks from SLURM_PROCID, auto-requeue handler)."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path_factory.mktemp("bin")
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "VENV": sys.prefix, "ACCELERATOR": "cpu", "SLURM_SUBMIT_DIR": str(gan_workdir), "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NAME": "talking-face-train", "SLURM_NNODES": "1", "SLURM_NTASKS": "2",
+           "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "1", "SLURM_NODELIST": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    proc = subprocess.run(["bash", str(REPO / "cluster/train.slurm"), "sinha", "crema_d"], cwd=tmp_path_factory.mktemp("x"),
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "SLURM auto-requeueing enabled" in proc.stderr
+    assert sorted(line.split("GLOBAL_RANK: ")[1][:1] for line in proc.stderr.splitlines()
+                  if "Initializing distributed: GLOBAL_RANK" in line) == ["0", "1"]
+    config = _finished(gan_workdir, world=2)
+    assert config["trainer"]["devices"] == 2 and config["data"]["num_workers"] == 0
+    assert config["trainer"]["checkpoint_every_n_steps"] == 1000

@@ -162,7 +162,15 @@ def test_kill_mid_training_then_resume_to_the_same_final_step(workdir):
     assert final["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run continues
     assert "Restoring states from the checkpoint" in done.stderr
 
-    evaluated = run_stage("pipeline.evaluate", workdir, params)
+    # raising max_epochs (not in the params hash) resumes the finished run: the global step continues
+    longer = write_params(workdir, "resume", data={"train_batches": 40}, max_epochs=5)
+    extended = run_stage("pipeline.train", workdir, longer)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in extended.stderr
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["global_step"] == 5 * 40 and config["mlflow_run_id"] == first["mlflow_run_id"]
+
+    evaluated = run_stage("pipeline.evaluate", workdir, longer)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((workdir / "eval/eapc/crema_d/metrics.json").read_text())
     assert set(metrics["metrics"]) == {"mouth_ld", "mouth_lvd", "face_ld", "face_lvd"}
@@ -340,3 +348,66 @@ def test_state_signature_follows_the_architecture_not_the_weights():
     b.register_buffer("extra", torch.zeros(1))
     assert state_signature(a) != state_signature(b)
     assert state_signature(a) != state_signature(torch.nn.Linear(4, 2))
+
+
+@pytest.mark.slow
+def test_changed_params_move_the_trained_model_aside_never_delete_it(workdir):
+    """A run whose params hash differs starts afresh, and the previous model folder (checkpoint and
+    config) is moved to models/.superseded/, byte for byte."""
+    params = write_params(workdir, "aside", data={"train_batches": 2}, max_epochs=1)
+    model_dir = workdir / "models/eapc/crema_d"
+    first = run_stage("pipeline.train", workdir, params)
+    assert first.returncode == 0, first.stderr[-3000:]
+    old_config = json.loads((model_dir / "config.json").read_text())
+    old_ckpt = (model_dir / "last.ckpt").read_bytes()
+    changed = yaml.safe_load(params.read_text())
+    changed["train"]["methods"]["eapc"]["optim"]["lr"] = 3e-4
+    params.write_text(yaml.safe_dump(changed))
+    second = run_stage("pipeline.train", workdir, params)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Restoring states" not in second.stderr and "moved to" in second.stderr
+    aside = list((workdir / "models/.superseded/eapc/crema_d").glob(f"{old_config['params_hash']}-*"))
+    assert len(aside) == 1
+    assert (aside[0] / "last.ckpt").read_bytes() == old_ckpt
+    assert json.loads((aside[0] / "config.json").read_text()) == old_config
+    new_config = json.loads((model_dir / "config.json").read_text())
+    assert new_config["params_hash"] != old_config["params_hash"] and new_config["global_step"] == 2
+
+
+def test_run_keys_stay_out_of_the_params_hash_and_bad_trainer_values_name_the_key(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    params = tiny_params("sqlite:///unused.db")
+    base = run_spec(params, "eapc", "crema_d")
+    assert base.trainer["deterministic"] == "warn" and base.trainer["benchmark"] is False
+    longer = json.loads(json.dumps(params))
+    longer["train"]["trainer"].update(max_epochs=50, max_steps=1000, devices=4, val_check_interval=0.5,
+                                      limit_val_batches=10, deterministic=True, benchmark=True,
+                                      float32_matmul_precision="high", checkpoint_every_n_steps=100)
+    longer["train"]["data"].update(num_workers=7, pin_memory=True)
+    assert run_spec(longer, "eapc", "crema_d").params_hash() == base.params_hash()
+    for key, value in (("precision", "bf16-mixed"), ("accumulate_grad_batches", 2), ("gradient_clip_val", 1.0)):
+        other = json.loads(json.dumps(params))
+        other["train"]["trainer"][key] = value
+        assert run_spec(other, "eapc", "crema_d").params_hash() != base.params_hash(), key
+    for key, value, match in (("deterministic", "sometimes", "deterministic must be"),
+                              ("float32_matmul_precision", "tf32", "float32_matmul_precision must be"),
+                              ("checkpoint_every_n_steps", 0, "checkpoint_every_n_steps must be >= 1")):
+        bad = json.loads(json.dumps(params))
+        bad["train"]["trainer"][key] = value
+        with pytest.raises(ParamsError, match=f"train.trainer.{match}"):
+            run_spec(bad, "eapc", "crema_d")
+
+
+def test_ddp_strategy_follows_what_the_module_states():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_modules import METHODS
+    from pipeline.train import strategy_for
+
+    gan, plain = METHODS["sinha"], METHODS["eapc"]  # the class attribute is what strategy_for reads
+    for args in ({"strategy": "ddp"}, {"strategy": "auto", "devices": 4}, {"strategy": "auto", "num_nodes": 2}):
+        assert strategy_for(gan, args)._ddp_kwargs["find_unused_parameters"] is True, args
+        assert strategy_for(plain, args)._ddp_kwargs["find_unused_parameters"] is False, args
+    assert strategy_for(gan, {"strategy": "auto", "devices": 1}) == "auto"
+    assert strategy_for(gan, {"strategy": "fsdp", "devices": 2}) == "fsdp"
+    assert isinstance(strategy_for(gan, {"strategy": "ddp"}), DDPStrategy)
