@@ -114,7 +114,10 @@ def test_torchrun_script_two_nodes_on_localhost_trains_a_gan(gan_workdir):
     import os
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HEAD": "127.0.0.1",
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # the venv's torchrun
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HEAD": "127.0.0.1",
            "PORT": str(_free_port()), "NNODES": "2", "GPUS": "1", "ACCELERATOR": "cpu", "PARAMS": "params.yaml"}
     nodes = [subprocess.Popen(["bash", str(REPO / "cluster/torchrun_train.sh"), "sinha", "crema_d"], cwd=gan_workdir,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
