@@ -153,7 +153,9 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
         for key in get(params, section, dict, default={}):
             if key not in TRAINER_KEYS:
                 raise ParamsError(f"{section}.{key}: unknown key (known: {', '.join(TRAINER_KEYS)})")
-            trainer[key] = get(params, f"{section}.{key}", TRAINER_KEYS[key])
+            trainer[key] = get(params, f"{section}.{key}", TRAINER_KEYS[key], default=None)  # null: Lightning's default
+    trainer = {k: v for k, v in trainer.items() if v is not None}
+    trainer = {**TRAINER_DEFAULTS, **trainer}
     _check_trainer(trainer)
     shard_dir = Path("shards") / dataset
     data = dict(get(params, "train.data", dict, default={}))
