@@ -21,6 +21,7 @@ the epoch length is ``train_batches`` per rank whatever ``num_workers`` is.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -55,6 +56,20 @@ def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
     if not shard_dir.is_dir():
         raise FileNotFoundError(f"shard directory not found: {shard_dir} (run `dvc repro preprocess` first)")
     return [str(p) for p in sorted(shard_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))]
+
+
+def shard_fingerprint(shard_dir: Path) -> str:
+    """Cheap identity of a shard folder: names and byte sizes of its tars plus the content of its
+    per-shard stats (clip ids, frame counts, the preprocessing params hash). Reading every tar would
+    cost minutes on a full dataset; a change of preprocessing code that keeps every size and the
+    version is not seen (bump ``PREPROCESS_VERSION``)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(shard_dir).glob("*-*.tar")):
+        digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        stats = path.with_suffix(".json")
+        if stats.is_file():
+            digest.update(stats.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def log_and_continue(err: Exception) -> bool:

@@ -283,8 +283,10 @@ class InceptionFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: Tensor) -> Tensor:
-        """Map ``(N, 3, H, W)`` uint8/float RGB frames to ``(N, 2048)`` float32 pool3 features."""
-        x = to_unit_float(frames).to(torch.float32).clamp(0.0, 1.0)
+        """Map ``(N, 3, H, W)`` uint8/float RGB frames to ``(N, 2048)`` float32 pool3 features,
+        computed on the network's device and returned on the frames' device."""
+        device = next(self.net.parameters()).device
+        x = to_unit_float(frames.to(device)).to(torch.float32).clamp(0.0, 1.0)
         x = torch.round(x * 255.0)
         if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
             x = _tf1_bilinear(x, (FID_INPUT_SIZE, FID_INPUT_SIZE))
@@ -292,7 +294,7 @@ class InceptionFeatureExtractor(nn.Module):
         feats = self.net(x)
         if feats.ndim > 2:
             feats = feats.flatten(2).mean(-1)
-        return feats.reshape(frames.shape[0], -1).to(torch.float32)
+        return feats.reshape(frames.shape[0], -1).to(device=frames.device, dtype=torch.float32)
 
 
 def inception_feature_extractor(path: Union[str, Path, None] = None,

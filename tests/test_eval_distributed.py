@@ -1,0 +1,86 @@
+"""The video protocol as two processes (torchrun, gloo) reading the cached real-frame statistics
+(``pipeline.real_stats``), and as one process computing everything itself: the same metrics.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _workdir(root: Path, crema_shards: Path, tiny_models: Path) -> Path:
+    """Two test clips (the fixture's test and val clips), the tiny cvae, tiny-crop params."""
+    shards = root / "shards" / "crema_d"
+    shards.mkdir(parents=True)
+    src = crema_shards / "shards" / "crema_d"
+    for i, name in enumerate(("test-000000", "val-000000")):
+        for suffix in (".tar", ".json"):
+            shutil.copy(src / f"{name}{suffix}", shards / f"test-00000{i}{suffix}")
+    (root / "models").symlink_to(tiny_models, target_is_directory=True)
+    params = {"evaluate": {"crop_size": 64, "n_videos": 1, "device": "auto"},
+              "mlflow": {"tracking_uri": f"sqlite:///{root / 'eval.db'}", "experiment": "eval"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _evaluate(root: Path, processes: int) -> dict:
+    launcher = [sys.executable] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+    proc = subprocess.run([*launcher, "-m", "pipeline.evaluate_video", "--method", "cvae", "--dataset", "crema_d"],
+                          cwd=root, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    out = root / "eval" / "cvae" / "crema_d"
+    return {"metrics": json.loads((out / "metrics.json").read_text()),
+            "provenance": json.loads((out / "provenance.json").read_text()),
+            "videos": sorted(p.name for p in (out / "videos").glob("*.mp4"))}
+
+
+@pytest.mark.slow
+def test_two_processes_with_cached_real_frames_give_the_metrics_of_one(crema_shards, tiny_models, tmp_path):
+    one = _evaluate(_workdir(tmp_path / "one", crema_shards, tiny_models), 1)
+    cached = _workdir(tmp_path / "two", crema_shards, tiny_models)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.real_stats", "--dataset", "crema_d"], cwd=cached, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = _evaluate(cached, 2)
+    assert one["provenance"]["processes"] == 1 and two["provenance"]["processes"] == 2
+    assert "not found" in one["provenance"]["real_frames"] and "read from" in two["provenance"]["real_frames"]
+    assert one["metrics"]["n_clips"] == two["metrics"]["n_clips"] == 2
+    assert {"fid", "psnr", "ssim", "csim_dlib", "redetected_mouth_ld"} <= set(one["metrics"]["metrics"])
+    assert set(two["metrics"]["metrics"]) == set(one["metrics"]["metrics"])
+    for key, value in one["metrics"]["metrics"].items():  # sums in another order: float tolerance
+        assert two["metrics"]["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert two["metrics"]["skipped_clips"] == one["metrics"]["skipped_clips"]
+    assert two["videos"] == one["videos"] == ["9906_IOM_NEU_XX.mp4"]  # rank 0 writes the first clip's MP4
+
+
+def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.real_stats import load_real_stats, real_stats_path, stats_key
+
+    root = _workdir(tmp_path, crema_shards, tiny_models)
+    monkeypatch.chdir(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert load_real_stats(params, "crema_d")[0] is None
+    real_stats_path("crema_d").parent.mkdir(parents=True)
+    torch.save({"key": stats_key(params, "crema_d"), "fid": None, "landmarks": {}}, real_stats_path("crema_d"))
+    assert load_real_stats(params, "crema_d")[0] is not None
+    shutil.copy(root / "shards/crema_d/test-000000.tar", root / "shards/crema_d/test-000002.tar")  # the split changed
+    stats, why = load_real_stats(params, "crema_d")
+    assert stats is None and "other shards" in why
+    params["evaluate"]["crop_size"] = 128
+    os.remove(root / "shards/crema_d/test-000002.tar")
+    assert load_real_stats(params, "crema_d")[0] is None  # another crop
