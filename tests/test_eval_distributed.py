@@ -16,6 +16,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _tiny_inception(path: Path) -> str:
+    """A TorchScript stand-in for the FID Inception: (N, 3, 299, 299) -> (N, 2048) (8x8 pooled, 32
+    channels), so FID's states (2048-d sums and covariance) are real but cost no Inception pass."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Conv2d(3, 32, 1), nn.Flatten())
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    return str(path)
+
+
 def _workdir(root: Path, crema_shards: Path, tiny_models: Path) -> Path:
     """Two test clips (the fixture's test and val clips), the tiny cvae, tiny-crop params."""
     shards = root / "shards" / "crema_d"
@@ -25,7 +37,8 @@ def _workdir(root: Path, crema_shards: Path, tiny_models: Path) -> Path:
         for suffix in (".tar", ".json"):
             shutil.copy(src / f"{name}{suffix}", shards / f"test-00000{i}{suffix}")
     (root / "models").symlink_to(tiny_models, target_is_directory=True)
-    params = {"evaluate": {"crop_size": 64, "n_videos": 1, "device": "auto"},
+    params = {"evaluate": {"crop_size": 64, "n_videos": 1, "device": "auto", "fid_sha256": None,
+                           "fid_weights": _tiny_inception(root / "tiny_inception.pt")},
               "mlflow": {"tracking_uri": f"sqlite:///{root / 'eval.db'}", "experiment": "eval"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
