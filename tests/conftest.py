@@ -83,3 +83,32 @@ def tiny_models(tmp_path_factory) -> Path:
         (root / method / "crema_d").mkdir(parents=True)
         torch.save(checkpoint, root / method / "crema_d" / "last.ckpt")
     return root
+
+
+FAKE_SRUN = '''#!{python}
+"""srun stand-in: SLURM_NTASKS copies of the command, each with its task's SLURM_* variables."""
+import os, subprocess, sys
+n = int(os.environ["SLURM_NTASKS"])
+procs = [subprocess.Popen(sys.argv[1:], env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+                                             "SLURM_NODEID": "0"}}) for i in range(n)]
+sys.exit(max(p.wait() for p in procs))
+'''
+
+
+@pytest.fixture
+def slurm_env(tmp_path_factory) -> dict:
+    """Environment of a one-node, two-task SLURM job whose ``srun`` (a stand-in on PATH) starts the
+    two tasks locally with SLURM_PROCID / SLURM_LOCALID set; the venv's python first on PATH."""
+    import socket
+    import sys
+
+    bin_dir = tmp_path_factory.mktemp("bin")
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "srun").chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYTHONPATH": str(REPO_ROOT), "VENV": sys.prefix, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NAME": "talking-face", "SLURM_NNODES": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+            "SLURM_CPUS_PER_TASK": "1", "SLURM_NODELIST": "127.0.0.1", "MASTER_PORT": str(port)}

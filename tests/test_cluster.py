@@ -126,33 +126,14 @@ def test_torchrun_script_two_nodes_on_localhost_trains_a_gan(gan_workdir):
     assert _finished(gan_workdir, world=2)["trainer"]["num_nodes"] == 2
 
 
-FAKE_SRUN = '''#!{python}
-"""srun stand-in: SLURM_NTASKS copies of the command, each with its task's SLURM_* variables."""
-import os, subprocess, sys
-n = int(os.environ["SLURM_NTASKS"])
-procs = [subprocess.Popen(sys.argv[1:], env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
-                                             "SLURM_NODEID": "0"}}) for i in range(n)]
-sys.exit(max(p.wait() for p in procs))
-'''
-
-
 @pytest.mark.slow
-def test_slurm_script_srun_line_under_a_slurm_environment(gan_workdir, tmp_path_factory):
+def test_slurm_script_srun_line_under_a_slurm_environment(gan_workdir, slurm_env, tmp_path):
     """cluster/train.slurm run by bash with a SLURM environment (one node, two tasks) and an srun
     that starts the tasks: Lightning detects SLURM (ranks from SLURM_PROCID, auto-requeue handler)."""
-    import os
     import subprocess
-    import sys
 
-    bin_dir = tmp_path_factory.mktemp("bin")
-    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
-    (bin_dir / "srun").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
-           "VENV": sys.prefix, "ACCELERATOR": "cpu", "SLURM_SUBMIT_DIR": str(gan_workdir), "SLURM_JOB_ID": "4242",
-           "SLURM_JOB_NAME": "talking-face-train", "SLURM_NNODES": "1", "SLURM_NTASKS": "2",
-           "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "1", "SLURM_NODELIST": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
-    proc = subprocess.run(["bash", str(REPO / "cluster/train.slurm"), "sinha", "crema_d"], cwd=tmp_path_factory.mktemp("x"),
+    env = {**slurm_env, "ACCELERATOR": "cpu", "SLURM_SUBMIT_DIR": str(gan_workdir)}
+    proc = subprocess.run(["bash", str(REPO / "cluster/train.slurm"), "sinha", "crema_d"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "SLURM auto-requeueing enabled" in proc.stderr

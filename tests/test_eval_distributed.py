@@ -97,3 +97,18 @@ def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, tm
     params["evaluate"]["crop_size"] = 128
     os.remove(root / "shards/crema_d/test-000002.tar")
     assert load_real_stats(params, "crema_d")[0] is None  # another crop
+
+
+@pytest.mark.slow
+def test_slurm_evaluation_script_splits_the_clips_between_its_tasks(crema_shards, tiny_models, slurm_env, tmp_path):
+    """cluster/evaluate.slurm under a SLURM environment (two tasks, srun stand-in): the ranks come
+    from SLURM_PROCID / SLURM_NTASKS, both clips are scored once, task 0 writes the outputs."""
+    root = _workdir(tmp_path / "work", crema_shards, tiny_models)
+    env = {**slurm_env, "SLURM_SUBMIT_DIR": str(root)}
+    proc = subprocess.run(["bash", str(REPO / "cluster/evaluate.slurm"), "copy_reference", "crema_d"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = root / "eval" / "copy_reference" / "crema_d"
+    assert json.loads((out / "provenance.json").read_text())["processes"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_clips"] == 2 and metrics["metrics"]["csim_dlib"] == pytest.approx(1.0, abs=1e-4)
