@@ -24,7 +24,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
-from datamodules.talking_face import shard_fingerprint
 from pipeline.params import ParamsError, get, load_params
 
 TRAINER_KEYS = {"max_epochs": int, "max_steps": int, "max_time": (str, dict), "accelerator": str,
@@ -70,6 +69,8 @@ class RunSpec:
         """Hash of what changes the trained weights (not ``RUN_KEYS`` nor ``data.num_workers`` / ``pin_memory``): the params, the
         training data (:func:`shard_fingerprint`) and the files the params name (:func:`input_fingerprints`:
         loss networks, a frozen autoencoder), so a run resumes only on the same shards and inputs."""
+        from datamodules.talking_face import shard_fingerprint
+
         content = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
                    "method_params": self.method_params, "shards": shard_fingerprint(self.shard_dir),
                    "trainer": {k: v for k, v in self.trainer.items() if k not in RUN_KEYS},
