@@ -8,7 +8,7 @@
 set -euo pipefail
 METHOD=${1:-eapc}
 DATASET=${2:-mead}
-shift 2 || true
+shift $(( $# < 2 ? $# : 2 ))
 : "${HEAD:?set HEAD to the rendezvous host}" "${NNODES:=2}" "${GPUS:=1}" "${ACCELERATOR:=gpu}" "${PORT:=29400}"
 : "${WORKERS:=0}"  # DataLoader workers per rank
 exec torchrun --nnodes "${NNODES}" --nproc-per-node "${GPUS}" \

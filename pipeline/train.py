@@ -135,15 +135,14 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     methods = get(params, "train.methods", dict)
     if method not in methods:
         raise ParamsError(f"train.methods.{method}: no parameters for this method in params.yaml")
-    trainer = dict(TRAINER_DEFAULTS)
+    trainer: dict = {}
     # a method may override trainer arguments (e.g. more epochs for a small network)
     for section in ("train.trainer", f"train.methods.{method}.trainer"):
         for key in get(params, section, dict, default={}):
             if key not in TRAINER_KEYS:
                 raise ParamsError(f"{section}.{key}: unknown key (known: {', '.join(TRAINER_KEYS)})")
             trainer[key] = get(params, f"{section}.{key}", TRAINER_KEYS[key], default=None)  # null: Lightning's default
-    trainer = {k: v for k, v in trainer.items() if v is not None}
-    trainer = {**TRAINER_DEFAULTS, **trainer}
+    trainer = {**TRAINER_DEFAULTS, **{k: v for k, v in trainer.items() if v is not None}}
     _check_trainer(trainer)
     shard_dir = Path("shards") / dataset
     data = dict(get(params, "train.data", dict, default={}))
