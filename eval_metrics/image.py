@@ -26,6 +26,7 @@ Protocols (what the report / MLflow params should state)
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -285,7 +286,8 @@ class InceptionFeatureExtractor(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """Map ``(N, 3, H, W)`` uint8/float RGB frames to ``(N, 2048)`` float32 pool3 features,
         computed on the network's device and returned on the frames' device."""
-        device = next(self.net.parameters()).device
+        weights = next(itertools.chain(self.net.parameters(), self.net.buffers()), None)
+        device = frames.device if weights is None else weights.device
         x = to_unit_float(frames.to(device)).to(torch.float32).clamp(0.0, 1.0)
         x = torch.round(x * 255.0)
         if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):

@@ -238,8 +238,14 @@ class MLflowRunSync(Callback):
         run_id = trainer.strategy.broadcast(run_id, src=0)
         self.config["mlflow_run_id"] = run_id
         if trainer.is_global_zero:
-            logger.log_hyperparams(flatten({k: self.config[k] for k in ("method", "dataset", "resolved", "data",
-                                                                         "trainer", "seed")}))
+            params = flatten({k: self.config[k] for k in ("method", "dataset", "resolved", "data", "trainer", "seed")})
+            # a resumed run may have other RUN_KEYS (max_epochs raised): MLflow params never change, so
+            # a changed value is a tag "resumed.<key>: old -> new" and the param keeps its first value
+            logged = logger.experiment.get_run(run_id).data.params
+            changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)}
+            for key, value in changed.items():
+                logger.experiment.set_tag(run_id, f"resumed.{key}", f"{logged[key]} -> {value}")
+            logger.log_hyperparams({k: v for k, v in params.items() if k not in changed})
             logger.experiment.log_dict(run_id, self.config, "config/resolved.json")
             self.config_path.write_text(json.dumps(self.config, indent=1, sort_keys=True))
 

@@ -169,6 +169,11 @@ def test_kill_mid_training_then_resume_to_the_same_final_step(workdir):
     assert "Restoring states from the checkpoint" in extended.stderr
     config = json.loads((model_dir / "config.json").read_text())
     assert config["global_step"] == 5 * 40 and config["mlflow_run_id"] == first["mlflow_run_id"]
+    from mlflow import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{workdir / 'resume'}.db").get_run(config["mlflow_run_id"])
+    assert run.data.tags["resumed.trainer.max_epochs"] == "4 -> 5"  # MLflow params never change
+    assert run.data.params["trainer.max_epochs"] == "4"
 
     evaluated = run_stage("pipeline.evaluate", workdir, longer)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

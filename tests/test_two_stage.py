@@ -91,7 +91,8 @@ class _Expert(nn.Module):
 def test_sync_loss_switches_on_below_the_threshold_and_stays_on():
     model = TwoStageModule(net=NET)
     model.set_sync_expert(_Expert())
-    model.trainer = type("T", (), {"callback_metrics": {"val/sync": torch.tensor(0.8)}})()
+    strategy = type("S", (), {"reduce": staticmethod(lambda tensor, reduce_op: tensor)})()  # one process
+    model.trainer = type("T", (), {"callback_metrics": {"val/sync": torch.tensor(0.8)}, "strategy": strategy})()
     model.on_validation_epoch_end()
     assert not model.sync_on
     model.trainer.callback_metrics["val/sync"] = torch.tensor(0.7)
