@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -113,26 +114,20 @@ def method_params(params: dict, method: str, ckpts: dict[str, Path]) -> dict:
     return p
 
 
-class BatchTimer:
+class BatchTimer(Callback):
     """Lightning callback: seconds per training batch after ``warmup`` batches (CUDA synchronised)."""
 
-    def __new__(cls, warmup: int):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, warmup: int):
+        self.warmup, self.times = warmup, []
 
-        class _Timer(Callback):
-            def __init__(self):
-                self.times: list[float] = []
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.times.append(time.perf_counter())
-
-            def batches_per_s(self) -> float:
-                t = self.times[warmup - 1:] if warmup > 0 else self.times
-                return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
-
-        return _Timer()
+    def batches_per_s(self) -> float:
+        t = self.times[self.warmup - 1:] if self.warmup > 0 else self.times
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
 
 
 def train_one(method: str, params: dict, ckpts: dict[str, Path], args, work: Path) -> dict:

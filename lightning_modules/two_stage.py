@@ -140,7 +140,7 @@ class TwoStageModule(L.LightningModule):
         self.editor, self.critic = EmotionEditor(self.editor_cfg), EditorDiscriminator(self.editor_cfg)
         self.lipsync, self.quality = LipSyncGenerator(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
         self.sync_on = False
-        self._edit_counts: Tensor | None = None  # (2, n_emotions): validation edit hits, targets per emotion
+        self._edit_counts = torch.zeros(2, self.editor_cfg.n_emotions)  # validation edit hits, targets per emotion
         self._expert: tuple = ()  # (SyncNet,): a tuple keeps the frozen loss network out of checkpoints
         if self.optim_cfg.syncnet_ckpt is not None:
             from lightning_modules.syncnet import SyncNetModule
@@ -333,15 +333,13 @@ class TwoStageModule(L.LightningModule):
         counts = torch.zeros(2, self.editor_cfg.n_emotions, device=hit.device)
         counts[0].index_add_(0, target, hit)
         counts[1].index_add_(0, target, torch.ones_like(hit))
-        self._edit_counts = counts if self._edit_counts is None else self._edit_counts + counts
+        self._edit_counts += counts
 
     def on_validation_epoch_start(self) -> None:
-        self._edit_counts = None
+        self._edit_counts = torch.zeros(2, self.editor_cfg.n_emotions, device=self.device)
 
     def on_validation_epoch_end(self) -> None:
-        counts = self._edit_counts if self._edit_counts is not None else torch.zeros(2, self.editor_cfg.n_emotions,
-                                                                                     device=self.device)
-        hits, totals = self.trainer.strategy.reduce(counts, reduce_op="sum")  # (n_emotions,) each, all ranks
+        hits, totals = self.trainer.strategy.reduce(self._edit_counts, reduce_op="sum")  # (n_emotions,) each, all ranks
         if totals.sum() > 0:
             self.log("val/edit_acc", hits.sum() / totals.sum())
             for emotion_id in torch.nonzero(totals).flatten().tolist():

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.params import ParamsError
+
 
 @dataclass(frozen=True)
 class EvalRanks:
@@ -56,7 +58,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     ``cuda`` (this rank's GPU) or an explicit ``cuda:N``.
 
     Raises:
-        ValueError: an unknown name, or ``cuda`` without a CUDA device.
+        ParamsError: an unknown name, or ``cuda`` without a CUDA device.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,9 +66,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"evaluate.device: {name!r} but no CUDA device is available (use auto or cpu)")
+            raise ParamsError(f"evaluate.device: {name!r} but no CUDA device is available (use auto or cpu)")
         return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    raise ValueError(f"evaluate.device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    raise ParamsError(f"evaluate.device: must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def eval_ranks(device: str = "auto") -> EvalRanks:

@@ -254,8 +254,9 @@ class RedetectedLandmarks:
     in ``skipped``). Keys ``redetected_mouth_ld`` etc. for every video method."""
 
     evaluator = "mediapipe face mesh 0.10.14 -> 68 points, re-detected on rendered and real crops"
+    MAX_MISSING = 0.2
 
-    def __init__(self, max_missing: float = 0.2):
+    def __init__(self, max_missing: float = MAX_MISSING):
         from eval_metrics.landmarks import LandmarkMetrics
 
         self.metrics = LandmarkMetrics(prefix="redetected_")

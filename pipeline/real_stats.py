@@ -40,7 +40,7 @@ def stats_key(params: dict, dataset: str) -> dict:
     return {"shards": shard_fingerprint(Path("shards") / dataset), "crop_size": get(params, "evaluate.crop_size", int, default=128),
             "fid_weights": get(params, "evaluate.fid_weights", str, default=None),
             "fid_sha256": get(params, "evaluate.fid_sha256", str, default=None),
-            "landmarker": RedetectedLandmarks.evaluator, "max_missing": RedetectedLandmarks().max_missing}
+            "landmarker": RedetectedLandmarks.evaluator, "max_missing": RedetectedLandmarks.MAX_MISSING}
 
 
 def load_real_stats(params: dict, dataset: str) -> tuple[dict | None, str]:

@@ -112,3 +112,13 @@ def test_slurm_evaluation_script_splits_the_clips_between_its_tasks(crema_shards
     assert json.loads((out / "provenance.json").read_text())["processes"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_clips"] == 2 and metrics["metrics"]["csim_dlib"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unknown_evaluate_device_is_a_params_error(tmp_path, monkeypatch, capsys):
+    """A typo in ``evaluate.device`` ends with one line naming the key (exit 2), before any model loads."""
+    from pipeline import evaluate_video
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"device": "gpu"}}))
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_video.main(["--method", "copy_reference", "--dataset", "crema_d"]) == 2
+    assert "evaluate.device: must be auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
