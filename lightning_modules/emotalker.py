@@ -90,7 +90,8 @@ class EmoTalkerTrainConfig:
 @dataclass
 class SamplingConfig:
     """``evaluate.sampling.emotalker``: ddim_steps (>= 1), preserve_ratio a and preserve_until K / T
-    in [0, 1] (eq. 6), seed of the per-clip noise, chunk (frames per UNet call)."""
+    in [0, 1] (eq. 6), seed of the noise (the same for every clip), chunk (frames of each clip per UNet
+    call)."""
 
     ddim_steps: int = 25
     preserve_ratio: float = 0.3
@@ -115,6 +116,7 @@ class EmoTalkerModule(L.LightningModule):
     """
 
     speech_key = "phones"
+    batch_clips = True  # generate: a clip's frames do not depend on the other clips of the call
 
     def __init__(self, net: dict | None = None, optim: dict | None = None, autoencoder_net: dict | None = None):
         super().__init__()
@@ -278,7 +280,8 @@ class EmoTalkerModule(L.LightningModule):
                  ref_lmk: Tensor | None = None, intensity: Tensor | None = None, phones: Tensor | None = None,
                  prompt: str | None = None, strength: float = 1.0) -> Tensor:
         """:meth:`lightning_modules.generation.VideoGenerator.generate` by identity-preserving DDIM,
-        all frames of a clip through each denoising step (in chunks of ``sampling.chunk``).
+        the frames of every clip through each denoising step together (``sampling.chunk`` frames of
+        each of the B clips per pass), every clip from the same seeded noise (``sampling.seed``).
 
         Args (beyond the protocol's; ``mel`` is unused: the audio condition is ``phones``):
             ref_lmk: (B, 68, 2) reference landmarks in pixels of the 256 px crop (required).
@@ -305,24 +308,26 @@ class EmoTalkerModule(L.LightningModule):
         else:
             levels = intensity if intensity is not None else torch.zeros(len(ref), dtype=torch.long)
             e_emo = self.intensity_block.label_e_emo(emotion.to(dev), intensity_strength(levels.to(dev)))
-        gen = torch.Generator(device="cpu").manual_seed(s.seed)
-        frame_idx = torch.arange(n_frames, device=dev)[None]
-        videos = []
-        for b in range(len(ref)):
-            speech = speech_windows(phones[b:b + 1].to(dev), frame_idx, self.net_cfg.audio_window)[0]  # (T, W, 40)
-            noise = torch.randn((1, *z_ref.shape[1:]), generator=gen).to(dev)
-            frames = []
-            for t0 in range(0, n_frames, s.chunk):
-                n = min(s.chunk, n_frames - t0)
-                cond = self.conditions(speech[t0:t0 + n], ref_lmk[b:b + 1].to(dev).expand(n, -1, -1), e_emo[b:b + 1].expand(n, -1))
-                zm, zr = z_masked[b:b + 1].expand(n, -1, -1, -1), z_ref[b:b + 1].expand(n, -1, -1, -1)
-                w = torch.full((n,), float(strength), device=dev)
-                z = identity_preserving_ddim(lambda z_t, t: self.denoise(z_t, t, zm, zr, cond, w), self.scheduler,
-                                             zr, noise.expand(n, -1, -1, -1), s.ddim_steps, s.preserve_ratio,
-                                             s.preserve_until)
-                frames.append(chw_to_frames(self.autoencoder.decode(z)).cpu())
-            videos.append(torch.cat(frames))
-        return torch.stack(videos)
+        b = len(ref)
+        # every clip starts from the same seeded noise: a clip renders the same alone or beside others
+        noise = torch.randn((1, *z_ref.shape[1:]), generator=torch.Generator().manual_seed(s.seed)).to(dev)
+        frame_idx = torch.arange(n_frames, device=dev)[None].expand(b, -1)
+        speech = speech_windows(phones.to(dev), frame_idx, self.net_cfg.audio_window)  # (B, T, W, 40)
+        ref_lmk, frames = ref_lmk.float().to(dev), []
+        for t0 in range(0, n_frames, s.chunk):  # all B clips' frames t0..t0+n through each denoising step
+            n = min(s.chunk, n_frames - t0)
+
+            def per_frame(x: Tensor) -> Tensor:  # (B, ...) -> (B n, ...), each clip's row repeated n times
+                return x[:, None].expand(-1, n, *x.shape[1:]).flatten(0, 1)
+
+            cond = self.conditions(speech[:, t0:t0 + n].flatten(0, 1), per_frame(ref_lmk), per_frame(e_emo))
+            zm, zr = per_frame(z_masked), per_frame(z_ref)
+            w = torch.full((b * n,), float(strength), device=dev)
+            z = identity_preserving_ddim(lambda z_t, t: self.denoise(z_t, t, zm, zr, cond, w), self.scheduler,
+                                         zr, noise.expand(b * n, -1, -1, -1), s.ddim_steps, s.preserve_ratio,
+                                         s.preserve_until)
+            frames.append(chw_to_frames(self.autoencoder.decode(z)).cpu().view(b, n, *ref.shape[2:], 3))
+        return torch.cat(frames, dim=1)  # (B, n_frames, S, S, 3)
 
     def resolved_config(self) -> dict:
         """Network and optimisation config plus what the run derived (MLflow, config.json)."""

@@ -14,7 +14,16 @@ from torch import nn
 
 @runtime_checkable
 class VideoGenerator(Protocol):
-    """What ``pipeline.evaluate_video`` needs from a method."""
+    """What ``pipeline.evaluate_video`` needs from a method.
+
+    A generator may also set ``batch_clips = True``: then each clip's frames are the same (to float
+    rounding) whether it is rendered alone or in one call beside longer clips whose per-frame inputs
+    (``mel``, ``phones``, ...) its own were padded to by repeating their last row, its output cut
+    back to its own length.
+    The evaluation then renders ``evaluate.clips_per_forward`` clips per call. Methods whose frames
+    depend on the clip's length (a window clamped at the clip's end, a clip-level statistic, one-shot
+    tuning per reference) leave it unset and render one clip per call.
+    """
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
                  n_frames: int, ref_lmk: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,6 +61,8 @@ class CopyReference(nn.Module):
     It gives every metric a floor (PSNR/SSIM of a still face, LSE of a closed mouth, EmoAcc of the
     reference expression) that a real method must beat.
     """
+
+    batch_clips = True
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
                  n_frames: int, ref_lmk: torch.Tensor | None = None) -> torch.Tensor:

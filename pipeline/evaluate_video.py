@@ -244,6 +244,50 @@ def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(clip[k])[None] for k in CLIP_INPUTS if k in takes and k in clip}
 
 
+def _groups(items, size: int):
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _pad_stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """(N_i, ...) arrays -> (B, max N_i, ...), each padded at the end by repeating its last row."""
+    longest = max(len(a) for a in arrays)
+    return torch.from_numpy(np.stack([np.concatenate([a, np.repeat(a[-1:], longest - len(a), axis=0)])
+                                      for a in arrays]))
+
+
+@torch.no_grad()
+def render_clips(generator, clips: list[dict], frames_key: str) -> list[torch.Tensor]:
+    """The protocol's rendering of each clip: its first frame as the reference, its own audio and
+    emotion label, as many frames as it has -> a (T_i, S, S, 3) uint8 CPU tensor per clip.
+
+    Several clips (only for a generator with ``batch_clips``, see
+    :class:`lightning_modules.generation.VideoGenerator`) go through ONE ``generate`` call: per-frame
+    inputs padded to the longest clip by repeating their last row, outputs cut back to each clip's
+    length, so every clip gets the frames it gets alone.
+
+    Raises:
+        ValueError: several clips for a generator without ``batch_clips``.
+    """
+    if len(clips) > 1 and not getattr(generator, "batch_clips", False):
+        raise ValueError(f"{type(generator).__name__} renders one clip per generate call (no batch_clips)")
+    lengths = [len(c[frames_key]) for c in clips]
+    reference = torch.from_numpy(np.stack([c[frames_key][0] for c in clips]))  # (B, S, S, 3)
+    extra = clip_inputs(generator, clips[0])
+    video = generator.generate(reference, _pad_stack([c["mel"] for c in clips]),
+                               torch.tensor([c["meta"]["emotion_id"] for c in clips]), max(lengths),
+                               ref_lmk=torch.from_numpy(np.stack([c["lmk"][0] for c in clips])),
+                               **{k: _pad_stack([c[k] for c in clips]) for k in extra}).cpu()
+    return [video[i, :n] for i, n in enumerate(lengths)]
+
+
 class RedetectedLandmarks:
     """Paper 001 Table 1's landmark metrics as the paper measures them, on VIDEO: the preprocessing's
     landmarker (mediapipe face mesh -> 68 points, :mod:`pipeline.extract.landmarks`) runs on the
@@ -624,31 +668,36 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     redetected = RedetectedLandmarks()
     real_stats, real_stats_note = load_real_stats(params, dataset)
     cached_fid = real_stats is not None and real_stats["fid"] is not None
-    for index, clip in enumerate(split_clips(shard_dir, frames_key, extra_keys=wanted)):
-        first_clip = first_clip or clip  # the split's first clip: rank 0 draws the grids from it
-        if not ranks.mine(index):
-            continue
-        real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
-        mel = torch.from_numpy(clip["mel"])
-        emotion = clip["meta"]["emotion_id"]
-        with torch.no_grad():
-            generated = generator.generate(real[:1], mel[None], torch.tensor([emotion]), len(real),
-                                           ref_lmk=torch.from_numpy(clip["lmk"][:1]), **clip_inputs(generator, clip))[0].cpu()
-        evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion, cached_fid)
-        redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]),
-                          real_stats["landmarks"] if real_stats is not None else None, clip["key"])
-        if dubbing is not None:
-            with torch.no_grad():
-                dubbing.update(generator.dub(real, mel).cpu(), real, cached_fid)
-        if edits is not None:
-            edits.update(generator, real[0])
-        if autoencoding is not None:
-            autoencoding.update(generator.autoencoder, real)
-        n_clips += 1
-        if ranks.is_zero and len(videos) < n_videos:
-            path = out_dir / "videos" / f"{clip['key']}.mp4"
-            write_mp4(path, generated.numpy(), clip["meta"]["fps"], clip["audio"], clip["meta"]["sample_rate"])
-            videos.append(path)
+    per_call = get(params, "evaluate.clips_per_forward", int, default=1) if getattr(generator, "batch_clips", False) else 1
+    if per_call < 1:
+        raise ParamsError(f"evaluate.clips_per_forward: must be >= 1, got {per_call}")
+
+    def my_clips():
+        nonlocal first_clip
+        for index, clip in enumerate(split_clips(shard_dir, frames_key, extra_keys=wanted)):
+            first_clip = first_clip or clip  # the split's first clip: rank 0 draws the grids from it
+            if ranks.mine(index):
+                yield clip
+
+    for group in _groups(my_clips(), per_call):
+        for clip, generated in zip(group, render_clips(generator, group, frames_key)):
+            real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
+            mel, emotion = torch.from_numpy(clip["mel"]), clip["meta"]["emotion_id"]
+            evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion, cached_fid)
+            redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]),
+                              real_stats["landmarks"] if real_stats is not None else None, clip["key"])
+            if dubbing is not None:
+                with torch.no_grad():
+                    dubbing.update(generator.dub(real, mel).cpu(), real, cached_fid)
+            if edits is not None:
+                edits.update(generator, real[0])
+            if autoencoding is not None:
+                autoencoding.update(generator.autoencoder, real)
+            n_clips += 1
+            if ranks.is_zero and len(videos) < n_videos:
+                path = out_dir / "videos" / f"{clip['key']}.mp4"
+                write_mp4(path, generated.numpy(), clip["meta"]["fps"], clip["audio"], clip["meta"]["sample_rate"])
+                videos.append(path)
     # plain counters summed over the ranks before any compute(): the metric states sync inside compute()
     counts = ranks.sum_counts({"n_clips": n_clips, "redetected_scored": redetected.scored,
                                "redetected_skipped": redetected.skipped,
@@ -691,7 +740,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                                                           if redetected.skipped else {})},
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
               "unreadable_clips": None if expected is None else expected - n_clips,
-              "processes": ranks.world, "device": ranks.device.type, "real_frames": real_stats_note,
+              "processes": ranks.world, "device": ranks.device.type, "clips_per_generate_call": per_call, "real_frames": real_stats_note,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
                            "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params,

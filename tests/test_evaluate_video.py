@@ -23,7 +23,8 @@ def test_copy_reference_follows_the_interface():
 
 def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, monkeypatch):
     monkeypatch.chdir(crema_shards)
-    params = {"evaluate": {"crop_size": 64, "n_videos": 1, "fid_weights": "weights/missing_inception.pt"},
+    params = {"evaluate": {"crop_size": 64, "n_videos": 1, "fid_weights": "weights/missing_inception.pt",
+                           "clips_per_forward": 2},
               "mlflow": {"tracking_uri": f"sqlite:///{crema_shards / 'video.db'}", "experiment": "video"}}
     result = evaluate_video("copy_reference", "crema_d", params, crema_shards / "eval/copy_reference/crema_d")
     m = result["metrics"]
@@ -50,6 +51,7 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
     assert all(isinstance(v, (int, float)) for v in saved["metrics"].values())
     provenance = json.loads((crema_shards / "eval/copy_reference/crema_d/provenance.json").read_text())
     assert provenance["protocol"]["frames_scored"] == "1..T-1" and provenance["missing"] == missing
+    assert provenance["clips_per_generate_call"] == 2  # copy_reference allows batching
     video = crema_shards / "eval/copy_reference/crema_d/videos/9906_IOM_NEU_XX.mp4"
     probe = probe_video(video)
     assert probe.has_audio and (probe.width, probe.height) == (64, 64) and probe.fps == 25
@@ -171,3 +173,39 @@ def test_crop_size_mismatch_stops_before_any_work(crema_shards, monkeypatch):
     _check_crop_size(128, "generator", None, "unused")  # the baselines render any size
     with pytest.raises(ParamsError, match="evaluate.crop_size is 64.*train.methods.cvae.net.crop_size"):
         _check_crop_size(64, "generator", 128, "train.methods.cvae.net.crop_size")
+
+
+def _synthetic_clip(n_frames: int, emotion: int, seed: int) -> dict:
+    """A clip as ``split_clips`` yields it: 64 px frames, landmarks, mel (3.2 rows per frame), phones."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lmk = rng.uniform(16, 48, (n_frames, 68, 2)).astype(np.float32)
+    return {"key": f"clip{seed}", "meta": {"emotion_id": emotion}, "lmk": lmk,
+            "frames_64": rng.integers(0, 256, (n_frames, 64, 64, 3), dtype=np.uint8),
+            "mel": rng.uniform(-4, 4, (int(3.2 * n_frames) + 2, 80)).astype(np.float32),
+            "phones": np.eye(40, dtype=np.float32)[rng.integers(0, 40, n_frames)]}
+
+
+def test_clips_batched_in_one_generate_call_render_as_alone(tiny_models):
+    """emotalker (``batch_clips``): a 5-frame and a 9-frame clip in one call, across chunk borders,
+    give each clip the frames it gets alone (to float rounding: batch-size dependent kernels move a
+    few values by one level); a method without ``batch_clips`` is refused."""
+    from lightning_modules import METHODS
+    from pipeline.evaluate_video import render_clips
+
+    model = METHODS["emotalker"].load_from_checkpoint(tiny_models / "emotalker/crema_d/last.ckpt", map_location="cpu")
+    model.configure_sampling({"ddim_steps": 3, "chunk": 4})
+    short, long = _synthetic_clip(5, 3, seed=1), _synthetic_clip(9, 1, seed=2)
+    together = render_clips(model, [short, long], "frames_64")
+    alone = [render_clips(model, [clip], "frames_64")[0] for clip in (short, long)]
+    assert [tuple(v.shape) for v in together] == [(5, 64, 64, 3), (9, 64, 64, 3)]
+    for a, b in zip(together, alone):
+        diff = (a.int() - b.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+    assert not torch.equal(together[0], together[1][:5])  # the clips' own inputs reached each
+    copies = render_clips(CopyReference(), [short, long], "frames_64")
+    assert torch.equal(copies[1], torch.from_numpy(long["frames_64"][:1]).expand(9, -1, -1, -1))
+    cvae = METHODS["cvae"].load_from_checkpoint(tiny_models / "cvae/crema_d/last.ckpt", map_location="cpu")
+    with pytest.raises(ValueError, match="one clip per generate call"):
+        render_clips(cvae, [short, long], "frames_64")
