@@ -3,9 +3,10 @@
     python benchmarks/emotalker_speed.py                       # params.yaml's CPU-sized UNet, untrained
     python benchmarks/emotalker_speed.py --checkpoint models/emotalker/crema_d/last.ckpt --frames 50
     python benchmarks/emotalker_speed.py --device cuda --paper-size
+    python benchmarks/emotalker_speed.py --frames 10 --clips 4   # 4 short clips per generate call
 
-All frames of a clip go through each denoising step together (``sampling.chunk``), as in
-``evaluate_video``. ``--paper-size`` builds a DiffTalk-size UNet (LDM f4 widths 192 x (1, 2, 3, 5),
+All frames of a clip (of ``--clips`` clips) go through each denoising step together
+(``sampling.chunk`` frames per clip), as in ``evaluate_video``. ``--paper-size`` builds a DiffTalk-size UNet (LDM f4 widths 192 x (1, 2, 3, 5),
 2 layers per block, 32-d heads: several hundred million parameters; printed) to show what the
 faithful model costs; weights are random (speed only). Prints one line per step count:
 steps, frames, seconds, seconds per frame, and the UNet's parameter count.
@@ -48,24 +49,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 200])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--paper-size", action="store_true")
+    parser.add_argument("--clips", type=int, default=1,
+                        help="clips per generate call (evaluate.clips_per_forward), each --frames long")
     args = parser.parse_args(argv)
     model = build(args).to(args.device).eval()
     s = model.net_cfg.crop_size
-    reference = torch.randint(0, 256, (1, s, s, 3), dtype=torch.uint8)
-    lmk = torch.rand(1, 68, 2) * 256
-    phones = torch.rand(1, args.frames, model.net_cfg.speech_dim)
+    b = args.clips
+    reference = torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8)
+    lmk = torch.rand(b, 68, 2) * 256
+    phones = torch.rand(b, args.frames, model.net_cfg.speech_dim)
     n_params = sum(p.numel() for p in model.unet.parameters())
     print(f"device {args.device}, crop {s}, latent {model.latent_size}, UNet {n_params / 1e6:.1f} M parameters, "
-          f"{args.frames} frames per clip")
+          f"{b} clip(s) of {args.frames} frames per generate call")
     for steps in args.steps:
         model.configure_sampling({"ddim_steps": steps})
         start = time.perf_counter()
-        model.generate(reference, torch.zeros(1, 4 * args.frames, 80), torch.tensor([5]), args.frames, ref_lmk=lmk,
-                       phones=phones)
+        model.generate(reference, torch.zeros(b, 4 * args.frames, 80), torch.tensor([5] * b), args.frames,
+                       ref_lmk=lmk, phones=phones)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        print(f"DDIM {steps:4d} steps: {seconds:7.2f} s for {args.frames} frames = {seconds / args.frames:.3f} s/frame")
+        n = b * args.frames
+        print(f"DDIM {steps:4d} steps: {seconds:7.2f} s for {n} frames = {seconds / n:.3f} s/frame")
     return 0
 
 
