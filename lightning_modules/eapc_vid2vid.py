@@ -245,6 +245,17 @@ class EAPCVid2VidModule(L.LightningModule):
         return outs
 
     # ---------------------------------------------------------------- training
+    def discriminator_loss(self, labels: Tensor, real: Tensor, fake: Tensor) -> Tensor:
+        """pix2pixHD's multi-scale discriminator step, hinge (real -> >= +1, generated -> <= -1),
+        generated frames detached. labels: (N, C, S, S) label maps; real, fake: (N, 3, S, S) in [0, 1]."""
+        return hinge_d_loss(self.discriminator(labels, real), self.discriminator(labels, fake.detach()))
+
+    def generator_gan_losses(self, labels: Tensor, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """The generator's adversarial terms: ``gan`` = hinge -E[D(fake)], ``fm`` = feature matching of
+        D's intermediate features on fake vs real (pix2pixHD), scored by the discriminator as it is now."""
+        d_real, d_fake = self.discriminator(labels, real), self.discriminator(labels, fake)
+        return {"gan": hinge_g_loss(d_fake), "fm": feature_matching_loss(d_real, d_fake)}
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cfg = self.optim_cfg
         phase, seq = self.phase(self.current_epoch)
@@ -264,13 +275,11 @@ class EAPCVid2VidModule(L.LightningModule):
         fake = torch.stack([o["image"] for o in outs], 1).flatten(0, 1)
         flat_labels = labels.flatten(0, 1)
         opt_g, opt_d = self.optimizers()
-        d_loss = hinge_d_loss(self.discriminator(flat_labels, targets), self.discriminator(flat_labels, fake.detach()))
+        d_loss = self.discriminator_loss(flat_labels, targets, fake)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
-        d_real, d_fake = self.discriminator(flat_labels, targets), self.discriminator(flat_labels, fake)
-        losses = {"gan": hinge_g_loss(d_fake), "fm": feature_matching_loss(d_real, d_fake),
-                  "l1": (fake - targets).abs().mean()}
+        losses = {**self.generator_gan_losses(flat_labels, targets, fake), "l1": (fake - targets).abs().mean()}
         warped = [torch.stack([o["warped_ref"] for o in outs], 1).flatten(0, 1)]
         flows = [o["flow_ref"] for o in outs]
         if seq > 1 and self.net_cfg.temporal:

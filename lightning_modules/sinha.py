@@ -442,22 +442,31 @@ class SinhaModule(L.LightningModule):
             out["per"] = self.perceptual_loss()(gen, target)  # eq. 7
         return out
 
+    def discriminator_losses(self, out: dict, emotion: Tensor, intensity: Tensor) -> tuple[Tensor, Tensor]:
+        """Paper 002 eq. 3, discriminator side (LSGAN: real -> 1, generated -> 0), generated inputs
+        detached: D_L on the ground-truth vs G_L's canonical landmarks, D_T on the real vs G_T's
+        frames (``out`` from :meth:`model_step`). Returns ``(d_l, d_t)``, float scalars >= 0."""
+        d_l = lsgan_d_loss(self.landmark_disc(out["target_canon"], emotion, intensity),
+                           self.landmark_disc(out["pred_canon"].detach(), emotion, intensity))
+        return d_l, lsgan_d_loss(self.frame_disc(out["target"]), self.frame_disc(out["gen"].detach()))
+
+    def generator_gan_losses(self, out: dict, emotion: Tensor, intensity: Tensor) -> tuple[Tensor, Tensor]:
+        """The adversarial terms of eq. 4 (G_L) and eq. 9 (G_T): LSGAN, generated -> 1, scored by the
+        discriminators as they are now. Returns ``(g_l, g_t)``, float scalars >= 0."""
+        return (lsgan_g_loss(self.landmark_disc(out["pred_canon"], emotion, intensity)),
+                lsgan_g_loss(self.frame_disc(out["gen"])))
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cfg = self.optim_cfg
         opt_gl, opt_dl, opt_gt, opt_dt = self.optimizers()
         out = self.model_step(batch, train=True)
         emotion, intensity = batch["emotion"], self._intensity(batch)
-        # discriminators (LSGAN, eq. 3)
-        d_l = lsgan_d_loss(self.landmark_disc(out["target_canon"], emotion, intensity),
-                           self.landmark_disc(out["pred_canon"].detach(), emotion, intensity))
-        d_t = lsgan_d_loss(self.frame_disc(out["target"]), self.frame_disc(out["gen"].detach()))
+        d_l, d_t = self.discriminator_losses(out, emotion, intensity)
         for opt, loss in ((opt_dl, d_l), (opt_dt, d_t)):
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
-        # generators (eq. 4 and eq. 9)
-        g_l = lsgan_g_loss(self.landmark_disc(out["pred_canon"], emotion, intensity))
-        g_t = lsgan_g_loss(self.frame_disc(out["gen"]))
+        g_l, g_t = self.generator_gan_losses(out, emotion, intensity)  # after the discriminators' step
         loss = cfg.lambda_ver * out["ver"] + cfg.lambda_gan * g_l + cfg.lambda_rec * out["rec"] + cfg.lambda_adv * g_t
         if "per" in out:
             loss = loss + self.lambda_per * out["per"]

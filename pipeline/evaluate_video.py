@@ -265,8 +265,9 @@ def _pad_stack(arrays: list[np.ndarray]) -> torch.Tensor:
 
 @torch.no_grad()
 def render_clips(generator, clips: list[dict], frames_key: str) -> list[torch.Tensor]:
-    """The protocol's rendering of each clip: its first frame as the reference, its own audio and
-    emotion label, as many frames as it has -> a (T_i, S, S, 3) uint8 CPU tensor per clip.
+    """The protocol's rendering of each clip: its first frame (and its landmarks) as the reference,
+    its own audio, emotion label and (for methods that take one) level, as many frames as it has ->
+    a (T_i, S, S, 3) uint8 CPU tensor per clip.
 
     Several clips (only for a generator with ``batch_clips``, see
     :class:`lightning_modules.generation.VideoGenerator`) go through ONE ``generate`` call: per-frame
@@ -278,13 +279,16 @@ def render_clips(generator, clips: list[dict], frames_key: str) -> list[torch.Te
     """
     if len(clips) > 1 and not getattr(generator, "batch_clips", False):
         raise ValueError(f"{type(generator).__name__} renders one clip per generate call (no batch_clips)")
+    import inspect
+
     lengths = [len(c[frames_key]) for c in clips]
     reference = torch.from_numpy(np.stack([c[frames_key][0] for c in clips]))  # (B, S, S, 3)
-    extra = clip_inputs(generator, clips[0])
+    inputs = {k: _pad_stack([c[k] for c in clips]) for k in clip_inputs(generator, clips[0])}
+    if "intensity" in inspect.signature(generator.generate).parameters:  # the clip's level, 0 = unspecified
+        inputs["intensity"] = torch.tensor([int(c["meta"]["intensity"]) for c in clips])
     video = generator.generate(reference, _pad_stack([c["mel"] for c in clips]),
                                torch.tensor([c["meta"]["emotion_id"] for c in clips]), max(lengths),
-                               ref_lmk=torch.from_numpy(np.stack([c["lmk"][0] for c in clips])),
-                               **{k: _pad_stack([c[k] for c in clips]) for k in extra}).cpu()
+                               ref_lmk=torch.from_numpy(np.stack([c["lmk"][0] for c in clips])), **inputs).cpu()
     return [video[i, :n] for i, n in enumerate(lengths)]
 
 
@@ -740,9 +744,11 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                                                           if redetected.skipped else {})},
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
               "unreadable_clips": None if expected is None else expected - n_clips,
-              "processes": ranks.world, "device": ranks.device.type, "clips_per_generate_call": per_call, "real_frames": real_stats_note,
+              "processes": ranks.world, "device": ranks.device.type, "clips_per_generate_call": per_call,
+              "real_frames": real_stats_note,
               "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
-                           "emotion": "the clip's label", "frames_scored": "1..T-1", "crop": frames_key,
+                           "emotion": "the clip's label", "intensity": "the clip's level (methods that take one)",
+                           "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params,
                            **({"sampling": str(asdict(generator.sampling))} if hasattr(generator, "sampling") else {})}}
     if ranks.is_zero:

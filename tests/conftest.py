@@ -43,6 +43,28 @@ def crema_shards(tmp_path_factory, shared_datasets: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def crema_emotion_shards(tmp_path_factory, shared_datasets: Path) -> Path:
+    """Real shards of the six original CREMA-D clips of actor 1001 (angry, disgusted, fear, happy,
+    neutral, sad: labels from the file names through the real reader), all in the test split, one
+    clip per shard. Their level is ``XX`` (0) in the files; the rows get levels 0, 1, 2, 3, 0, 1 so
+    a lost intensity shows too. Returns the working directory holding ``shards/crema_d``."""
+    from dataclasses import asdict
+
+    from pipeline.datasets.crema_d import read_crema_d
+    from pipeline.extract.clip import PreprocessConfig
+    from pipeline.preprocess import run_preprocess
+
+    root = tmp_path_factory.mktemp("emotions")
+    found, _ = read_crema_d(shared_datasets / "crema-d-real",
+                            demographics=shared_datasets / "crema-d-meta" / "VideoDemographics.csv")
+    rows = [{**asdict(row), "split": "test", "intensity": i % 4} for i, row in enumerate(found)]
+    totals = run_preprocess(rows, root / "shards" / "crema_d",
+                            PreprocessConfig(crop_sizes=(64,), decode_max_side=480, clips_per_shard=1), serial=True)
+    assert len(rows) == 6 and totals["failures"] == 0, totals
+    return root
+
+
 TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run end to end in seconds
     "cvae": ({"crop_size": 64, "widths": [8, 16, 32], "stem_channels": 4, "latent_dim": 8, "audio_channels": [8, 8, 8],
               "audio_dim": 8, "emotion_dim": 4, "cond_channels": 4, "groups": 4}, {"vgg_weights": None}),

@@ -1,0 +1,88 @@
+"""The evaluation protocol's wiring, checked by values: which real frame each scored frame is
+compared with, and that each clip's emotion, level, audio and reference reach ``generate``.
+
+The six original CREMA-D clips of actor 1001 (six emotions, :func:`conftest.crema_emotion_shards`)
+are rendered by :class:`scripted_generator.ScriptedGenerator`, whose frames are the real frames
+moved by a per-clip offset that encodes the label and level: the protocol's MSE and PSNR then have
+exact known values, and a constant emotion classifier gives a known EmoAcc.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from primitives.vocab import EMOTION_TO_ID
+from scripted_generator import ScriptedGenerator, offset
+
+
+class _AlwaysAngry(nn.Module):
+    """TorchScript emotion classifier: windows (W, T, S, S, 3) -> logits favouring ``angry``."""
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(windows.shape[0], 8)
+        logits[:, 1] = 10.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def scored(crema_emotion_shards, tmp_path_factory):
+    """The protocol over the six clips with the scripted generator, 4 clips per generate call."""
+    import pipeline.evaluate_video as ev
+
+    work = crema_emotion_shards
+    classifier = tmp_path_factory.mktemp("classifier") / "always_angry.pt"
+    torch.jit.save(torch.jit.script(_AlwaysAngry()), str(classifier))
+    clips = list(ev.split_clips(work / "shards" / "crema_d", "frames_64"))
+    generator = ScriptedGenerator(clips, "frames_64")
+    params = {"evaluate": {"crop_size": 64, "n_videos": 0, "clips_per_forward": 4, "emotion_weights": str(classifier),
+                           "fid_weights": "weights/missing_inception.pt"},
+              "mlflow": {"tracking_uri": f"sqlite:///{work / 'wiring.db'}", "experiment": "wiring"}}
+    cwd = Path.cwd()
+    original = ev.load_generator
+    try:
+        os.chdir(work)
+        ev.load_generator = lambda method, dataset: generator
+        result = ev.evaluate_video("scripted", "crema_d", params, work / "eval" / "scripted")
+    finally:
+        ev.load_generator = original
+        os.chdir(cwd)
+    return clips, generator, result
+
+
+def test_fixture_clips_carry_six_emotions_and_levels(scored):
+    clips, _, _ = scored
+    assert sorted(c["meta"]["emotion"] for c in clips) == ["angry", "disgusted", "fear", "happy", "neutral", "sad"]
+    assert [c["meta"]["emotion_id"] for c in clips] == [EMOTION_TO_ID[c["meta"]["emotion"]] for c in clips]
+    assert sorted(c["meta"]["intensity"] for c in clips) == [0, 0, 1, 1, 2, 3]
+
+
+def test_each_clip_reaches_generate_with_its_own_inputs(scored):
+    clips, generator, _ = scored
+    calls = {call["key"]: call for call in generator.calls}
+    assert len(generator.calls) == len(clips) == len(calls)  # every clip rendered exactly once
+    for clip in clips:
+        call = calls[clip["key"]]
+        assert call["emotion"] == clip["meta"]["emotion_id"] and call["intensity"] == clip["meta"]["intensity"]
+        assert call["n_frames"] >= len(clip["frames_64"])
+        np.testing.assert_array_equal(call["mel"][:len(clip["mel"])], clip["mel"])  # the clip's own audio
+        np.testing.assert_array_equal(call["ref_lmk"], clip["lmk"][0])  # the reference frame's landmarks
+
+
+def test_scored_frames_pair_with_the_real_frames_of_the_same_instant(scored):
+    clips, _, result = scored
+    m = result["metrics"]
+    weights = np.array([len(c["frames_64"]) - 1 for c in clips], dtype=np.float64)  # frames 1..T-1 are scored
+    d = np.array([offset(c["meta"]["emotion_id"], c["meta"]["intensity"]) for c in clips], dtype=np.float64)
+    assert result["n_clips"] == 6 and result["clips_per_generate_call"] == 4
+    assert m["mse"] == pytest.approx(float((weights * d ** 2).sum() / weights.sum()), rel=1e-6)
+    assert m["psnr"] == pytest.approx(float((weights * 20 * np.log10(255 / d)).sum() / weights.sum()), rel=1e-5)
+    # the constant "angry" classifier is right exactly on the angry clip: the labels reached EmoAcc
+    assert m["emo_acc"] == pytest.approx(100 / 6)
+    assert math.isfinite(m["ssim"]) and m["ssim"] < 1
