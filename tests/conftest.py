@@ -59,8 +59,8 @@ def crema_emotion_shards(tmp_path_factory, shared_datasets: Path) -> Path:
     found, _ = read_crema_d(shared_datasets / "crema-d-real",
                             demographics=shared_datasets / "crema-d-meta" / "VideoDemographics.csv")
     rows = [{**asdict(row), "split": "test", "intensity": i % 4} for i, row in enumerate(found)]
-    totals = run_preprocess(rows, root / "shards" / "crema_d",
-                            PreprocessConfig(crop_sizes=(64,), decode_max_side=480, clips_per_shard=1), serial=True)
+    totals = run_preprocess(rows, root / "shards" / "crema_d",  # landmarks in 128 px crop pixels, frames at 64 px too
+                            PreprocessConfig(crop_sizes=(64, 128), decode_max_side=480, clips_per_shard=1), serial=True)
     assert len(rows) == 6 and totals["failures"] == 0, totals
     return root
 

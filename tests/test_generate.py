@@ -159,3 +159,39 @@ def test_eapc_defaults_to_its_stage2_checkpoint():
 
     assert default_checkpoint("eapc", "mead") == Path("models/eapc_vid2vid/mead/last.ckpt")
     assert default_checkpoint("cvae", "crema_d") == Path("models/cvae/crema_d/last.ckpt")
+
+
+def test_paste_back_lands_on_the_face_box():
+    """A 64 px crop cut from photo pixels x 40..104, y 60..124 (a known affine, half scale into a 128 px
+    landmark crop) goes back exactly there: the inverse map, not the forward one."""
+    from pipeline.photo import PreparedFace, paste_back
+
+    photo = np.zeros((200, 160, 3), np.uint8)
+    to_lmk_crop = np.array([[2.0, 0.0, -80.0], [0.0, 2.0, -120.0]])  # photo -> 128 px crop: (x - 40) * 2
+    face = PreparedFace(photo, np.zeros((64, 64, 3), np.uint8), np.zeros((68, 2), np.float32), to_lmk_crop, 128, 1)
+    frames = np.full((2, 64, 64, 3), 200, np.uint8)
+    out = paste_back(face, frames, feather=0.1)
+    assert out.shape == (2, 200, 160, 3)
+    assert (out[:, 82:102, 62:82] == 200).all()  # the box's middle, 20 px from its feathered edge
+    assert out[:, 62:122, 42:102].mean() > 140  # the box holds most of the crop
+    outside = np.ones((200, 160), bool)
+    outside[58:126, 38:106] = False
+    assert (out[:, outside] == 0).all()  # nothing lands outside the box
+
+
+def test_failing_encoder_leaves_no_file_and_keeps_an_existing_one(checkpoints, photo, speech, tmp_path, monkeypatch):
+    """The MP4 is written under a temporary name and renamed: an encoder dying half-way leaves
+    neither a partial file nor a damaged earlier output."""
+    import pipeline.extract.video as video
+
+    def dying_encoder(path, *args, **kwargs):
+        Path(path).write_bytes(b"\x00" * 1000)  # half an MP4
+        raise OSError("No space left on device")
+
+    out = tmp_path / "talk.mp4"
+    out.write_bytes(b"an earlier render")
+    monkeypatch.setattr(video, "write_mp4", dying_encoder)  # run_job imports it when it runs
+    with pytest.raises(OSError, match="No space left"):
+        main(["--method", "cvae", "--checkpoint", str(checkpoints["cvae"]), "--image", str(photo), "--audio",
+              str(speech), "--emotion", "happy", "--out", str(out)])
+    assert out.read_bytes() == b"an earlier render" and sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4"]

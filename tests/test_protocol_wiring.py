@@ -86,3 +86,17 @@ def test_scored_frames_pair_with_the_real_frames_of_the_same_instant(scored):
     # the constant "angry" classifier is right exactly on the angry clip: the labels reached EmoAcc
     assert m["emo_acc"] == pytest.approx(100 / 6)
     assert math.isfinite(m["ssim"]) and m["ssim"] < 1
+
+
+def test_redetected_landmarks_are_in_the_landmark_crops_pixels(scored):
+    """Landmarks re-detected on the 64 px frames are rescaled to the shards' 128 px landmark crop:
+    on real frames they match the preprocessing's landmarks to a few pixels (without the rescale
+    they would sit at half the coordinates, ~30 px away)."""
+    from pipeline.evaluate_video import RedetectedLandmarks
+
+    clips, _, _ = scored
+    clip = clips[0]
+    assert clip["meta"]["lmk_crop_size"] == 128
+    found = RedetectedLandmarks().detect(torch.from_numpy(clip["frames_64"][:10]), 128)
+    error = (found - torch.from_numpy(clip["lmk"][:10])).norm(dim=-1).mean()
+    assert float(error) < 5.0
