@@ -375,6 +375,20 @@ def test_params_errors_name_the_key(tmp_path: Path, shared_datasets: Path, overr
         dataset_config(params, "crema_d")
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_speaker_splits_from_params_reach_the_manifest(tmp_path: Path, shared_datasets: Path, split: str) -> None:
+    """``speaker_splits`` goes from params.yaml through the config to the rows: every clip of the
+    placed actor lands in its split (both placements, so a default cannot pass by chance)."""
+    from pipeline.manifest import build_manifest
+
+    params = load_params(_params(tmp_path, shared_datasets, manifest__datasets__crema_d__root=str(shared_datasets),
+                                 manifest__datasets__crema_d__parts=["crema-d-layout", "crema-d-real"],
+                                 manifest__datasets__crema_d__speaker_splits={"1001": split}))
+    rows, _ = build_manifest(dataset_config(params, "crema_d"))
+    placed = {r.split for r in rows if r.speaker == "1001"}
+    assert placed == {split} and len([r for r in rows if r.speaker == "1001"]) == 6
+
+
 def test_load_params_and_get(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="nope.yaml"):
         load_params(tmp_path / "nope.yaml")

@@ -132,6 +132,14 @@ def test_serial_run_writes_shards_stats_failures_and_resumes(tmp_path, rows):
     # byte-identical shards and stats: the folder's DVC hash does not change, nothing downstream re-runs
     assert {p.name: p.read_bytes() for p in [*out.glob("*.tar"), out / "stats.json"]} == before
 
+    # one preprocessing parameter changed: every shard is rebuilt with it, none reused (DVC's
+    # `persist: true` keeps the folder, so this check is the only guard against stale samples)
+    changed = run_preprocess(rows, out, dataclasses.replace(CFG, jpeg_quality=70), serial=True)
+    assert changed["reused_shards"] == 0 and changed["written_shards"] == 4
+    stats = json.loads((out / "train-000000.json").read_text())
+    assert stats["params_hash"] == dataclasses.replace(CFG, jpeg_quality=70).content_hash() != CFG.content_hash()
+    assert (out / "train-000000.tar").read_bytes() != before["train-000000.tar"]
+
 
 def test_ray_gives_the_same_shards_as_serial(tmp_path, rows):
     serial_out, ray_out = tmp_path / "serial", tmp_path / "ray"
