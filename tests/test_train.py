@@ -98,7 +98,7 @@ def test_generator_params_validated_without_loading_weights(workdir, monkeypatch
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_one_mlflow_run_same_metrics(workdir):
+def test_ddp_two_processes_one_mlflow_run_same_metrics(workdir, monkeypatch):
     from mlflow import MlflowClient
 
     from datamodules.talking_face import DataConfig, TalkingFaceDataModule
@@ -117,7 +117,7 @@ def test_ddp_two_processes_one_mlflow_run_same_metrics(workdir):
     assert {"train/total", "val/loss", "val/mouth_ld", "val/face_lvd"} <= set(logged)
 
     # the DDP-reduced validation metrics equal a single-process pass with the saved weights
-    os.chdir(workdir)
+    monkeypatch.chdir(workdir)
     model = METHODS["eapc"].load_from_checkpoint(workdir / "models/eapc/crema_d/last.ckpt", map_location="cpu")
     dm = TalkingFaceDataModule(DataConfig(shard_dir="shards/crema_d", keys=("lmk", "mfcc", "llf"), batch_size=4))
     values, n_windows, _, _ = predict_windows(model, dm.val_dataloader())
