@@ -89,24 +89,29 @@ def crema_shards(tmp_path_factory, shared_datasets: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def crema_emotion_shards(tmp_path_factory, shared_datasets: Path) -> Path:
-    """Real shards of the six original CREMA-D clips of actor 1001 (angry, disgusted, fear, happy,
-    neutral, sad: labels from the file names through the real reader), all in the test split, one
-    clip per shard. Their level is ``XX`` (0) in the files; the rows get levels 0, 1, 2, 3, 0, 1 so
-    a lost intensity shows too. Returns the working directory holding ``shards/crema_d``."""
+def labelled_shards(tmp_path_factory, shared_datasets: Path) -> Path:
+    """Real shards of clips whose labels are their datasets' own, all in the test split, one clip per
+    shard: the six original CREMA-D clips of actor 1001 (angry, disgusted, fear, happy, neutral, sad;
+    level ``XX``, rewritten to 0, 1, 2, 3, 0, 1 so a lost level shows) and MEAD's M030 sad level 3
+    (the raw 1080p clip with its audio), read by the real CREMA-D and MEAD readers. Frames at 64 and
+    128 px (landmarks in 128 px crop pixels). Returns the working directory holding
+    ``shards/crema_d``."""
     from dataclasses import asdict
 
     from pipeline.datasets.crema_d import read_crema_d
+    from pipeline.datasets.mead import read_mead
     from pipeline.extract.clip import PreprocessConfig
     from pipeline.preprocess import run_preprocess
 
-    root = tmp_path_factory.mktemp("emotions")
-    found, _ = read_crema_d(shared_datasets / "crema-d-real",
+    root = tmp_path_factory.mktemp("labelled")
+    crema, _ = read_crema_d(shared_datasets / "crema-d-real",
                             demographics=shared_datasets / "crema-d-meta" / "VideoDemographics.csv")
-    rows = [{**asdict(row), "split": "test", "intensity": i % 4} for i, row in enumerate(found)]
-    totals = run_preprocess(rows, root / "shards" / "crema_d",  # landmarks in 128 px crop pixels, frames at 64 px too
+    mead, _ = read_mead(shared_datasets / "mead-layout")
+    rows = [{**asdict(row), "split": "test", "intensity": i % 4} for i, row in enumerate(crema)]
+    rows += [{**asdict(row), "split": "test"} for row in mead if row.speaker == "M030" and row.emotion == "sad"]
+    totals = run_preprocess(rows, root / "shards" / "crema_d",
                             PreprocessConfig(crop_sizes=(64, 128), decode_max_side=480, clips_per_shard=1), serial=True)
-    assert len(rows) == 6 and totals["failures"] == 0, totals
+    assert len(rows) == 7 and totals["failures"] == 0, totals
     return root
 
 

@@ -1,10 +1,11 @@
 """The evaluation protocol's wiring, checked by values: which real frame each scored frame is
 compared with, and that each clip's emotion, level, audio and reference reach ``generate``.
 
-The six original CREMA-D clips of actor 1001 (six emotions, :func:`conftest.crema_emotion_shards`)
-are rendered by :class:`scripted_generator.ScriptedGenerator`, whose frames are the real frames
-moved by a per-clip offset that encodes the label and level: the protocol's MSE and PSNR then have
-exact known values, and a constant emotion classifier gives a known EmoAcc.
+The six original CREMA-D clips of actor 1001 (six emotions) and a MEAD clip with its level
+(:func:`conftest.labelled_shards`) are rendered by :class:`scripted_generator.ScriptedGenerator`,
+whose frames are the real frames moved by a per-clip offset that encodes the label and level: the
+protocol's MSE and PSNR then have exact known values, and a constant emotion classifier gives a
+known EmoAcc.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ class _AlwaysAngry(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def scored(crema_emotion_shards, tmp_path_factory):
-    """The protocol over the six clips with the scripted generator, 4 clips per generate call."""
+def scored(labelled_shards, tmp_path_factory):
+    """The protocol over the seven clips with the scripted generator, 4 clips per generate call."""
     import pipeline.evaluate_video as ev
 
-    work = crema_emotion_shards
+    work = labelled_shards
     classifier = tmp_path_factory.mktemp("classifier") / "always_angry.pt"
     torch.jit.save(torch.jit.script(_AlwaysAngry()), str(classifier))
     clips = list(ev.split_clips(work / "shards" / "crema_d", "frames_64"))
@@ -56,17 +57,18 @@ def scored(crema_emotion_shards, tmp_path_factory):
     return clips, generator, result
 
 
-def test_fixture_clips_carry_six_emotions_and_levels(scored):
+def test_fixture_clips_carry_their_datasets_labels_and_levels(scored):
     clips, _, _ = scored
-    assert sorted(c["meta"]["emotion"] for c in clips) == ["angry", "disgusted", "fear", "happy", "neutral", "sad"]
+    labels = sorted((c["meta"]["dataset"], c["meta"]["emotion"], c["meta"]["intensity"]) for c in clips)
+    assert labels == [("crema_d", "angry", 0), ("crema_d", "disgusted", 1), ("crema_d", "fear", 2),
+                      ("crema_d", "happy", 3), ("crema_d", "neutral", 0), ("crema_d", "sad", 1), ("mead", "sad", 3)]
     assert [c["meta"]["emotion_id"] for c in clips] == [EMOTION_TO_ID[c["meta"]["emotion"]] for c in clips]
-    assert sorted(c["meta"]["intensity"] for c in clips) == [0, 0, 1, 1, 2, 3]
 
 
 def test_each_clip_reaches_generate_with_its_own_inputs(scored):
     clips, generator, _ = scored
     calls = {call["key"]: call for call in generator.calls}
-    assert len(generator.calls) == len(clips) == len(calls)  # every clip rendered exactly once
+    assert len(generator.calls) == len(clips) == len(calls) == 7  # every clip rendered exactly once
     for clip in clips:
         call = calls[clip["key"]]
         assert call["emotion"] == clip["meta"]["emotion_id"] and call["intensity"] == clip["meta"]["intensity"]
@@ -80,11 +82,11 @@ def test_scored_frames_pair_with_the_real_frames_of_the_same_instant(scored):
     m = result["metrics"]
     weights = np.array([len(c["frames_64"]) - 1 for c in clips], dtype=np.float64)  # frames 1..T-1 are scored
     d = np.array([offset(c["meta"]["emotion_id"], c["meta"]["intensity"]) for c in clips], dtype=np.float64)
-    assert result["n_clips"] == 6 and result["clips_per_generate_call"] == 4
+    assert result["n_clips"] == 7 and result["clips_per_generate_call"] == 4
     assert m["mse"] == pytest.approx(float((weights * d ** 2).sum() / weights.sum()), rel=1e-6)
     assert m["psnr"] == pytest.approx(float((weights * 20 * np.log10(255 / d)).sum() / weights.sum()), rel=1e-5)
     # the constant "angry" classifier is right exactly on the angry clip: the labels reached EmoAcc
-    assert m["emo_acc"] == pytest.approx(100 / 6)
+    assert m["emo_acc"] == pytest.approx(100 / 7)
     assert math.isfinite(m["ssim"]) and m["ssim"] < 1
 
 
