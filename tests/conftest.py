@@ -115,6 +115,22 @@ def labelled_shards(tmp_path_factory, shared_datasets: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_inception(tmp_path_factory) -> str:
+    """A TorchScript stand-in for the FID Inception: (N, 3, 299, 299) -> (N, 2048) (8x8 pooled, 32
+    channels), so FID's states (2048-d sums and covariance) are real but cost no Inception pass.
+    Tests of the protocol's wiring use it (``evaluate.fid_weights``, ``fid_sha256: null``); the real
+    Inception is tested in test_image_metrics.py and the dvc pipeline test."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Conv2d(3, 32, 1), nn.Flatten())
+    path = tmp_path_factory.mktemp("inception") / "tiny_inception.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    return str(path)
+
+
 TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run end to end in seconds
     "cvae": ({"crop_size": 64, "widths": [8, 16, 32], "stem_channels": 4, "latent_dim": 8, "audio_channels": [8, 8, 8],
               "audio_dim": 8, "emotion_dim": 4, "cond_channels": 4, "groups": 4}, {"vgg_weights": None}),

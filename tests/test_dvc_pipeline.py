@@ -134,7 +134,9 @@ def test_dvc_exp_show_compares_ablations(repo_copy):
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "main"]):
         _run(cmd, repo_copy)
     for name, key in (("no-prev-frame", "use_prev_frame"), ("no-attention", "use_attention")):
-        _run(["dvc", "exp", "run", "-n", name, "-S", f"train.methods.eapc.net.{key}=false"], repo_copy)
+        # the target limits each experiment to EAPC's training and scoring (not stage 2 built on it)
+        _run(["dvc", "exp", "run", "-n", name, "-S", f"train.methods.eapc.net.{key}=false",
+              "evaluate@eapc-crema_d"], repo_copy)
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo_copy).stdout)
     found = {}
 

@@ -199,7 +199,8 @@ def test_autoencoder_scores_know_the_psnr_of_a_constant_offset():
     assert scores.compute()["ae_psnr"] == pytest.approx(20 * math.log10(255 / 16), abs=1e-3)
 
 
-def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards, monkeypatch, tmp_path):
+def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards, monkeypatch, tmp_path,
+                                                         tiny_inception):
     import json
 
     import cv2
@@ -212,7 +213,7 @@ def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards
     (work / "shards").symlink_to(crema_shards / "shards")
     monkeypatch.chdir(work)
     trainer.save_checkpoint(work / "models/emotalker/crema_d/last.ckpt")
-    params = {"evaluate": {"crop_size": S, "n_videos": 0, "sampling": {"emotalker": {"ddim_steps": 2}},
+    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None, "sampling": {"emotalker": {"ddim_steps": 2}},
                            "prompt_grid": {"prompts": ["very angry and disgusted"], "strengths": [0.0, 1.0]}},
               "train": {"data": {"window": 12, "batch_size": 2}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "emotalker"}}

@@ -16,19 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tiny_inception(path: Path) -> str:
-    """A TorchScript stand-in for the FID Inception: (N, 3, 299, 299) -> (N, 2048) (8x8 pooled, 32
-    channels), so FID's states (2048-d sums and covariance) are real but cost no Inception pass."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Conv2d(3, 32, 1), nn.Flatten())
-    torch.jit.save(torch.jit.script(net.eval()), str(path))
-    return str(path)
-
-
-def _workdir(root: Path, crema_shards: Path, tiny_models: Path) -> Path:
+def _workdir(root: Path, crema_shards: Path, tiny_models: Path, tiny_inception: str) -> Path:
     """Two test clips (the fixture's test and val clips), the tiny cvae, tiny-crop params."""
     shards = root / "shards" / "crema_d"
     shards.mkdir(parents=True)
@@ -38,7 +26,7 @@ def _workdir(root: Path, crema_shards: Path, tiny_models: Path) -> Path:
             shutil.copy(src / f"{name}{suffix}", shards / f"test-00000{i}{suffix}")
     (root / "models").symlink_to(tiny_models, target_is_directory=True)
     params = {"evaluate": {"crop_size": 64, "n_videos": 1, "device": "auto", "fid_sha256": None,
-                           "fid_weights": _tiny_inception(root / "tiny_inception.pt")},
+                           "fid_weights": tiny_inception},
               "mlflow": {"tracking_uri": f"sqlite:///{root / 'eval.db'}", "experiment": "eval"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -61,9 +49,10 @@ def _evaluate(root: Path, processes: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_with_cached_real_frames_give_the_metrics_of_one(crema_shards, tiny_models, tmp_path):
-    one = _evaluate(_workdir(tmp_path / "one", crema_shards, tiny_models), 1)
-    cached = _workdir(tmp_path / "two", crema_shards, tiny_models)
+def test_two_processes_with_cached_real_frames_give_the_metrics_of_one(crema_shards, tiny_models, tiny_inception,
+                                                                       tmp_path):
+    one = _evaluate(_workdir(tmp_path / "one", crema_shards, tiny_models, tiny_inception), 1)
+    cached = _workdir(tmp_path / "two", crema_shards, tiny_models, tiny_inception)
     proc = subprocess.run([sys.executable, "-m", "pipeline.real_stats", "--dataset", "crema_d"], cwd=cached, env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,12 +68,12 @@ def test_two_processes_with_cached_real_frames_give_the_metrics_of_one(crema_sha
     assert two["videos"] == one["videos"] == ["9906_IOM_NEU_XX.mp4"]  # rank 0 writes the first clip's MP4
 
 
-def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, tmp_path, monkeypatch):
+def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, tiny_inception, tmp_path, monkeypatch):
     import torch
 
     from pipeline.real_stats import load_real_stats, real_stats_path, stats_key
 
-    root = _workdir(tmp_path, crema_shards, tiny_models)
+    root = _workdir(tmp_path, crema_shards, tiny_models, tiny_inception)
     monkeypatch.chdir(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert load_real_stats(params, "crema_d")[0] is None
@@ -100,10 +89,11 @@ def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, tm
 
 
 @pytest.mark.slow
-def test_slurm_evaluation_script_splits_the_clips_between_its_tasks(crema_shards, tiny_models, slurm_env, tmp_path):
+def test_slurm_evaluation_script_splits_the_clips_between_its_tasks(crema_shards, tiny_models, tiny_inception,
+                                                                    slurm_env, tmp_path):
     """cluster/evaluate.slurm under a SLURM environment (two tasks, srun stand-in): the ranks come
     from SLURM_PROCID / SLURM_NTASKS, both clips are scored once, task 0 writes the outputs."""
-    root = _workdir(tmp_path / "work", crema_shards, tiny_models)
+    root = _workdir(tmp_path / "work", crema_shards, tiny_models, tiny_inception)
     env = {**slurm_env, "SLURM_SUBMIT_DIR": str(root)}
     proc = subprocess.run(["bash", str(REPO / "cluster/evaluate.slurm"), "copy_reference", "crema_d"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900)
