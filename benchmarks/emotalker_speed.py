@@ -6,7 +6,8 @@
     python benchmarks/emotalker_speed.py --frames 10 --clips 4   # 4 short clips per generate call
 
 All frames of a clip (of ``--clips`` clips) go through each denoising step together
-(``sampling.chunk`` frames per clip), as in ``evaluate_video``. ``--paper-size`` builds a DiffTalk-size UNet (LDM f4 widths 192 x (1, 2, 3, 5),
+(``sampling.chunk`` frames per clip), as in ``evaluate_video``.
+``--paper-size`` builds a DiffTalk-size UNet (LDM f4 widths 192 x (1, 2, 3, 5),
 2 layers per block, 32-d heads: several hundred million parameters; printed) to show what the
 faithful model costs; weights are random (speed only). Prints one line per step count:
 steps, frames, seconds, seconds per frame, and the UNet's parameter count.

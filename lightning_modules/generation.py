@@ -19,10 +19,9 @@ class VideoGenerator(Protocol):
     A generator may also set ``batch_clips = True``: then each clip's frames are the same (to float
     rounding) whether it is rendered alone or in one call beside longer clips whose per-frame inputs
     (``mel``, ``phones``, ...) its own were padded to by repeating their last row, its output cut
-    back to its own length.
-    The evaluation then renders ``evaluate.clips_per_forward`` clips per call. Methods whose frames
-    depend on the clip's length (a window clamped at the clip's end, a clip-level statistic, one-shot
-    tuning per reference) leave it unset and render one clip per call.
+    back to its own length. The evaluation then renders ``evaluate.clips_per_forward`` clips per
+    call. Methods whose frames depend on the clip's length (a window clamped at the clip's end, a
+    clip-level statistic, one-shot tuning per reference) leave it unset: one clip per call.
     """
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,

@@ -339,7 +339,7 @@ class TwoStageModule(L.LightningModule):
         self._edit_counts = torch.zeros(2, self.editor_cfg.n_emotions, device=self.device)
 
     def on_validation_epoch_end(self) -> None:
-        hits, totals = self.trainer.strategy.reduce(self._edit_counts, reduce_op="sum")  # (n_emotions,) each, all ranks
+        hits, totals = self.trainer.strategy.reduce(self._edit_counts, reduce_op="sum")  # (n_emotions,) each
         if totals.sum() > 0:
             self.log("val/edit_acc", hits.sum() / totals.sum())
             for emotion_id in torch.nonzero(totals).flatten().tolist():

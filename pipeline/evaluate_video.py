@@ -19,6 +19,7 @@ one of their checkpoints (by path or by sha256).
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import sys
@@ -238,8 +239,6 @@ phones, EAPC stage 1's MFCC windows and low-level features)."""
 
 def clip_inputs(generator, clip: dict) -> dict[str, torch.Tensor]:
     """The :data:`CLIP_INPUTS` of ``clip`` that ``generator.generate`` takes, as (1, ...) tensors."""
-    import inspect
-
     takes = inspect.signature(generator.generate).parameters
     return {k: torch.from_numpy(clip[k])[None] for k in CLIP_INPUTS if k in takes and k in clip}
 
@@ -279,8 +278,6 @@ def render_clips(generator, clips: list[dict], frames_key: str) -> list[torch.Te
     """
     if len(clips) > 1 and not getattr(generator, "batch_clips", False):
         raise ValueError(f"{type(generator).__name__} renders one clip per generate call (no batch_clips)")
-    import inspect
-
     lengths = [len(c[frames_key]) for c in clips]
     reference = torch.from_numpy(np.stack([c[frames_key][0] for c in clips]))  # (B, S, S, 3)
     inputs = {k: _pad_stack([c[k] for c in clips]) for k in clip_inputs(generator, clips[0])}
@@ -672,7 +669,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     redetected = RedetectedLandmarks()
     real_stats, real_stats_note = load_real_stats(params, dataset)
     cached_fid = real_stats is not None and real_stats["fid"] is not None
-    per_call = get(params, "evaluate.clips_per_forward", int, default=1) if getattr(generator, "batch_clips", False) else 1
+    per_call = get(params, "evaluate.clips_per_forward", int, default=1)
+    per_call = per_call if getattr(generator, "batch_clips", False) else 1
     if per_call < 1:
         raise ParamsError(f"evaluate.clips_per_forward: must be >= 1, got {per_call}")
 

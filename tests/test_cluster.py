@@ -65,8 +65,8 @@ def _kill_node_while_it_runs_a_task(cluster, node, killed: dict, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and "tasks" not in killed:
         try:
-            running = [t.task_id for t in list_tasks(filters=[("state", "=", "RUNNING"), ("node_id", "=", node.node_id)],
-                                                     raise_on_missing_output=False)]
+            filters = [("state", "=", "RUNNING"), ("node_id", "=", node.node_id)]
+            running = [t.task_id for t in list_tasks(filters=filters, raise_on_missing_output=False)]
         except Exception:  # the driver has not connected yet
             running = []
         if running:

@@ -239,7 +239,8 @@ def test_video_protocol_scores_stage1_and_redetected_landmarks(vid2vid, crema_sh
     (work / "shards").symlink_to(crema_shards / "shards")
     monkeypatch.chdir(work)
     trainer.save_checkpoint(work / "models/eapc_vid2vid/crema_d/last.ckpt")
-    params = {"evaluate": {"crop_size": 64, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None}, "train": {"data": {"window": 8, "batch_size": 2}},
+    params = {"evaluate": {"crop_size": 64, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None},
+              "train": {"data": {"window": 8, "batch_size": 2}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "vid2vid"}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     assert main(["--method", "eapc_vid2vid", "--dataset", "crema_d", "--params", str(tmp_path / "params.yaml")]) == 0

@@ -213,7 +213,8 @@ def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards
     (work / "shards").symlink_to(crema_shards / "shards")
     monkeypatch.chdir(work)
     trainer.save_checkpoint(work / "models/emotalker/crema_d/last.ckpt")
-    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None, "sampling": {"emotalker": {"ddim_steps": 2}},
+    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None,
+                           "sampling": {"emotalker": {"ddim_steps": 2}},
                            "prompt_grid": {"prompts": ["very angry and disgusted"], "strengths": [0.0, 1.0]}},
               "train": {"data": {"window": 12, "batch_size": 2}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "emotalker"}}

@@ -242,7 +242,8 @@ def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trai
     (work / "shards").symlink_to(crema_shards / "shards")
     monkeypatch.chdir(work)
     trainer.save_checkpoint(work / "models/sinha/mead/last.ckpt")  # stands in for a MEAD-trained model
-    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None}, "train": {"data": {"window": 8, "batch_size": 4}},
+    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None},
+              "train": {"data": {"window": 8, "batch_size": 4}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "sinha"}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
     assert main(["--method", "sinha", "--dataset", "crema_d", "--train-dataset", "mead",

@@ -200,7 +200,8 @@ def test_video_protocol_adds_the_dubbing_protocol_and_the_edit_scores(trained, c
     (work / "shards").symlink_to(crema_shards / "shards")
     monkeypatch.chdir(work)
     trainer.save_checkpoint(work / "models/two_stage/crema_d/last.ckpt")
-    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None}, "train": {"data": {"window": 12, "batch_size": 4}},
+    params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None},
+              "train": {"data": {"window": 12, "batch_size": 4}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "two_stage"}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     assert main(["--method", "two_stage", "--dataset", "crema_d", "--params", str(tmp_path / "params.yaml")]) == 0
