@@ -181,7 +181,7 @@ def _synthetic_clip(n_frames: int, emotion: int, seed: int) -> dict:
 
     rng = np.random.default_rng(seed)
     lmk = rng.uniform(16, 48, (n_frames, 68, 2)).astype(np.float32)
-    return {"key": f"clip{seed}", "meta": {"emotion_id": emotion}, "lmk": lmk,
+    return {"key": f"clip{seed}", "meta": {"emotion_id": emotion, "intensity": seed % 4}, "lmk": lmk,
             "frames_64": rng.integers(0, 256, (n_frames, 64, 64, 3), dtype=np.uint8),
             "mel": rng.uniform(-4, 4, (int(3.2 * n_frames) + 2, 80)).astype(np.float32),
             "phones": np.eye(40, dtype=np.float32)[rng.integers(0, 40, n_frames)]}
