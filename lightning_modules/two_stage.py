@@ -226,6 +226,19 @@ class TwoStageModule(L.LightningModule):
         return out
 
     # ---------------------------------------------------------------- stage 2 (Wav2Lip)
+    def quality_d_loss(self, real: Tensor, gen: Tensor) -> Tensor:
+        """Wav2Lip's visual-quality discriminator step: BCE, real frames -> 1, generated -> 0
+        (detached). real, gen: (B, K, 3, S, S) in [0, 1]."""
+        real_logits, gen_logits = self.quality(real.flatten(0, 1)), self.quality(gen.detach().flatten(0, 1))
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(gen_logits, torch.zeros_like(gen_logits)))
+
+    def quality_g_loss(self, gen: Tensor) -> Tensor:
+        """The generator's visual-quality term: BCE of the discriminator on generated frames against
+        "real" (1). gen: (B, K, 3, S, S) in [0, 1]."""
+        logits = self.quality(gen.flatten(0, 1))
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
     def lipsync_frames(self, frames: Tensor, mel: Tensor, targets: Tensor, references: Tensor) -> Tensor:
         """Stage 2 on K frames per sample.
 
@@ -290,14 +303,12 @@ class TwoStageModule(L.LightningModule):
         start, targets, refs = self._windows(batch, train=True)
         gen = self.lipsync_frames(frames, mel, targets, refs)  # (B, 5, 3, S, S)
         real = frames_to_chw(frames[torch.arange(b, device=frames.device)[:, None], targets])
-        d_loss = (F.binary_cross_entropy_with_logits(self.quality(real.flatten(0, 1)), torch.ones(b * SYNC_FRAMES, device=real.device))
-                  + F.binary_cross_entropy_with_logits(self.quality(gen.detach().flatten(0, 1)),
-                                                       torch.zeros(b * SYNC_FRAMES, device=real.device)))
+        d_loss = self.quality_d_loss(real, gen)
         opt_d2.zero_grad()
         self.manual_backward(d_loss)
         opt_d2.step()
         l1 = (gen - real).abs().mean()
-        gan = F.binary_cross_entropy_with_logits(self.quality(gen.flatten(0, 1)), torch.ones(b * SYNC_FRAMES, device=real.device))
+        gan = self.quality_g_loss(gen)
         sync = self.sync_term(gen, mel, start)
         s = c.sync_wt if (self.sync_on and sync is not None) else 0.0
         e = c.emotion_weight(self.global_step) if self._emotion else 0.0

@@ -37,6 +37,13 @@ class MeanScore(nn.Module):
         return self.weight * x.flatten(1).mean(1, keepdim=True)
 
 
+class FlatScore(MeanScore):
+    """The same, one logit per sample: ``(N,)``."""
+
+    def forward(self, x: torch.Tensor, *conditions) -> torch.Tensor:
+        return super().forward(x)[:, 0]
+
+
 class PatchScores(MeanScore):
     """pix2pixHD multi-scale discriminator stand-in: one scale, [features = the image, score = its mean]."""
 
@@ -114,6 +121,12 @@ def test_two_stage_wgan_signs_and_sync_target():
     assert float(d["d_real"]) == pytest.approx(-0.5) and float(d["d_fake"]) == pytest.approx(-0.5)
     g = model.generator_losses(x, label, target)
     assert float(g["g_adv"]) == pytest.approx(0.5) and float(g["g_rec"]) == pytest.approx(0.0)
+    # stage 2, Wav2Lip's visual-quality discriminator (BCE on logits): real frames scored +2, generated -2
+    model.quality = FlatScore()
+    real, gen = torch.full((2, 5, 3, S, S), 2.0), torch.full((2, 5, 3, S, S), -2.0, requires_grad=True)
+    softplus = torch.nn.functional.softplus
+    assert float(model.quality_d_loss(real, gen)) == pytest.approx(2 * float(softplus(torch.tensor(-2.0))))
+    assert float(model.quality_g_loss(gen)) == pytest.approx(float(softplus(torch.tensor(2.0))))
     model._expert = (FixedExpert(),)
     term = model.sync_term(torch.rand(2, 5, 3, S, S), torch.zeros(2, 40, 80), torch.zeros(2, dtype=torch.long))
     assert float(term) == pytest.approx(SYNC_TARGET_ONE, rel=1e-5)
