@@ -54,8 +54,11 @@ def run_stage(module: str, workdir: Path, params: Path, *args: str, timeout: int
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def test_bad_params_fail_before_work_naming_the_key(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
+def test_bad_params_fail_before_work_naming_the_key(workdir, tmp_path, monkeypatch):
+    work = tmp_path / "work"  # its own folder: other tests write models/ into the shared workdir
+    (work / "shards").mkdir(parents=True)
+    (work / "shards" / "crema_d").symlink_to(workdir / "shards" / "crema_d", target_is_directory=True)
+    monkeypatch.chdir(work)
     params = tiny_params("sqlite:///unused.db")
     with pytest.raises(ParamsError, match="train.methods: unknown method 'nope'"):
         run_spec(params, "nope", "crema_d")
@@ -72,7 +75,7 @@ def test_bad_params_fail_before_work_naming_the_key(workdir, monkeypatch):
     bad_trainer["train"]["trainer"]["max_epocs"] = 3
     with pytest.raises(ParamsError, match="train.trainer.max_epocs"):
         run_spec(bad_trainer, "eapc", "crema_d")
-    assert not (workdir / "models").exists() and not (workdir / "unused.db").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["shards"]  # no model folder, no MLflow store
 
 
 def test_generator_params_validated_without_loading_weights(workdir, monkeypatch):
