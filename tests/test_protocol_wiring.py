@@ -11,8 +11,6 @@ known EmoAcc.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,15 +43,10 @@ def scored(labelled_shards, tmp_path_factory):
     params = {"evaluate": {"crop_size": 64, "n_videos": 0, "clips_per_forward": 4, "emotion_weights": str(classifier),
                            "fid_weights": "weights/missing_inception.pt"},
               "mlflow": {"tracking_uri": f"sqlite:///{work / 'wiring.db'}", "experiment": "wiring"}}
-    cwd = Path.cwd()
-    original = ev.load_generator
-    try:
-        os.chdir(work)
-        ev.load_generator = lambda method, dataset: generator
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the function-scoped monkeypatch is not available
+        patch.chdir(work)
+        patch.setattr(ev, "load_generator", lambda method, dataset: generator)
         result = ev.evaluate_video("scripted", "crema_d", params, work / "eval" / "scripted")
-    finally:
-        ev.load_generator = original
-        os.chdir(cwd)
     return clips, generator, result
 
 
