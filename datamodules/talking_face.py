@@ -7,7 +7,11 @@ Pipeline (webdataset's ``DataPipeline``, every step a named, picklable object)::
            --ClipWindows--> windows --shuffle (train)--> batched(collate_windows)
 
 Training draws shards with replacement and has a fixed epoch length (``train_batches`` per rank),
-so DDP ranks never wait on each other when shards divide unevenly. Evaluation reads every window
+so DDP ranks never wait on each other when shards divide unevenly. ``train_batches: null`` makes an
+epoch one pass over the data (:meth:`TalkingFaceDataModule.epoch_batches`): as many windows as the
+training frames hold non-overlapping windows of T frames, divided between the ranks, so the global
+batch is ``batch_size x world size`` and an epoch has ``ceil(frames / T / (batch_size x world))``
+steps on every rank. Evaluation reads every window
 once; with fewer shards than ranks every rank reads all shards (means stay exact).
 
 Epochs (:class:`TrainWindows`): DataLoader workers get a fresh copy of the dataset every epoch,
@@ -26,6 +30,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import random
 import tarfile
 from dataclasses import dataclass
@@ -205,20 +210,22 @@ class ResampledShardList(torch.utils.data.IterableDataset):
 
 
 class TrainWindows(torch.utils.data.IterableDataset):
-    """The training stream of one rank: exactly ``cfg.train_batches`` batches per epoch.
+    """The training stream of one rank: exactly ``n_batches`` batches per epoch (``cfg.train_batches``,
+    or :meth:`TalkingFaceDataModule.epoch_batches` when that is null).
 
     Set the epoch with :meth:`set_epoch` (and ``rank`` / ``world_size`` for DDP) in the main
     process before the DataLoader iterator is created. Each DataLoader worker ``w`` of ``W``
-    yields ``train_batches // W`` batches (+1 for ``w < train_batches % W``), from a pipeline
+    yields ``n_batches // W`` batches (+1 for ``w < n_batches % W``), from a pipeline
     seeded by ``(cfg.seed, epoch, rank, w)``: shard draws, window starts and the shuffle buffer.
 
     Yields:
         dicts from :func:`collate_windows` with ``cfg.batch_size`` windows each.
     """
 
-    def __init__(self, urls: list[str], cfg: "DataConfig"):
+    def __init__(self, urls: list[str], cfg: "DataConfig", n_batches: int | None = None):
         super().__init__()
         self.urls, self.cfg = tuple(urls), cfg
+        self.n_batches = int(n_batches if n_batches is not None else cfg.train_batches)
         self.epoch, self.rank = 0, 0
 
     def set_epoch(self, epoch: int, rank: int | None = None) -> None:
@@ -228,7 +235,7 @@ class TrainWindows(torch.utils.data.IterableDataset):
             self.rank = int(rank)
 
     def __len__(self) -> int:
-        return self.cfg.train_batches
+        return self.n_batches
 
     def _worker(self) -> tuple[int, int]:
         info = torch.utils.data.get_worker_info()
@@ -237,7 +244,7 @@ class TrainWindows(torch.utils.data.IterableDataset):
     def __iter__(self):
         cfg = self.cfg
         worker, n_workers = self._worker()
-        n_batches = cfg.train_batches // n_workers + (worker < cfg.train_batches % n_workers)
+        n_batches = self.n_batches // n_workers + (worker < self.n_batches % n_workers)
         tag = f"{cfg.seed}-{self.epoch}-{self.rank}-{worker}"
         pipeline = wds.DataPipeline(
             ResampledShardList(self.urls, f"{tag}-shards"),
@@ -288,7 +295,8 @@ class DataConfig:
         keys: arrays to load, e.g. ``("lmk", "mfcc", "llf")``; ``frames_256`` etc. for pixels.
         window: T, frames per window (EAPC: 25 = 1 s).
         batch_size: windows per batch and rank.
-        train_batches: batches per training epoch and rank (fixed epoch length).
+        train_batches: batches per training epoch and rank (fixed epoch length); ``None``: one pass
+            over the training frames per epoch (:meth:`TalkingFaceDataModule.epoch_batches`).
         windows_per_clip: random windows drawn from each training clip visit.
         shuffle_buffer: windows in the training shuffle buffer.
         num_workers: DataLoader worker processes.
@@ -300,7 +308,7 @@ class DataConfig:
     keys: tuple[str, ...] = ("lmk", "mfcc", "llf")
     window: int = 25
     batch_size: int = 32
-    train_batches: int = 100
+    train_batches: int | None = 100
     windows_per_clip: int = 4
     shuffle_buffer: int = 256
     num_workers: int = 0
@@ -310,7 +318,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.keys = tuple(self.keys)
         for name in ("window", "batch_size", "train_batches", "windows_per_clip", "shuffle_buffer"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"train.data.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"train.data.num_workers must be >= 0, got {self.num_workers}")
@@ -360,11 +368,33 @@ class TalkingFaceDataModule(L.LightningDataModule):
         return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False,
                                            pin_memory=self.cfg.pin_memory)
 
+    def epoch_batches(self, world_size: int = 1) -> int:
+        """Batches per epoch and rank: ``train_batches``, or when it is ``None`` one pass over the
+        training data, ``ceil(W / (batch_size * world_size))`` with W the non-overlapping windows
+        of ``window`` frames in the training frames (the ``frames`` of every ``train-*.json`` shard
+        stats file, floor-divided by ``window``; >= 1).
+
+        Raises:
+            FileNotFoundError: ``train_batches`` is ``None`` and a training shard has no stats file.
+        """
+        cfg = self.cfg
+        if cfg.train_batches is not None:
+            return cfg.train_batches
+        frames = 0
+        for url in self.urls("train"):
+            stats = Path(url).with_suffix(".json")
+            if not stats.is_file():
+                raise FileNotFoundError(f"{stats}: no shard stats to count an epoch (train.data.train_batches: null); "
+                                        "rebuild the shards or set train_batches")
+            frames += int(json.loads(stats.read_text())["frames"])
+        return max(1, math.ceil(frames // cfg.window / (cfg.batch_size * max(1, world_size))))
+
     def train_dataloader(self):
         trainer = getattr(self, "trainer", None)
+        world = 1
         if trainer is not None:  # epoch 0, or the epoch a resumed run restarts at
-            self._epoch, self._rank = trainer.current_epoch, trainer.global_rank
-        self._train = TrainWindows(self.urls("train"), self.cfg)
+            self._epoch, self._rank, world = trainer.current_epoch, trainer.global_rank, trainer.world_size
+        self._train = TrainWindows(self.urls("train"), self.cfg, self.epoch_batches(world))
         self._train.set_epoch(self._epoch, self._rank)
         return self._loader(self._train, self.cfg.num_workers)
 

@@ -65,6 +65,10 @@ class EmoTalkerTrainConfig:
             (e.g. an LDM f4 converted to diffusers) and its latent scaling factor (1 / std).
         intensity_block: directory of the trained block (``train_intensity``).
         emotion_ckpt: the loss-side ``EmotionClassifierModule`` checkpoint (None: no eq. 4, recorded).
+        ema_decay: exponential moving average of the weights (LDM / DiffTalk: 0.9999), updated after
+            every optimiser step by Lightning's ``WeightAveraging`` callback (``pipeline.train``); the
+            checkpoint holds the averaged weights. None: no average (the CPU sample run's 60 steps).
+            Gradient clipping is the trainer's ``gradient_clip_val`` (``train.methods.emotalker.trainer``).
     """
 
     lr: float = 1e-4
@@ -76,9 +80,12 @@ class EmoTalkerTrainConfig:
     autoencoder_scaling: float | None = None
     intensity_block: str | None = None
     emotion_ckpt: str | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         p = "train.methods.emotalker.optim"
+        if self.ema_decay is not None and not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"{p}.ema_decay must be in [0, 1] or null, got {self.ema_decay}")
         if not self.lr > 0 or self.lambda_emo < 0 or not 0 <= self.reference_gap < 1:
             raise ValueError(f"{p}: lr > 0, lambda_emo >= 0, reference_gap in [0, 1)")
         if (self.autoencoder_ckpt is None) == (self.autoencoder_path is None):
@@ -148,6 +155,7 @@ class EmoTalkerModule(L.LightningModule):
         self.conditions = ConditionEncoder(self.net_cfg)
         self.scheduler = ldm_scheduler()
         self.sampling = SamplingConfig()
+        self.ema_decay = self.optim_cfg.ema_decay  # read by pipeline.train (WeightAveraging)
         self._emotion: tuple = ()  # (EmotionClassifier,): a frozen loss network, kept out of checkpoints
         self._prompt_encoder: tuple = ()
         if self.optim_cfg.emotion_ckpt is not None and not from_checkpoint and self.optim_cfg.lambda_emo > 0:

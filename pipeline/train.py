@@ -145,16 +145,17 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     trainer = {**TRAINER_DEFAULTS, **{k: v for k, v in trainer.items() if v is not None}}
     _check_trainer(trainer)
     shard_dir = Path("shards") / dataset
-    data = dict(get(params, "train.data", dict, default={}))
+    # a method may override data keys (its paper's batch size, window, epoch length)
+    data = {**get(params, "train.data", dict, default={}), **get(params, f"train.methods.{method}.data", dict, default={})}
     try:
         DataConfig(shard_dir=str(shard_dir), **data)
     except (TypeError, ValueError) as err:
-        raise ParamsError(f"train.data: {err}") from err
+        raise ParamsError(f"train.data / train.methods.{method}.data: {err}") from err
     method_params = _with_dataset(dict(get(params, f"train.methods.{method}", dict)), dataset)
     # a network trained twice (loss network and evaluator) differs by its own seed
     seed = get(params, f"train.methods.{method}.seed", int, default=get(params, "train.seed", int, default=0))
-    method_params.pop("seed", None)
-    method_params.pop("trainer", None)
+    for key in ("seed", "trainer", "data"):  # run settings, not the module's arguments
+        method_params.pop(key, None)
     try:  # a module that loads weights validates its params without loading them
         getattr(METHODS[method], "validate_params", METHODS[method])(**method_params)
     except FileNotFoundError as err:
@@ -342,7 +343,8 @@ def train(spec: RunSpec) -> dict:
         trainer_args["limit_val_batches"] = 0
     from datamodules.talking_face import DataEpochCallback
 
-    trainer = L.Trainer(logger=logger, callbacks=[MLflowRunSync(config, config_path), *checkpoints, DataEpochCallback()],
+    callbacks = [MLflowRunSync(config, config_path), *checkpoints, DataEpochCallback(), *weight_averaging(model)]
+    trainer = L.Trainer(logger=logger, callbacks=callbacks,
                         default_root_dir=spec.model_dir, enable_progress_bar=False, enable_model_summary=False,
                         **trainer_args)
     hpc = sorted(spec.model_dir.glob("hpc_ckpt_*.ckpt"))
@@ -355,6 +357,19 @@ def train(spec: RunSpec) -> dict:
         for path in spec.model_dir.glob("hpc_ckpt_*.ckpt"):  # ours (a preemption's); last.ckpt is newer now
             path.unlink()
     return config
+
+
+def weight_averaging(model) -> list[Callback]:
+    """``[WeightAveraging]`` keeping an exponential moving average of every weight (decay
+    ``model.ema_decay``, torch's ``get_ema_multi_avg_fn``) when the module asks for one, else ``[]``.
+    Lightning swaps the averaged weights in for validation and the checkpoints."""
+    decay = getattr(model, "ema_decay", None)
+    if decay is None:
+        return []
+    from lightning.pytorch.callbacks import WeightAveraging
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    return [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay))]
 
 
 def set_aside(model_dir: Path, params_hash: str) -> Path:

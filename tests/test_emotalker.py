@@ -159,6 +159,47 @@ def test_fit_and_generate_and_reload_without_the_autoencoder_file(emotalker):
         model.generate(*args)
 
 
+def test_ema_checkpoint_holds_the_average(emotalker):
+    """optim.ema_decay -> pipeline.train.weight_averaging -> the checkpoint holds the average. torch's
+    AveragedModel starts from the weights after the first step, so decay 1 keeps step 1's weights
+    and decay 0 is the last step's (= a run without EMA)."""
+    from lightning_modules.emotalker import EmoTalkerModule
+    from pipeline.train import weight_averaging
+
+    _, dm, _, ae_ckpt, work = emotalker
+
+    def fit(steps: int, decay: float | None) -> dict:
+        L.seed_everything(1)
+        model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(ae_ckpt), "lambda_emo": 0.0, "ema_decay": decay})
+        trainer = L.Trainer(max_steps=steps, logger=False, default_root_dir=work, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, accelerator="cpu",
+                            callbacks=weight_averaging(model), enable_checkpointing=False)
+        trainer.fit(model, datamodule=dm)
+        trainer.save_checkpoint(work / "ema.ckpt")
+        state = torch.load(work / "ema.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith("unet.")}
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+
+    step1, step2 = fit(1, None), fit(2, None)
+    assert not same(step1, step2)
+    assert same(fit(2, 0.0), step2)
+    assert same(fit(2, 1.0), step1)
+    with pytest.raises(ValueError, match="ema_decay"):
+        EmoTalkerModule.validate_params(NET, {"autoencoder_ckpt": "x", "ema_decay": 1.5})
+
+
+def test_head_channels_give_heads_of_that_width():
+    cfg = DenoiserConfig(crop_size=64, block_out_channels=(32, 64, 96), head_channels=16, norm_num_groups=8)
+    unet = build_unet(cfg, 16)
+    heads = {m.heads * 16 == m.inner_dim for name, m in unet.named_modules() if name.endswith(".attn2")}
+    assert heads == {True}
+    assert {m.heads for name, m in unet.named_modules() if name.endswith("down_blocks.2.attentions.0.transformer_blocks.0.attn2")} == {6}
+    with pytest.raises(ValueError, match="head_channels"):
+        DenoiserConfig(block_out_channels=(32, 48), head_channels=32)
+
+
 def test_bad_params_name_the_fix(tmp_path):
     from lightning_modules.emotalker import EmoTalkerModule
 

@@ -97,8 +97,13 @@ class DenoiserConfig:
     Attributes:
         crop_size: S, the face crops' side (``frames_<S>``; = the autoencoder's image_size).
         latent_channels: the autoencoder's (3).
-        block_out_channels, layers_per_block, attention_head_dim, norm_num_groups: the UNet's
-            (DiffTalk: 192-wide LDM UNet, ~530 M parameters with its conditioners; sized down for CPU).
+        block_out_channels, layers_per_block, norm_num_groups: the UNet's (DiffTalk / LDM:
+            model_channels 256 x channel_mult 1, 2, 3, 4 = (256, 512, 768, 1024), num_res_blocks 2,
+            32 groups: the ``emotalker`` preset; sized down for CPU in params.yaml).
+        attention_head_dim: diffusers' legacy name: the number of attention heads per block, used
+            when ``head_channels`` is None.
+        head_channels: channels per attention head (LDM's ``num_head_channels``; DiffTalk: 32), so a
+            block of width C has C / head_channels heads; None: ``attention_head_dim`` heads.
         cross_attention_dim: D, the width of each condition token.
         speech_dim: speech feature width per frame (phones: 40); audio_window: frames per window (8).
         lmk_size: pixels of the crop the landmarks are given in (256: the shards' ``lmk``).
@@ -111,6 +116,7 @@ class DenoiserConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     attention_head_dim: int = 8
+    head_channels: int | None = None
     norm_num_groups: int = 16
     cross_attention_dim: int = 64
     speech_dim: int = 40
@@ -125,6 +131,8 @@ class DenoiserConfig:
             raise ValueError(f"mask_top must be in (0, 1), got {self.mask_top}")
         if self.audio_window < 2:
             raise ValueError(f"audio_window must be >= 2, got {self.audio_window}")
+        if self.head_channels is not None and any(c % self.head_channels for c in self.block_out_channels):
+            raise ValueError(f"head_channels {self.head_channels} must divide every block width {self.block_out_channels}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DenoiserConfig":
@@ -171,7 +179,9 @@ def build_unet(cfg: DenoiserConfig, latent_size: int):
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=(cfg.attention_head_dim if cfg.head_channels is None  # (legacy name: heads per block)
+                            else tuple(c // cfg.head_channels for c in cfg.block_out_channels)),
         norm_num_groups=cfg.norm_num_groups)
     unet.set_attn_processor(StrengthAttnProcessor())
     return unet

@@ -7,7 +7,7 @@ Stage 2 (Wav2Lip, Prajwal et al. 2020, the report's §4): ``LipSyncGenerator`` (
 lower-half-masked target and a reference, audio encoder over a 16-row mel window, decoder with
 skips, sigmoid output) and ``QualityDiscriminator`` on the lower half.
 
-Sizes are generic in the crop side S (a power of two >= 32) instead of Wav2Lip's fixed 96 px; the
+Sizes are generic in the crop side S (a power of two >= 32, or 3 x one: Wav2Lip's 96 px); the
 layer pattern follows the anchors. Plain ``nn.Module``s; images are (B, 3, S, S) float.
 """
 
@@ -145,8 +145,9 @@ class LipSyncConfig:
     """Wav2Lip-style generator sizes.
 
     Attributes:
-        image_size: S, crop side (a power of two >= 32; Wav2Lip: 96).
-        widths: face-encoder channels after the stem and each stride-2 stage (log2(S) stages to 1x1).
+        image_size: S, crop side: a power of two >= 32, or three times one (Wav2Lip: 96 = 3 x 32).
+        widths: face-encoder channels after the stem and each stage down to 1x1 (:func:`face_stages`:
+            stride-2 stages, and for S = 3 x 2^k a last 3x3 valid conv from 3x3 to 1x1 as Wav2Lip's).
         audio_widths: audio-encoder channels; its last is the audio embedding.
         d_widths: quality discriminator channels (stride-2 convs on the lower half).
     """
@@ -160,12 +161,10 @@ class LipSyncConfig:
         self.widths = tuple(int(c) for c in self.widths)
         self.audio_widths = tuple(int(c) for c in self.audio_widths)
         self.d_widths = tuple(int(c) for c in self.d_widths)
-        n = math.log2(self.image_size)
-        if n != int(n) or self.image_size < 32:
-            raise ValueError(f"two_stage.net.lipsync.image_size must be a power of two >= 32, got {self.image_size}")
-        if len(self.widths) != int(n) + 1:
-            raise ValueError(f"two_stage.net.lipsync.widths needs log2(S) + 1 = {int(n) + 1} entries (stem + one per "
-                             f"stride-2 stage down to 1x1), got {len(self.widths)}")
+        stages = face_stages(self.image_size)
+        if len(self.widths) != len(stages) + 1:
+            raise ValueError(f"two_stage.net.lipsync.widths needs {len(stages) + 1} entries at {self.image_size} px "
+                             f"(stem + one per stage down to 1x1), got {len(self.widths)}")
 
     @property
     def crop_size(self) -> int:
@@ -177,8 +176,30 @@ class LipSyncConfig:
         return config_from_dict(cls, d, "two_stage.net.lipsync")
 
 
-def _conv(c_in: int, c_out: int, stride: int = 1, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def face_stages(image_size: int) -> list[int]:
+    """Input side of each face-encoder stage below the stem, e.g. 96 -> [96, 48, 24, 12, 6, 3] (the
+    stage at side 3 is a 3x3 valid conv, the others stride-2 convs), 64 -> [64, 32, 16, 8, 4, 2].
+
+    Raises:
+        ValueError: ``image_size`` is neither a power of two >= 32 nor three times one >= 48.
+    """
+    side, sides = int(image_size), []
+    while side > 1 and side % 2 == 0:
+        sides.append(side)
+        side //= 2
+    if side == 3:
+        sides.append(3)
+    elif side != 1:
+        sides = []
+    if image_size < 32 or not sides:
+        raise ValueError(f"two_stage.net.lipsync.image_size must be a power of two >= 32 or three times one "
+                         f"(Wav2Lip: 96), got {image_size}")
+    return sides
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1, k: int = 3, padding: int | None = None) -> nn.Sequential:
+    padding = k // 2 if padding is None else padding
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class LipSyncGenerator(nn.Module):
@@ -197,7 +218,9 @@ class LipSyncGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.widths
-        self.face = nn.ModuleList([_conv(6, w[0], 1, 7)] + [_conv(w[i], w[i + 1], 2) for i in range(len(w) - 1)])
+        sides = face_stages(cfg.image_size)  # 3x3 -> 1x1: valid conv (stride 1, no padding)
+        self.face = nn.ModuleList([_conv(6, w[0], 1, 7)] + [_conv(w[i], w[i + 1], 1, 3, 0) if side == 3 else
+                                                            _conv(w[i], w[i + 1], 2) for i, side in enumerate(sides)])
         a = cfg.audio_widths
         audio: list[nn.Module] = [_conv(1, a[0])]
         for i in range(len(a) - 1):
@@ -205,8 +228,9 @@ class LipSyncGenerator(nn.Module):
         self.audio = nn.Sequential(*audio, nn.AdaptiveAvgPool2d(1))
         self.up = nn.ModuleList()
         c = a[-1] + w[-1]  # [audio embedding, face bottleneck] at 1x1
-        for skip in reversed(w[:-1]):
-            self.up.append(nn.Sequential(nn.ConvTranspose2d(c, skip, 4, 2, 1), nn.BatchNorm2d(skip), nn.ReLU(inplace=True)))
+        for skip, side in zip(reversed(w[:-1]), reversed(sides)):  # up to each stage's input side
+            up = nn.ConvTranspose2d(c, skip, 3, 1, 0) if side == 3 else nn.ConvTranspose2d(c, skip, 4, 2, 1)
+            self.up.append(nn.Sequential(up, nn.BatchNorm2d(skip), nn.ReLU(inplace=True)))
             c = 2 * skip
         self.out = nn.Conv2d(c, 3, 1)
 
