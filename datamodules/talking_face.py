@@ -43,6 +43,7 @@ import webdataset as wds
 from lightning.pytorch.callbacks import Callback
 
 from primitives.frame_codec import decode_jpeg_frames
+from primitives.geometry import resize_crops
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,45 @@ def shard_fingerprint(shard_dir: Path) -> str:
         if stats.is_file():
             digest.update(stats.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def shard_crop_sizes(shard_dir: str | Path) -> tuple[int, ...]:
+    """The ``frames_<S>`` crop sides the shards hold (``meta.crop_sizes`` of the first sample of the
+    first shard of any split); ``()`` when no shard is readable."""
+    for path in sorted(Path(shard_dir).glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    if member.name.endswith(".meta.json"):
+                        return tuple(int(c) for c in json.loads(tar.extractfile(member).read())["crop_sizes"])
+        except (tarfile.TarError, OSError, KeyError, ValueError):
+            continue
+    return ()
+
+
+def frame_reads(keys: tuple[str, ...], shard_dir: str | Path) -> "DecodeSample":
+    """The decoder of ``keys`` from the shards in ``shard_dir``: a ``frames_<S>`` the shards lack
+    (:func:`shard_crop_sizes`) is resized from the smallest larger crop they hold (the largest when
+    none is larger), so a method (Wav2Lip's 96 px) or an evaluator works at its own crop side.
+
+    Raises:
+        FileNotFoundError: a frames key is missing and no readable shard says which crops it holds.
+    """
+    keys = tuple(keys)
+    wanted = [k for k in keys if k.startswith("frames_")]
+    available = shard_crop_sizes(shard_dir) if wanted else ()
+    derive = []
+    for key in wanted:
+        side = int(key.removeprefix("frames_"))
+        if side in available:
+            continue
+        if not available:
+            raise FileNotFoundError(f"{shard_dir}: no readable shard says which crops it holds (wanted {key})")
+        derive.append((key, f"frames_{min((s for s in available if s > side), default=max(available))}"))
+    targets = {target for target, _ in derive}
+    read = tuple(dict.fromkeys([k for k in keys if k not in targets] + [source for _, source in derive]))
+    drop = tuple(dict.fromkeys(source for _, source in derive if source not in keys))
+    return DecodeSample(read, tuple(derive), drop)
 
 
 def log_and_continue(err: Exception) -> bool:
@@ -135,13 +175,28 @@ class DecodeSample:
     """Decode the members listed in ``keys`` (plus ``meta.json``) of a tar sample: ``<key>.npy``
     arrays, or ``<key>.jpgs`` JPEG frames (:func:`primitives.frame_codec.decode_jpeg_frames`).
 
+    ``derive``: ``(target, source)`` pairs of frame keys, e.g. ``("frames_96", "frames_256")``: the
+    target crop, which the shards do not hold, is the source crop resized
+    (:func:`primitives.geometry.resize_crops`, as the preprocess stage makes its smaller crops);
+    the source must be in ``keys`` and is dropped unless also requested (:func:`frame_reads`).
+
     Returns dicts with ``key`` (str), ``meta`` (dict) and one float32/uint8 array per key; a
     sample lacking a requested member raises ``KeyError`` naming it (handled as a broken sample).
     """
 
     keys: tuple[str, ...]
+    derive: tuple[tuple[str, str], ...] = ()
+    drop: tuple[str, ...] = ()
 
     def __call__(self, sample: dict) -> dict:
+        out = self._decode(sample)
+        for target, source in self.derive:
+            out[target] = resize_crops(out[source], int(target.removeprefix("frames_")))
+        for key in self.drop:
+            out.pop(key, None)
+        return out
+
+    def _decode(self, sample: dict) -> dict:
         out = {"key": sample["__key__"], "meta": json.loads(sample["meta.json"])}
         for key in self.keys:
             if f"{key}.jpgs" in sample:
@@ -226,6 +281,7 @@ class TrainWindows(torch.utils.data.IterableDataset):
         super().__init__()
         self.urls, self.cfg = tuple(urls), cfg
         self.n_batches = int(n_batches if n_batches is not None else cfg.train_batches)
+        self.decode = frame_reads(cfg.keys, cfg.shard_dir)  # (in the main process: read once, pickled to workers)
         self.epoch, self.rank = 0, 0
 
     def set_epoch(self, epoch: int, rank: int | None = None) -> None:
@@ -248,8 +304,8 @@ class TrainWindows(torch.utils.data.IterableDataset):
         tag = f"{cfg.seed}-{self.epoch}-{self.rank}-{worker}"
         pipeline = wds.DataPipeline(
             ResampledShardList(self.urls, f"{tag}-shards"),
-            ReadShards(SelectMembers(cfg.keys)),
-            wds.map(DecodeSample(cfg.keys), handler=log_and_continue),
+            ReadShards(SelectMembers(self.decode.keys)),
+            wds.map(self.decode, handler=log_and_continue),
             ClipWindows(cfg.window, True, cfg.windows_per_clip, (cfg.seed, self.epoch, self.rank, worker)),
             wds.shuffle(cfg.shuffle_buffer, initial=min(64, cfg.shuffle_buffer), seed=f"{tag}-shuffle"),
             wds.batched(cfg.batch_size, collation_fn=collate_windows, partial=False),
@@ -358,8 +414,9 @@ class TalkingFaceDataModule(L.LightningDataModule):
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         # fewer shards than ranks: every rank reads all of them (no rank without data)
         source = [wds.SimpleShardList(urls)] + ([wds.split_by_node] if len(urls) >= world else [])
-        return wds.DataPipeline(*source, wds.split_by_worker, ReadShards(SelectMembers(cfg.keys)),
-                                wds.map(DecodeSample(cfg.keys), handler=log_and_continue),
+        decode = frame_reads(cfg.keys, cfg.shard_dir)
+        return wds.DataPipeline(*source, wds.split_by_worker, ReadShards(SelectMembers(decode.keys)),
+                                wds.map(decode, handler=log_and_continue),
                                 ClipWindows(cfg.window, False),
                                 wds.batched(cfg.batch_size, collation_fn=collate_windows, partial=True))
 
@@ -411,9 +468,10 @@ class TalkingFaceDataModule(L.LightningDataModule):
         Raises:
             FileNotFoundError: no readable training clip.
         """
+        decode = frame_reads(tuple(keys), self.cfg.shard_dir)
         pipeline = wds.DataPipeline(wds.SimpleShardList(self.urls("train")),
-                                    ReadShards(SelectMembers(tuple(keys))),
-                                    wds.map(DecodeSample(tuple(keys)), handler=log_and_continue))
+                                    ReadShards(SelectMembers(decode.keys)),
+                                    wds.map(decode, handler=log_and_continue))
         clips = [clip for _, clip in zip(range(max_clips), pipeline)]
         if not clips:
             raise FileNotFoundError(f"no readable training clips in {self.cfg.shard_dir}")

@@ -64,6 +64,7 @@ from torchmetrics import Metric
 
 # SYNCNET_V2_URL and load_public_syncnet are re-exported here (their home is eval_metrics.syncnet_v2)
 from eval_metrics.syncnet_v2 import SYNCNET_V2_URL, load_public_syncnet, syncnet_v2_embed, syncnet_v2_window_count
+from primitives.geometry import resize_crops
 from primitives.sync_windows import clip_windows
 
 __all__ = [
@@ -257,7 +258,8 @@ class SyncEvaluator:
         chunk: windows embedded per forward pass (bounds memory).
         inputs: ``"mel"`` or ``"waveform"`` (see above).
 
-    ``embed(frames, mel=None, audio=None)``: ``(T, S, S, 3)`` uint8 RGB crops, ``(M, 80)`` mel
+    ``embed(frames, mel=None, audio=None)``: ``(T, S, S, 3)`` uint8 RGB crops (our expert: resized to
+    its own ``crop_size`` when S differs, :func:`primitives.geometry.resize_crops`), ``(M, 80)`` mel
     (row 0 = frame 0) and / or ``(L,)`` float32 16 kHz waveform in [-1, 1] (sample 0 = frame 0)
     -> ``(V, A)``, each ``(N, D)`` float32; own expert: ``N = T - 4``, ``D`` its ``embed_dim``;
     syncnet_v2: ``N = min(T, L // 640) - 5``, ``D = 1024``.
@@ -316,6 +318,9 @@ class SyncEvaluator:
             raise ValueError(f"{self.name} needs the clip's mel spectrogram (M, 80)")
         device = next(self.net.parameters()).device
         frames, mel = torch.as_tensor(frames), torch.as_tensor(mel)
+        side = getattr(getattr(self.net, "cfg", None), "crop_size", frames.shape[1])
+        if frames.shape[1] != side:  # a method at another crop side: fed at the expert's own
+            frames = torch.from_numpy(resize_crops(frames.cpu().numpy(), side))
         faces, mels = clip_windows(frames, mel)
         vs, as_ = [], []
         for i in range(0, len(faces), self.chunk):

@@ -32,7 +32,7 @@ import torch
 import webdataset as wds
 
 from datamodules.talking_face import (DataConfig, DecodeSample, ReadShards, SelectMembers, TalkingFaceDataModule,
-                                      shard_urls)
+                                      frame_reads, shard_urls)
 from pipeline.eval_outputs import CROSS_DATASET_MARK, write_eval_outputs
 from pipeline.evaluate import LANDMARK_EVALUATOR, predict_windows
 from pipeline.params import ParamsError, get, load_params
@@ -511,9 +511,10 @@ def prompt_grid(generator, clip: dict, frames_key: str, params: dict, path: Path
 def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = ()):
     """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel``,
     ``audio`` and the arrays named in ``extra_keys`` (e.g. ``phones``)."""
-    keys = (frames_key, "lmk", "mel", *extra_keys)
+    decode = frame_reads((frames_key, "lmk", "mel", *extra_keys), shard_dir)  # a crop the shards lack: resized
     pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
-                                ReadShards(SelectMembers(keys, extra=("audio.wav",))), wds.map(_DecodeWithAudio(keys)))
+                                ReadShards(SelectMembers(decode.keys, extra=("audio.wav",))),
+                                wds.map(_DecodeWithAudio(decode.keys, decode.derive, decode.drop)))
     return iter(pipeline)
 
 
@@ -640,24 +641,21 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     from pipeline.extract.video import write_mp4
 
     ranks = eval_ranks(get(params, "evaluate.device", str, default="auto"))
-    crop_size = get(params, "evaluate.crop_size", int, default=128)
-    frames_key = f"frames_{crop_size}"
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
     train_dataset = train_dataset or dataset
     generator = load_generator(method, train_dataset)
+    # each method at the crop it was trained on (baselines: evaluate.crop_size); evaluators resize
+    crop_size = getattr(getattr(generator, "net_cfg", None), "crop_size", None) or \
+        get(params, "evaluate.crop_size", int, default=128)
+    frames_key = f"frames_{crop_size}"
     if isinstance(generator, torch.nn.Module):
         generator.to(ranks.device)
     if hasattr(generator, "configure_sampling"):  # sampled methods: inference settings from params, no retraining
         generator.configure_sampling(get(params, f"evaluate.sampling.{method}", dict, default={}))
     config_path = Path("models") / method / train_dataset / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    _check_crop_size(crop_size, "generator", getattr(getattr(generator, "net_cfg", None), "crop_size", None),
-                     f"train.methods.{method}.net.crop_size")
     evaluators = Evaluators(params, dataset, ranks.device)
-    if "_expert" in evaluators.sync:
-        _check_crop_size(crop_size, "SyncNet evaluator", evaluators.sync["_expert"].net.cfg.crop_size,
-                         f"train.methods.{SYNC_EVALUATOR}.net.crop_size")
     check_independent_evaluators(config, evaluators.checkpoints)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
@@ -667,7 +665,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     autoencoding = AutoencoderScores() if hasattr(generator, "autoencoder") else None
     wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
     redetected = RedetectedLandmarks()
-    real_stats, real_stats_note = load_real_stats(params, dataset)
+    real_stats, real_stats_note = load_real_stats(params, dataset, crop_size)
     cached_fid = real_stats is not None and real_stats["fid"] is not None
     per_call = get(params, "evaluate.clips_per_forward", int, default=1)
     per_call = per_call if getattr(generator, "batch_clips", False) else 1
@@ -764,13 +762,6 @@ def landmark_metrics(generator, shard_dir: Path, params: dict, method: str) -> d
     datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(shard_dir), keys=generator.data_keys, **data))
     values, _, _, _ = predict_windows(generator, datamodule.test_dataloader())
     return values
-
-
-def _check_crop_size(crop_size: int, who: str, expected: int | None, key: str) -> None:
-    """``evaluate.crop_size`` must be the crop the generator renders and the SyncNet evaluator reads."""
-    if expected is not None and expected != crop_size:
-        raise ParamsError(f"evaluate.crop_size is {crop_size} but the {who} works on {expected} px crops ({key}): "
-                          f"make the two equal")
 
 
 def _log_to_mlflow(params: dict, method: str, dataset: str, result: dict, artifacts: list[Path]) -> None:

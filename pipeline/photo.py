@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.extract.align import crop_transforms, resize_crops, transform_points
+from pipeline.extract.align import crop_transforms, transform_points
 from pipeline.extract.landmarks import detect_face_mesh, mesh_to_68
-from primitives.geometry import warp_frames
+from primitives.geometry import resize_crops, warp_frames
 
 
 class InputError(ValueError):

@@ -5,7 +5,8 @@ computed once per test split and read by every method's ``evaluate_video`` / ``e
 
 Writes ``eval/_real/<dataset>/real_stats.pt`` (torch.save of a dict):
 
-* ``key``: what the numbers depend on (shard fingerprint, ``evaluate.crop_size``, the FID Inception's
+* ``key``: what the numbers depend on (shard fingerprint, ``evaluate.crop_size`` (a method scored at
+  another crop side measures the real frames in its own run), the FID Inception's
   sha256, the landmarker); an evaluation whose key differs recomputes everything and says so;
 * ``fid``: torchmetrics ``FrechetInceptionDistance`` real-side states (``real_features_sum`` (2048,)
   float64, ``real_features_cov_sum`` (2048, 2048) float64, ``real_features_num_samples`` int64) over
@@ -32,25 +33,28 @@ def real_stats_path(dataset: str) -> Path:
     return Path("eval") / "_real" / dataset / "real_stats.pt"
 
 
-def stats_key(params: dict, dataset: str) -> dict:
-    """What cached real statistics must match to be reused (see the module docstring)."""
+def stats_key(params: dict, dataset: str, crop_size: int | None = None) -> dict:
+    """What cached real statistics must match to be reused (see the module docstring); ``crop_size``:
+    the crop being scored (default ``evaluate.crop_size``, the crop this stage computes at)."""
     from datamodules.talking_face import shard_fingerprint
     from pipeline.evaluate_video import RedetectedLandmarks
 
-    return {"shards": shard_fingerprint(Path("shards") / dataset), "crop_size": get(params, "evaluate.crop_size", int, default=128),
+    crop_size = crop_size or get(params, "evaluate.crop_size", int, default=128)
+    return {"shards": shard_fingerprint(Path("shards") / dataset), "crop_size": crop_size,
             "fid_weights": get(params, "evaluate.fid_weights", str, default=None),
             "fid_sha256": get(params, "evaluate.fid_sha256", str, default=None),
             "landmarker": RedetectedLandmarks.evaluator, "max_missing": RedetectedLandmarks.MAX_MISSING}
 
 
-def load_real_stats(params: dict, dataset: str) -> tuple[dict | None, str]:
-    """The cached statistics of ``dataset``'s test split, or ``None`` and why not (missing file,
-    or computed for other shards / crop / Inception)."""
+def load_real_stats(params: dict, dataset: str, crop_size: int | None = None) -> tuple[dict | None, str]:
+    """The cached statistics of ``dataset``'s test split at ``crop_size`` (default
+    ``evaluate.crop_size``), or ``None`` and why not (missing file, or computed for other shards /
+    crop / Inception: a method scored at its own crop side then measures the real frames itself)."""
     path = real_stats_path(dataset)
     if not path.is_file():
         return None, f"{path} not found: real-frame statistics computed in this run (`dvc repro real_stats@{dataset}`)"
     stats = torch.load(path, map_location="cpu", weights_only=False)
-    if stats.get("key") != stats_key(params, dataset):
+    if stats.get("key") != stats_key(params, dataset, crop_size):
         return None, f"{path} was computed for other shards, crop or Inception weights: recomputed in this run"
     return stats, f"real-frame FID statistics and landmarks read from {path}"
 

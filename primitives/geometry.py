@@ -69,3 +69,12 @@ def warp_frames(frames: np.ndarray, matrices: np.ndarray, size: int) -> np.ndarr
         cv2.warpAffine(f, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         for f, m in zip(frames, matrices)
     ])
+
+
+def resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
+    """Resize (T, S, S, 3) uint8 crops to (T, size, size, 3): area averaging (no aliasing) when
+    shrinking, as the preprocess stage makes its smaller crops from the largest; bilinear when growing."""
+    if crops.shape[1] == size:
+        return crops
+    interpolation = cv2.INTER_AREA if size < crops.shape[1] else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(c, (size, size), interpolation=interpolation) for c in crops])

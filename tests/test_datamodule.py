@@ -29,6 +29,44 @@ def test_train_batches_have_documented_shapes_and_fixed_length(crema_shards):
     assert b["emotion"].dtype == torch.int64 and (b["emotion"] == 0).all()  # all neutral clips
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_null_train_batches_is_one_pass_over_the_training_frames(crema_shards, world):
+    """train_batches: null -> ceil(floor(train frames / T) / (batch_size x world)) batches per rank."""
+    import json
+    import math
+
+    stats = sorted((crema_shards / "shards/crema_d").glob("train-*.json"))
+    frames = sum(json.loads(p.read_text())["frames"] for p in stats)
+    assert len(stats) > 1 and frames > 100
+    dm = make_dm(crema_shards, train_batches=None, batch_size=2, window=10)
+    assert dm.epoch_batches(world) == math.ceil(frames // 10 / (2 * world))
+    if world == 1:
+        assert len(list(dm.train_dataloader())) == dm.epoch_batches(1)
+    assert make_dm(crema_shards, train_batches=3).epoch_batches(world) == 3
+
+
+def test_a_crop_the_shards_lack_is_resized_from_the_next_larger(crema_shards):
+    """A crop side the shards lack (Wav2Lip's 96 from 256 / 128 shards) is the next larger crop
+    resized, as preprocess makes its smaller crops; these test shards hold 64 px only."""
+    from datamodules.talking_face import frame_reads, shard_crop_sizes
+    from primitives.geometry import resize_crops
+
+    shard_dir = crema_shards / "shards/crema_d"
+    assert shard_crop_sizes(shard_dir) == (64,)
+    decode = frame_reads(("lmk", "frames_48"), shard_dir)
+    assert decode.keys == ("lmk", "frames_64") and decode.derive == (("frames_48", "frames_64"),)
+    assert decode.drop == ("frames_64",)
+    assert frame_reads(("lmk", "frames_64"), shard_dir).derive == ()
+    assert frame_reads(("frames_96",), shard_dir).derive == (("frames_96", "frames_64"),)  # none larger: the largest
+    batch = next(iter(make_dm(crema_shards, keys=("lmk", "frames_48", "frames_64"), window=4).val_dataloader()))
+    assert batch["frames_48"].shape[2:] == (48, 48, 3) and batch["frames_48"].dtype == torch.uint8
+    assert np.array_equal(batch["frames_48"][0].numpy(), resize_crops(batch["frames_64"][0].numpy(), 48))
+    only48 = next(iter(make_dm(crema_shards, keys=("lmk", "frames_48"), window=4).val_dataloader()))
+    assert "frames_64" not in only48 and torch.equal(only48["frames_48"], batch["frames_48"])
+    with pytest.raises(FileNotFoundError, match="which crops"):
+        frame_reads(("frames_96",), crema_shards / "nothing_here")
+
+
 def test_window_slices_match_the_clip(crema_shards):
     """Each window is the clip's frames [s, s+T) and the mel rows of that second; ref is frame 0."""
     import webdataset as wds

@@ -166,13 +166,22 @@ def test_evaluator_must_not_be_a_training_loss(tmp_path):
         assert str(evaluator) in str(err.value) and str(named) in str(err.value)
 
 
-def test_crop_size_mismatch_stops_before_any_work(crema_shards, monkeypatch):
-    from pipeline.evaluate_video import _check_crop_size
+def test_own_sync_expert_scores_other_crop_sides_at_its_own(crema_shards):
+    """A method at 256 px is scored by the 64 px expert on its frames resized to 64 (no crop error)."""
+    import numpy as np
 
-    _check_crop_size(128, "generator", 128, "train.methods.cvae.net.crop_size")
-    _check_crop_size(128, "generator", None, "unused")  # the baselines render any size
-    with pytest.raises(ParamsError, match="evaluate.crop_size is 64.*train.methods.cvae.net.crop_size"):
-        _check_crop_size(64, "generator", 128, "train.methods.cvae.net.crop_size")
+    from eval_metrics.sync import SyncEvaluator
+    from lightning_modules.networks.syncnet import SyncNet, SyncNetConfig
+    from primitives.geometry import resize_crops
+
+    torch.manual_seed(0)
+    net = SyncNet(SyncNetConfig(crop_size=64, face_channels=(8, 16, 32), audio_channels=(8, 16, 32), embed_dim=32))
+    evaluator = SyncEvaluator.own_expert(net, "crema_d")
+    big = np.random.default_rng(0).integers(0, 256, (24, 256, 256, 3), dtype=np.uint8)
+    mel = torch.randn(77, 80)
+    v_big, a_big = evaluator.embed(torch.from_numpy(big), mel)
+    v_small, a_small = evaluator.embed(torch.from_numpy(resize_crops(big, 64)), mel)
+    assert torch.equal(v_big, v_small) and torch.equal(a_big, a_small)
 
 
 def _synthetic_clip(n_frames: int, emotion: int, seed: int) -> dict:

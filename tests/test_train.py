@@ -75,7 +75,25 @@ def test_bad_params_fail_before_work_naming_the_key(workdir, tmp_path, monkeypat
     bad_trainer["train"]["trainer"]["max_epocs"] = 3
     with pytest.raises(ParamsError, match="train.trainer.max_epocs"):
         run_spec(bad_trainer, "eapc", "crema_d")
+    bad_data = json.loads(json.dumps(params))
+    bad_data["train"]["methods"]["eapc"]["data"] = {"batch_size": 0}
+    with pytest.raises(ParamsError, match=r"train.methods.eapc.data.*batch_size must be >= 1"):
+        run_spec(bad_data, "eapc", "crema_d")
     assert sorted(p.name for p in work.iterdir()) == ["shards"]  # no model folder, no MLflow store
+
+
+def test_method_data_and_trainer_override_the_shared_ones(workdir, tmp_path, monkeypatch):
+    """train.methods.<m>.{data,trainer} replace those keys of train.{data,trainer} for that method only."""
+    monkeypatch.chdir(workdir)
+    params = tiny_params("sqlite:///unused.db")
+    params["train"]["methods"]["eapc"]["data"] = {"batch_size": 32, "train_batches": None}
+    params["train"]["methods"]["eapc"]["trainer"] = {"max_steps": 7}
+    spec = run_spec(params, "eapc", "crema_d")
+    assert spec.data["batch_size"] == 32 and spec.data["train_batches"] is None and spec.data["window"] == 25
+    assert spec.trainer["max_steps"] == 7 and spec.trainer["max_epochs"] == 3
+    assert "data" not in spec.method_params and "trainer" not in spec.method_params
+    other = run_spec(params, "syncnet", "crema_d")
+    assert other.data["batch_size"] == 4 and other.data["train_batches"] == 4 and "max_steps" not in other.trainer
 
 
 def test_generator_params_validated_without_loading_weights(workdir, monkeypatch):

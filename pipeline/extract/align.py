@@ -8,7 +8,6 @@ crops do (``face_scale = 1`` gives ArcFace's tight recognition crop).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
@@ -61,13 +60,6 @@ def crop_transforms(lmk68: np.ndarray, size: int, face_scale: float, mode: str =
     if mode == "frame":
         return umeyama(torch.from_numpy(points), torch.from_numpy(template)).numpy()  # (T, 2, 3)
     raise ValueError(f"preprocess.align must be 'clip' or 'frame', got {mode!r}")
-
-
-def resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
-    """Downscale (T, S, S, 3) uint8 crops to (T, size, size, 3) with area averaging (no aliasing)."""
-    if crops.shape[1] == size:
-        return crops
-    return np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
 
 
 def transform_points(points: np.ndarray, matrices: np.ndarray) -> np.ndarray:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pipeline.extract.align import crop_transforms, resize_crops, transform_points
+from pipeline.extract.align import crop_transforms, transform_points
 from primitives.frame_codec import encode_jpeg_frames
-from primitives.geometry import warp_frames
+from primitives.geometry import resize_crops, warp_frames
 from pipeline.extract.audio import (
     AudioConfig, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
 )
