@@ -119,8 +119,9 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
     return params
 
 
-def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
-    """Validate the ``train`` and ``mlflow`` sections for one method and dataset.
+def run_spec(params: dict, method: str, dataset: str, require_shards: bool = True) -> RunSpec:
+    """Validate the ``train`` and ``mlflow`` sections for one method and dataset (``require_shards``
+    False: without the check that its training shards exist, e.g. a preset checked before any data).
 
     Raises:
         ParamsError: unknown method or dataset, bad trainer/data/method values, missing shards —
@@ -163,7 +164,7 @@ def run_spec(params: dict, method: str, dataset: str) -> RunSpec:
     except (TypeError, ValueError) as err:
         message = str(err)
         raise ParamsError(message if message.startswith("train.") else f"train.methods.{method}: {message}") from err
-    if not sorted(shard_dir.glob("train-*.tar")):
+    if require_shards and not sorted(shard_dir.glob("train-*.tar")):
         raise ParamsError(f"train.datasets: no training shards in {shard_dir} (run `dvc repro preprocess@{dataset}`)")
     return RunSpec(
         method=method, dataset=dataset, shard_dir=shard_dir, model_dir=Path("models") / method / dataset,

@@ -60,7 +60,7 @@ FACE_PARTS: tuple[tuple[tuple[int, ...], bool], ...] = (
 
 @dataclass
 class Vid2VidConfig:
-    """``train.methods.eapc_vid2vid.net`` (few-shot vid2vid at 256 px: 32 .. 1024 channels, 7 levels).
+    """``train.methods.eapc_vid2vid.net`` (the ``eapc_vid2vid`` preset: few-shot vid2vid at 256 px, 5 levels 64 .. 1024).
 
     Attributes:
         crop_size: S, frames rendered (a ``frames_<S>`` crop of the shards), a power of 2 >= 32.

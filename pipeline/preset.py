@@ -1,0 +1,426 @@
+"""Each paper's own configuration, by name: ``presets/<name>.yaml`` on top of params.yaml.
+
+    python -m pipeline.preset list
+    python -m pipeline.preset show eapc [--row "Table 2/w/o audio i-1"]   # the dvc -S overrides
+    python -m pipeline.preset check [eapc ...]        # full-size networks, parameter counts
+    python -m pipeline.preset run eapc [--row ...] [--queue] [--max-steps N] [--dataset crema_d]
+    python -m pipeline.preset queue eapc [--table "Table 2"] [--max-steps N]
+    python -m pipeline.preset cost [eapc ...]         # FLOPs per step -> H100 GPU-hours (markdown)
+
+A preset is a partial params.yaml (same keys) plus one ``preset:`` section that is not applied:
+
+* ``method``, ``paper`` (file in ../shared/papers), ``citation``; ``include``: presets applied first
+  (EAPC stage 2 on stage 1's);
+* ``targets``: the DVC stages a run reproduces (``{dataset}`` filled in), e.g. ``evaluate@eapc-{dataset}``;
+* ``parameters``: trainable parameters of each method it trains, built at the preset's size
+  (``check`` fails when a count differs: a changed network or preset is seen);
+* ``schedule``: the paper's training length for ``cost`` (``steps``, or ``epochs`` x ``windows`` /
+  the global batch, per method);
+* ``tables``: ``{table: {dataset: <the dataset the paper scored it on>, rows: {row: {dotted.key:
+  value}}}}``, each row of the paper's tables as overrides on top of the preset (the full model: ``{}``).
+
+Every value carries a comment naming its source: the paper (section / table), the implementation
+it builds on (marked as such), or "ours". ``run`` and ``queue`` call ``dvc exp run`` with one
+``-S key=value`` per leaf (``+key=value`` for keys params.yaml lacks), so the user's params.yaml
+(dataset roots, devices) stays as it is and the experiment records the preset's values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.params import ParamsError, load_params
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+H100_BF16_FLOPS = 989e12
+"""Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without sparsity)."""
+UTILISATION = 0.3
+"""Assumed model-FLOPs utilisation for the cost table (convolutional / recurrent nets at these
+sizes rarely reach the 40-50 % of large transformers)."""
+
+
+@dataclass
+class Preset:
+    """One ``presets/<name>.yaml``: ``body`` (the partial params) and ``meta`` (its ``preset:`` section)."""
+
+    name: str
+    body: dict
+    meta: dict
+
+    @classmethod
+    def load(cls, name: str, directory: Path = PRESET_DIR) -> "Preset":
+        """Raises: ParamsError: no such preset, or a file without a ``preset.method``."""
+        path = directory / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+            raise ParamsError(f"no preset {name!r} (known: {known})")
+        body = yaml.safe_load(path.read_text()) or {}
+        meta = body.pop("preset", None)
+        if not isinstance(meta, dict) or "method" not in meta:
+            raise ParamsError(f"{path}: needs a preset: section with at least `method`")
+        for included in meta.get("include", []):  # e.g. stage 1's preset under stage 2's
+            body = apply(Preset.load(included, directory).body, leaves(body))
+        return cls(name, body, meta)
+
+    @property
+    def trained(self) -> dict[str, int]:
+        """Method -> the trainable parameter count written in the preset."""
+        return dict(self.meta.get("parameters", {}))
+
+    def rows(self, table: str | None = None) -> dict[str, dict]:
+        """``"<table>/<row>" -> overrides`` of every row (of ``table`` only, when given).
+
+        Raises: ParamsError: ``table`` is not in the preset.
+        """
+        tables = self.meta.get("tables", {})
+        if table is not None and table not in tables:
+            raise ParamsError(f"preset {self.name}: no table {table!r} (has: {', '.join(tables)})")
+        return {f"{t}/{row}": dict(overrides or {}) for t, spec in tables.items() if table in (None, t)
+                for row, overrides in spec.get("rows", {}).items()}
+
+    def dataset_of(self, row: str | None) -> str | None:
+        """The dataset the paper scored a row's table on (``tables.<t>.dataset``), if stated."""
+        if row is None:
+            return None
+        return self.meta.get("tables", {}).get(row.split("/", 1)[0], {}).get("dataset")
+
+    def targets(self, dataset: str) -> list[str]:
+        return [t.replace("{dataset}", dataset) for t in self.meta.get("targets", [])]
+
+
+def names(directory: Path = PRESET_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty mapping is a leaf)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def set_dotted(params: dict, key: str, value) -> None:
+    """Set ``params[k1][k2]... = value`` for ``key = "k1.k2..."``, creating mappings on the way.
+
+    Raises: ParamsError: a parent on the way holds a non-mapping value.
+    """
+    node = params
+    *parents, last = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"{key}: {part} holds {child!r}, not a mapping")
+        node = child
+    node[last] = copy.deepcopy(value)
+
+
+def has_dotted(params: dict, key: str) -> bool:
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def apply(params: dict, overrides: dict[str, object]) -> dict:
+    """A copy of ``params`` with the dotted ``overrides`` set (what ``dvc exp run -S`` writes)."""
+    merged = copy.deepcopy(params)
+    for key, value in overrides.items():
+        set_dotted(merged, key, value)
+    return merged
+
+
+def overrides_for(preset: Preset, row: str | None = None, max_steps: int | None = None,
+                  extra: dict[str, object] | None = None) -> dict[str, object]:
+    """The dotted overrides of a run: the preset's leaves, then the row's, then a step cap on every
+    method the preset trains (``train.methods.<m>.trainer.max_steps``), then ``extra``.
+
+    Raises: ParamsError: unknown ``row``.
+    """
+    overrides = leaves(preset.body)
+    if row is not None:
+        rows = preset.rows()
+        if row not in rows:
+            raise ParamsError(f"preset {preset.name}: no row {row!r} (rows: {', '.join(rows)})")
+        overrides.update(rows[row])
+    if max_steps is not None:
+        overrides.update({f"train.methods.{m}.trainer.max_steps": int(max_steps) for m in preset.trained})
+    overrides.update(extra or {})
+    return overrides
+
+
+def hydra_value(value) -> str:
+    """A value in the override grammar ``dvc exp run -S`` parses (Hydra's): strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    raise ParamsError(f"cannot write {value!r} as a dvc -S value")
+
+
+def set_params_args(params: dict, overrides: dict[str, object]) -> list[str]:
+    """``["-S", "k=v", ...]`` against ``params`` (``+k=v`` where params.yaml lacks the key: DVC
+    appends only with ``+``)."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += ["-S", f"{'' if has_dotted(params, key) else '+'}{key}={hydra_value(value)}"]
+    return args
+
+
+def experiment_name(preset: Preset, row: str | None = None) -> str:
+    """``eapc`` or ``eapc-table-2-w-o-audio-i-1`` (DVC experiment names: letters, digits, ``-``)."""
+    name = preset.name if row is None else f"{preset.name}-{row}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def dvc_command(params: dict, preset: Preset, dataset: str, row: str | None = None, queue: bool = False,
+                max_steps: int | None = None, extra: dict[str, object] | None = None) -> list[str]:
+    """The ``dvc exp run`` command line of one preset (row) experiment on ``dataset`` (added to
+    ``train.datasets`` when params.yaml does not train on it, so its stages exist)."""
+    overrides = overrides_for(preset, row, max_steps, extra)
+    datasets = list(params.get("train", {}).get("datasets", []))
+    if dataset not in datasets:
+        overrides["train.datasets"] = datasets + [dataset]
+    return ["dvc", "exp", "run", "-n", experiment_name(preset, row), *(["--queue"] if queue else []),
+            *set_params_args(params, overrides), *preset.targets(dataset)]
+
+
+# ------------------------------------------------------------------------------------------ check
+def build_method(params: dict, method: str):
+    """The LightningModule of ``method`` at the sizes in ``params`` with no input file: loss
+    networks and checkpoints the module would load are left out (``*_ckpt: null``; emotalker's
+    autoencoder built from ``train.methods.autoencoder.net``), so it counts what it trains."""
+    from lightning_modules import METHODS
+
+    section = copy.deepcopy(params["train"]["methods"][method])
+    for key in ("seed", "trainer", "data"):
+        section.pop(key, None)
+    optim = section.setdefault("optim", {})
+    for key in [k for k in optim if k.endswith("_ckpt") or k in ("intensity_block",)]:
+        optim[key] = None
+    if method == "emotalker":  # (the path is not read when autoencoder_net is given)
+        optim.update(autoencoder_ckpt="models/autoencoder/unused.ckpt", autoencoder_path=None)
+        return METHODS[method](**section, autoencoder_net=params["train"]["methods"]["autoencoder"]["net"])
+    if method == "eapc_vid2vid":
+        stage1 = {k: params["train"]["methods"]["eapc"].get(k) for k in ("net", "optim")}
+        return METHODS[method](**section, stage1=stage1)
+    return METHODS[method](**section)
+
+
+def trainable_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def check(preset: Preset, params: dict) -> list[str]:
+    """Build every network the preset trains at its size; returns the problems (empty: all good),
+    printing ``name method: counted (written)`` per method."""
+    from pipeline.train import run_spec
+
+    merged = apply(params, overrides_for(preset))
+    problems = []
+    for method, written in preset.trained.items():
+        try:
+            counted = trainable_parameters(build_method(merged, method))
+        except Exception as err:  # noqa: BLE001 - reported per preset, the check goes on
+            problems.append(f"{preset.name}: {method} does not build: {type(err).__name__}: {err}")
+            continue
+        print(f"{preset.name:14s} {method:16s} {counted:>13,d} parameters (preset says {written:,d})")
+        if counted != written:
+            problems.append(f"{preset.name}: {method} has {counted:,d} trainable parameters, the preset says {written:,d}")
+    for row, overrides in preset.rows().items():  # every table row is a valid override set
+        unknown = [k for k in overrides if not has_dotted(merged, k)]
+        if unknown:
+            problems.append(f"{preset.name} {row}: keys neither in params.yaml nor in the preset: {unknown}")
+            continue
+        row_params = apply(merged, overrides)
+        for method in preset.trained:
+            try:
+                _validate(row_params, method, run_spec)
+            except ParamsError as err:
+                problems.append(f"{preset.name} {row}: {err}")
+    return problems
+
+
+def _validate(params: dict, method: str, run_spec) -> None:
+    """``run_spec``'s checks of one method's params, before any data or checkpoint exists (the
+    files a module would load are left out as in :func:`build_method`)."""
+    section = params["train"]["methods"][method].get("optim", {})
+    files = {f"train.methods.{method}.optim.{k}": None for k in section if k.endswith("_ckpt") or k == "intensity_block"}
+    if method == "emotalker":
+        files["train.methods.emotalker.optim.autoencoder_ckpt"] = "models/autoencoder/checked.ckpt"
+    dataset = next(iter(params["manifest"]["datasets"]))
+    run_spec(apply(params, files), method, dataset, require_shards=False)
+
+
+# ------------------------------------------------------------------------------------------- cost
+def step_flops(preset: Preset, params: dict, method: str, batch_size: int) -> float:
+    """FLOPs of one optimisation step of ``method`` at ``batch_size`` windows: every forward and
+    backward the module's ``training_step`` runs (losses, discriminators, optimiser updates), counted
+    by ``torch.utils.flop_counter`` over a one-step ``Trainer.fit`` on CPU with a synthetic batch of
+    the preset's window length. Counted at 4 and 8 windows and extrapolated linearly (a part that
+    does not grow with the batch, e.g. sinha's G_T on ``texture_batch_size`` windows, stays fixed)."""
+    counts = {b: _fit_flops(preset, params, method, b) for b in (4, 8)}
+    per_window = (counts[8] - counts[4]) / 4
+    return counts[4] + per_window * (batch_size - 4)
+
+
+def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> float:
+    import lightning as L
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    merged = apply(params, overrides_for(preset))
+    module = build_method(merged, method)
+    data = {**merged["train"]["data"], **merged["train"]["methods"][method].get("data", {})}
+    batch = synthetic_batch(module.data_keys, int(data["window"]), batch_size)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    return float(counter.get_total_flops())
+
+
+def synthetic_batch(keys: tuple[str, ...], window: int, batch_size: int) -> dict:
+    """A batch with every key a module loads (shapes of ``collate_windows``): a neutral face's
+    landmarks (so geometry stays well conditioned) and random frames / features."""
+    import json
+
+    import torch
+
+    from lightning_modules.sinha import NEUTRAL_FACE
+
+    points = torch.tensor(json.loads(NEUTRAL_FACE.read_text())["points"], dtype=torch.float32)  # canonical
+    lmk = (points - points.mean(0)) * 90 + 128  # about a face in a 256 px crop
+    b = batch_size
+    batch = {"key": [f"synthetic@{i}" for i in range(b)], "speaker": ["0"] * b,
+             "emotion": torch.arange(b) % 6, "intensity": torch.arange(b) % 3 + 1,
+             "ref_lmk": lmk.expand(b, 68, 2).clone(), "lmk": lmk.expand(b, window, 68, 2).clone()}
+    shapes = {"mfcc": (window, 28, 12), "llf": (window, 25), "phones": (window, 40), "mel": (int(80 / 25 * window), 80),
+              "lmk478": (window, 478, 3)}
+    for key in keys:
+        if key.startswith("frames_"):
+            side = int(key.removeprefix("frames_"))
+            batch[key] = torch.randint(0, 256, (b, window, side, side, 3), dtype=torch.uint8)
+        elif key in shapes:
+            batch[key] = torch.randn(b, *shapes[key]).clamp(-4, 4)
+    return batch
+
+
+def cost_rows(preset: Preset, params: dict) -> list[dict]:
+    """Per trained method: FLOPs per step at the global batch, steps of the paper's schedule, and
+    H100 GPU-hours at ``UTILISATION``."""
+    merged = apply(params, overrides_for(preset))
+    rows = []
+    for method in preset.trained:
+        schedule = preset.meta.get("schedule", {}).get(method, {})
+        data = {**merged["train"]["data"], **merged["train"]["methods"][method].get("data", {})}
+        batch = int(data["batch_size"])
+        steps = schedule.get("steps")
+        if steps is None and "epochs" in schedule:
+            steps = math.ceil(schedule["epochs"] * math.ceil(schedule["windows"] / batch))
+        flops = step_flops(preset, params, method, batch)
+        hours = None if steps is None else steps * flops / (H100_BF16_FLOPS * UTILISATION) / 3600
+        rows.append({"preset": preset.name, "method": method, "batch": batch, "tflop_per_step": flops / 1e12,
+                     "steps": steps, "h100_hours": hours, "source": schedule.get("source", "")})
+    return rows
+
+
+def cost_table(rows: list[dict]) -> str:
+    lines = [f"| preset | method | global batch | TFLOP / step | steps | H100 GPU-hours ({UTILISATION:.0%} of bf16 peak) | schedule |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        steps = "—" if r["steps"] is None else f"{r['steps']:,d}"
+        hours = "—" if r["h100_hours"] is None else f"{r['h100_hours']:,.1f}"
+        lines.append(f"| {r['preset']} | {r['method']} | {r['batch']} | {r['tflop_per_step']:.3g} | {steps} | {hours} | {r['source']} |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list")
+    for name in ("show", "run", "queue"):
+        p = sub.add_parser(name)
+        p.add_argument("preset")
+        p.add_argument("--dataset", default=None, help="default: the first of train.datasets")
+        p.add_argument("--max-steps", type=int, default=None, help="cap every trained method (a smoke run)")
+        p.add_argument("--set", dest="extra", action="append", default=[], help="one more dotted key=value")
+        if name == "queue":
+            p.add_argument("--table", default=None, help="one table (default: every table of the preset)")
+        else:
+            p.add_argument("--row", default=None, help='"<table>/<row>" of the preset\'s tables')
+        if name == "run":
+            p.add_argument("--queue", action="store_true", help="queue instead of running in the workspace")
+    for name in ("check", "cost"):
+        sub.add_parser(name).add_argument("presets", nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        if args.command == "list":
+            for name in names():
+                p = Preset.load(name)
+                print(f"{name:14s} {p.meta.get('citation', '')}  ({len(p.rows())} table rows)")
+            return 0
+        if args.command in ("check", "cost"):
+            presets = [Preset.load(n) for n in (args.presets or names())]
+            if args.command == "cost":
+                print(cost_table([row for p in presets for row in cost_rows(p, params)]))
+                return 0
+            problems = [problem for p in presets for problem in check(p, params)]
+            for problem in problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 1 if problems else 0
+        preset = Preset.load(args.preset)
+        dataset = args.dataset or params["train"]["datasets"][0]
+        extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.extra)}
+        rows = [args.row] if args.command != "queue" else list(preset.rows(args.table))
+        commands = [dvc_command(params, preset, args.dataset or preset.dataset_of(row) or dataset, row,
+                                args.command == "queue" or getattr(args, "queue", False), args.max_steps, extra)
+                    for row in rows]
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for command in commands:
+        if args.command == "show":
+            print(" ".join(_quote(c) for c in command))
+            continue
+        code = subprocess.call(command)
+        if code:
+            return code
+    return 0
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
