@@ -2,15 +2,16 @@
 
     python benchmarks/emotalker_speed.py                       # params.yaml's CPU-sized UNet, untrained
     python benchmarks/emotalker_speed.py --checkpoint models/emotalker/crema_d/last.ckpt --frames 50
-    python benchmarks/emotalker_speed.py --device cuda --paper-size
+    python benchmarks/emotalker_speed.py --device cuda --preset emotalker   # presets/emotalker.yaml: DiffTalk's UNet
     python benchmarks/emotalker_speed.py --frames 10 --clips 4   # 4 short clips per generate call
 
 All frames of a clip (of ``--clips`` clips) go through each denoising step together
 (``sampling.chunk`` frames per clip), as in ``evaluate_video``.
-``--paper-size`` builds a DiffTalk-size UNet (LDM f4 widths 192 x (1, 2, 3, 5),
-2 layers per block, 32-d heads: several hundred million parameters; printed) to show what the
-faithful model costs; weights are random (speed only). Prints one line per step count:
-steps, frames, seconds, seconds per frame, and the UNet's parameter count.
+``--preset emotalker`` builds the preset's networks (DiffTalk's UNet: model_channels 256 x (1, 2,
+3, 4), 2 res blocks, 32-d heads, context 128, at 256 px with an f4 autoencoder: 530 M parameters
+with the condition encoders) to show what the faithful model costs; weights are random (speed
+only). Prints one line per step count: steps, frames, seconds, seconds per frame, and the UNet's
+parameter count.
 """
 
 from __future__ import annotations
@@ -22,24 +23,18 @@ import torch
 
 from lightning_modules.emotalker import EmoTalkerModule
 
-PAPER_UNET = {"block_out_channels": [192, 384, 576, 960], "layers_per_block": 2, "attention_head_dim": 32,
-              "norm_num_groups": 32, "cross_attention_dim": 512}
-"""A DiffTalk / LDM-f4-size denoiser (``ldm/models/diffusion/ddpm_talking`` configs: model_channels
-192, channel_mult 1, 2, 3, 5)."""
-
-
 def build(args) -> EmoTalkerModule:
     if args.checkpoint:
         return EmoTalkerModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
     import yaml
 
-    section = yaml.safe_load(open(args.params))["train"]["methods"]
-    net = dict(section["emotalker"]["net"])
-    if args.paper_size:
-        net.update(PAPER_UNET)
-    # untrained, from configs alone (autoencoder_net given: no file is read); speed does not depend on weights
-    return EmoTalkerModule(net=net, optim={"autoencoder_path": "unused", "autoencoder_scaling": 1.0},
-                           autoencoder_net=section["autoencoder"]["net"])
+    from pipeline.preset import Preset, apply, build_method, overrides_for
+
+    params = yaml.safe_load(open(args.params))
+    if args.preset:
+        params = apply(params, overrides_for(Preset.load(args.preset)))
+    # untrained, from configs alone (no file is read); speed does not depend on weights
+    return build_method(params, "emotalker")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 200])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--paper-size", action="store_true")
+    parser.add_argument("--preset", default=None, help="a presets/ name on top of --params, e.g. emotalker")
     parser.add_argument("--clips", type=int, default=1,
                         help="clips per generate call (evaluate.clips_per_forward), each --frames long")
     args = parser.parse_args(argv)

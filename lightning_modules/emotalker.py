@@ -40,12 +40,6 @@ from lightning_modules.networks.emotalker import (ConditionEncoder, DenoiserConf
 from lightning_modules.networks.intensity import EmotionIntensityBlock, embed_prompts, load_intensity_block
 
 
-TABLE2_SWEEP: dict[str, float] = {f"preserving ratio a = {a:g}": a for a in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)}
-"""Paper 004 Table 2 rows (``reference/paper_results.yaml`` variants; a = 0.3 is the full model) ->
-``evaluate.sampling.emotalker.preserve_ratio``: ``dvc exp run -n emotalker-a0.1 -S
-evaluate.sampling.emotalker.preserve_ratio=0.1`` re-runs only the evaluation."""
-
-
 def intensity_strength(intensity: Tensor) -> Tensor:
     """(B,) int64 levels (0 = unspecified, 1-3) -> (B,) float strengths alpha = level / 3 (0 -> 2/3)."""
     level = torch.where(intensity > 0, intensity, torch.full_like(intensity, 2)).clamp(max=3)

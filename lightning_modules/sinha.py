@@ -46,7 +46,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from eval_metrics.landmarks import LandmarkMetrics
@@ -65,17 +64,6 @@ CANONICAL_NEUTRAL = np.array(json.loads(NEUTRAL_FACE.read_text())["points"], dty
 
 MEL_RATE = 80 / 25
 """Mel rows per video frame (80 Hz mel at 25 fps)."""
-ABLATIONS: dict[str, dict[str, object]] = {
-    "w/o graph encoder": {"net.landmark.graph_encoder": False},     # Table 3 (G_L)
-    "w/o skip connections": {"net.landmark.skips": False},
-    "w/o edge weights": {"net.landmark.edge_weights": False},
-    "w/o L_gan": {"optim.lambda_gan": 0.0},
-    "w/o emotion feature": {"net.texture.use_emotion": False},       # Table 4 (G_T)
-    "w/o emotional landmark": {"optim.emotional_landmarks": False},
-    "w/o one-shot learning": {"optim.one_shot_steps": 0},
-}
-"""Paper 002's ablation rows (``reference/paper_results.yaml`` variants) -> overrides of
-``train.methods.sinha``: ``dvc exp run -n sinha-no-edge-weights -S train.methods.sinha.net.landmark.edge_weights=false``."""
 SPEECH_DIMS = {"mel": 80, "mfcc": 13, "phones": 40}
 """Per-row size of each ``speech_feature`` (:func:`speech_windows`)."""
 

@@ -3,7 +3,7 @@
     python -m pipeline.preset list
     python -m pipeline.preset show eapc [--row "Table 2/w/o audio i-1"]   # the dvc -S overrides
     python -m pipeline.preset check [eapc ...]        # full-size networks, parameter counts
-    python -m pipeline.preset run eapc [--row ...] [--queue] [--max-steps N] [--dataset crema_d]
+    python -m pipeline.preset run eapc [--row ...] [--queue] [--max-steps N] [--devices 4] [--dataset crema_d]
     python -m pipeline.preset queue eapc [--table "Table 2"] [--max-steps N]
     python -m pipeline.preset cost [eapc ...]         # FLOPs per step -> H100 GPU-hours (markdown)
 
@@ -145,11 +145,13 @@ def apply(params: dict, overrides: dict[str, object]) -> dict:
 
 
 def overrides_for(preset: Preset, row: str | None = None, max_steps: int | None = None,
-                  extra: dict[str, object] | None = None) -> dict[str, object]:
+                  extra: dict[str, object] | None = None, devices: int | None = None) -> dict[str, object]:
     """The dotted overrides of a run: the preset's leaves, then the row's, then a step cap on every
-    method the preset trains (``train.methods.<m>.trainer.max_steps``), then ``extra``.
+    method the preset trains (``train.methods.<m>.trainer.max_steps``), then ``devices`` (GPUs per
+    node: ``train.trainer.devices``, and every batch size the preset states divided by it, so the
+    global batch, the steps per epoch and the learning rate stay the paper's), then ``extra``.
 
-    Raises: ParamsError: unknown ``row``.
+    Raises: ParamsError: unknown ``row``, or a stated batch size that ``devices`` does not divide.
     """
     overrides = leaves(preset.body)
     if row is not None:
@@ -159,6 +161,13 @@ def overrides_for(preset: Preset, row: str | None = None, max_steps: int | None 
         overrides.update(rows[row])
     if max_steps is not None:
         overrides.update({f"train.methods.{m}.trainer.max_steps": int(max_steps) for m in preset.trained})
+    if devices is not None:
+        overrides["train.trainer.devices"] = int(devices)
+        for key, value in list(overrides.items()):
+            if key.endswith("batch_size") and isinstance(value, int):
+                if value % devices:
+                    raise ParamsError(f"{key}: the paper's batch {value} does not split over {devices} devices")
+                overrides[key] = value // devices
     overrides.update(extra or {})
     return overrides
 
@@ -196,10 +205,11 @@ def experiment_name(preset: Preset, row: str | None = None) -> str:
 
 
 def dvc_command(params: dict, preset: Preset, dataset: str, row: str | None = None, queue: bool = False,
-                max_steps: int | None = None, extra: dict[str, object] | None = None) -> list[str]:
+                max_steps: int | None = None, extra: dict[str, object] | None = None,
+                devices: int | None = None) -> list[str]:
     """The ``dvc exp run`` command line of one preset (row) experiment on ``dataset`` (added to
     ``train.datasets`` when params.yaml does not train on it, so its stages exist)."""
-    overrides = overrides_for(preset, row, max_steps, extra)
+    overrides = overrides_for(preset, row, max_steps, extra, devices)
     datasets = list(params.get("train", {}).get("datasets", []))
     if dataset not in datasets:
         overrides["train.datasets"] = datasets + [dataset]
@@ -279,11 +289,14 @@ def step_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
     """FLOPs of one optimisation step of ``method`` at ``batch_size`` windows: every forward and
     backward the module's ``training_step`` runs (losses, discriminators, optimiser updates), counted
     by ``torch.utils.flop_counter`` over a one-step ``Trainer.fit`` on CPU with a synthetic batch of
-    the preset's window length. Counted at 4 and 8 windows and extrapolated linearly (a part that
-    does not grow with the batch, e.g. sinha's G_T on ``texture_batch_size`` windows, stays fixed)."""
-    counts = {b: _fit_flops(preset, params, method, b) for b in (4, 8)}
-    per_window = (counts[8] - counts[4]) / 4
-    return counts[4] + per_window * (batch_size - 4)
+    the preset's window length. Counted at b and 2b windows (b = 2, or a sub-batch size the method
+    states, e.g. sinha's ``texture_batch_size``) and extrapolated linearly, so a part that does not
+    grow with the batch (sinha's G_T on its own 4 windows) stays fixed."""
+    optim = apply(params, overrides_for(preset))["train"]["methods"][method].get("optim", {})
+    low = max([2] + [int(v) for k, v in optim.items() if k.endswith("batch_size") and v])
+    counts = {b: _fit_flops(preset, params, method, b) for b in (low, 2 * low)}
+    per_window = (counts[2 * low] - counts[low]) / low
+    return counts[low] + per_window * (batch_size - low)
 
 
 def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> float:
@@ -295,13 +308,46 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
     module = build_method(merged, method)
     data = {**merged["train"]["data"], **merged["train"]["methods"][method].get("data", {})}
     batch = synthetic_batch(module.data_keys, int(data["window"]), batch_size)
+    counter = FlopCounterMode(display=False, custom_mapping=RNN_FLOPS)
+
+    class CountStep(L.Callback):  # the optimisation step only (not setup / on_train_end hooks)
+        def on_train_batch_start(self, *args) -> None:
+            counter.__enter__()
+
+        def on_train_batch_end(self, *args) -> None:
+            counter.__exit__(None, None, None)
+
+    class OneBatch(L.LightningDataModule):  # hooks that read trainer.datamodule find one
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader([batch], batch_size=None)
+
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+                        num_sanity_val_steps=0, callbacks=[CountStep()])
+    trainer.fit(module, datamodule=OneBatch())
     return float(counter.get_total_flops())
+
+
+def _lstm_layer_flops(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    """One LSTM layer's matmuls, ``2 x T x B x 4H x (I + H)`` (CPU ``aten.mkldnn_rnn_layer``, which
+    torch's flop counter does not know: without this EAPC's LSTMs would count as free)."""
+    steps = input_shape[0] * input_shape[1]  # T x B (either order)
+    gates, inputs = w_ih
+    return 2 * steps * gates * (inputs + w_hh[1])
+
+
+def _lstm_layer_backward_flops(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _lstm_layer_flops(input_shape, w_ih, w_hh)  # gradients of the inputs and the weights
+
+
+def _rnn_flops() -> dict:
+    import torch
+
+    return {torch.ops.aten.mkldnn_rnn_layer: _lstm_layer_flops,
+            torch.ops.aten.mkldnn_rnn_layer_backward: _lstm_layer_backward_flops}
+
+
+RNN_FLOPS = _rnn_flops()
 
 
 def synthetic_batch(keys: tuple[str, ...], window: int, batch_size: int) -> dict:
@@ -371,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dataset", default=None, help="default: the first of train.datasets")
         p.add_argument("--max-steps", type=int, default=None, help="cap every trained method (a smoke run)")
         p.add_argument("--set", dest="extra", action="append", default=[], help="one more dotted key=value")
+        p.add_argument("--devices", type=int, default=None,
+                       help="GPUs per node: the paper's batch sizes are split over them (same global batch)")
         if name == "queue":
             p.add_argument("--table", default=None, help="one table (default: every table of the preset)")
         else:
@@ -401,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.extra)}
         rows = [args.row] if args.command != "queue" else list(preset.rows(args.table))
         commands = [dvc_command(params, preset, args.dataset or preset.dataset_of(row) or dataset, row,
-                                args.command == "queue" or getattr(args, "queue", False), args.max_steps, extra)
+                                args.command == "queue" or getattr(args, "queue", False), args.max_steps, extra,
+                                args.devices)
                     for row in rows]
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)

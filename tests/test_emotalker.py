@@ -213,22 +213,6 @@ def test_bad_params_name_the_fix(tmp_path):
         EmoTalkerModule.validate_params({"crop": 64}, {"autoencoder_ckpt": "x"})
 
 
-def test_table2_sweep_rows_are_sampling_overrides_of_params():
-    from pathlib import Path
-
-    import yaml
-
-    from lightning_modules.emotalker import TABLE2_SWEEP, SamplingConfig
-
-    root = Path(__file__).resolve().parents[1]
-    rows = {r["variant"] for r in yaml.safe_load(open(root / "reference/paper_results.yaml")) if r["method"] == "emotalker"}
-    assert set(TABLE2_SWEEP) - {"preserving ratio a = 0.3"} <= rows  # a = 0.3 is the "full" row
-    sampling = yaml.safe_load(open(root / "params.yaml"))["evaluate"]["sampling"]["emotalker"]
-    assert sampling["preserve_ratio"] == 0.3 and sampling["preserve_until"] == 0.65
-    for a in TABLE2_SWEEP.values():
-        assert SamplingConfig(**{**sampling, "preserve_ratio": a}).preserve_ratio == a
-
-
 def test_autoencoder_scores_know_the_psnr_of_a_constant_offset():
     from types import SimpleNamespace
 

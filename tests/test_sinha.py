@@ -258,25 +258,3 @@ def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trai
 
     grid = cv2.imread(str(out / "emotion_grid.png"))
     assert grid.shape == (6 * 2 * S, 6 * S, 3)  # six emotions x intensities low / high, every 4th of 24 frames
-
-
-def test_every_paper_ablation_row_is_a_valid_params_override():
-    import yaml
-
-    from lightning_modules.sinha import ABLATIONS
-
-    rows = {r["variant"] for r in yaml.safe_load(open(ROOT / "reference/paper_results.yaml")) if r["method"] == "sinha"}
-    assert set(ABLATIONS) <= rows  # each names a Table 3 / 4 row
-    section = yaml.safe_load(open(ROOT / "params.yaml"))["train"]["methods"]["sinha"]
-    base = SinhaModule(net=section["net"], optim=section["optim"])
-    for variant, overrides in ABLATIONS.items():
-        params = json.loads(json.dumps(section))
-        for dotted, value in overrides.items():  # what `dvc exp run -S train.methods.sinha.<dotted>=<value>` writes
-            *path, key = dotted.split(".")
-            node = params
-            for part in path:
-                node = node[part]
-            assert key in node, f"{variant}: params.yaml has no train.methods.sinha.{dotted}"
-            node[key] = value
-        model = SinhaModule(net=params["net"], optim=params["optim"])
-        assert model.resolved_config() != base.resolved_config(), variant

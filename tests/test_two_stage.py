@@ -33,8 +33,24 @@ def test_shapes_and_ranges_of_both_stages():
     gen = LipSyncGenerator(lcfg)(torch.rand(3, 3, S, S), torch.rand(3, 3, S, S), torch.randn(3, 1, 16, 80))
     assert gen.shape == (3, 3, S, S) and 0 <= gen.min() and gen.max() <= 1
     assert QualityDiscriminator(lcfg)(gen).shape == (3,)
-    with pytest.raises(ValueError, match="log2"):
+    with pytest.raises(ValueError, match="needs 7 entries at 64 px"):
         LipSyncConfig(image_size=S, widths=(8, 8))
+
+
+def test_wav2lip_96_px_encoder_ends_in_a_valid_3x3_conv():
+    """Wav2Lip's 96 px: stride-2 stages 96 -> 3, then a 3x3 valid conv to 1x1 (7 widths with the stem)."""
+    from lightning_modules.networks.two_stage import face_stages
+
+    assert face_stages(96) == [96, 48, 24, 12, 6, 3] and face_stages(64) == [64, 32, 16, 8, 4, 2]
+    cfg = LipSyncConfig(image_size=96, widths=(8, 8, 16, 16, 32, 32, 32), audio_widths=(8, 16, 32), d_widths=(8, 16))
+    gen = LipSyncGenerator(cfg)
+    last = gen.face[-1][0]
+    assert (last.kernel_size, last.stride, last.padding) == ((3, 3), (1, 1), (0, 0))
+    out = gen(torch.rand(2, 3, 96, 96), torch.rand(2, 3, 96, 96), torch.randn(2, 1, 16, 80))
+    assert out.shape == (2, 3, 96, 96)
+    for bad in (100, 24):
+        with pytest.raises(ValueError, match="power of two >= 32 or three times one"):
+            face_stages(bad)
 
 
 def test_instance_norm_behaves_the_same_in_eval_mode():

@@ -13,7 +13,6 @@ layer pattern follows the anchors. Plain ``nn.Module``s; images are (B, 3, S, S)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
