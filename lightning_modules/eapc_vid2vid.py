@@ -63,7 +63,8 @@ class Vid2VidTrainConfig:
     """``train.methods.eapc_vid2vid.optim``.
 
     Attributes:
-        lr, lr_d: Adam learning rates of the generator / discriminator (betas 0.5, 0.999), > 0.
+        lr, lr_d: Adam learning rates of the generator / discriminator, > 0.
+        betas: their Adam betas (ours 0.5, 0.999 as pix2pixHD; few-shot vid2vid: 0, 0.999), in [0, 1).
         lambda_gan, lambda_fm, lambda_vgg, lambda_warp, lambda_flow, lambda_l1: loss weights
             (module docstring), >= 0.
         d_widths, d_scales: the multi-scale PatchGAN (pix2pixHD: 64 .. 512, 2-3 scales).
@@ -79,6 +80,7 @@ class Vid2VidTrainConfig:
 
     lr: float = 2e-4
     lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
     lambda_gan: float = 1.0
     lambda_fm: float = 10.0
     lambda_vgg: float = 10.0
@@ -99,8 +101,11 @@ class Vid2VidTrainConfig:
 
     def __post_init__(self) -> None:
         self.d_widths = tuple(int(w) for w in self.d_widths)
+        self.betas = tuple(float(b) for b in self.betas)
         if not self.lr > 0 or not self.lr_d > 0:
             raise ValueError("train.methods.eapc_vid2vid.optim.lr and lr_d must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.methods.eapc_vid2vid.optim.betas must be two values in [0, 1), got {self.betas}")
         for name in ("lambda_gan", "lambda_fm", "lambda_vgg", "lambda_warp", "lambda_flow", "lambda_l1",
                      "temporal_start_epoch", "finetune_epochs"):
             if getattr(self, name) < 0:
@@ -337,7 +342,7 @@ class EAPCVid2VidModule(L.LightningModule):
         return metric.compute().float()
 
     def configure_optimizers(self):
-        betas = (0.5, 0.999)
+        betas = self.optim_cfg.betas
         return [torch.optim.Adam(self.generator.parameters(), lr=self.optim_cfg.lr, betas=betas),
                 torch.optim.Adam(self.discriminator.parameters(), lr=self.optim_cfg.lr_d, betas=betas)]
 

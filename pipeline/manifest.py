@@ -33,13 +33,14 @@ from pipeline.datasets.crema_d import CROWD_FILTERS, read_crema_d
 from pipeline.datasets.csv_list import read_csv_list
 from pipeline.datasets.mead import read_mead
 from pipeline.params import ParamsError, get, load_params
-from pipeline.splits import SPLITS, assign_sentence_splits, assign_speaker_splits, validate_fractions
+from pipeline.splits import (SPLITS, assign_listed_splits, assign_sentence_splits, assign_speaker_splits,
+                             eapc_authors_crema_d_lists, read_split_lists, validate_fractions)
 
 FORMATS: tuple[str, ...] = ("crema_d", "mead", "csv")
-SPLIT_MODES: tuple[str, ...] = ("speaker", "sentence")
+SPLIT_MODES: tuple[str, ...] = ("speaker", "sentence", "lists", "eapc_authors")
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ClipRow))
 _KEYS = {
-    "common": ("format", "root", "split", "speaker_splits", "test_sentences", "val_sentences"),
+    "common": ("format", "root", "split", "speaker_splits", "test_sentences", "val_sentences", "split_lists"),
     "crema_d": ("demographics", "summary_table", "crowd_filter", "parts"),
     "mead": ("view",),
     "csv": (),
@@ -61,7 +62,10 @@ class DatasetConfig:
         demographics, summary_table, crowd_filter: CREMA-D metadata and crowd-vote filter.
         parts: CREMA-D trees under ``root`` read as one dataset (``("",)``: root itself).
         view: MEAD camera view.
-        split: ``speaker`` (stratified by sex) | ``sentence`` (MEAD protocol).
+        split: ``speaker`` (stratified by sex) | ``sentence`` (MEAD protocol) | ``lists`` (the files
+            in ``split_lists``) | ``eapc_authors`` (paper 001's authors' CREMA-D rule over
+            ``summary_table``, :func:`pipeline.splits.eapc_authors_crema_d_lists`).
+        split_lists: with ``split=lists``, split -> file of clip ids (one per line).
         speaker_splits: with ``split=speaker``, speaker -> split for speakers placed by hand (the
             rest are drawn as usual).
         test_sentences, val_sentences: per-group fractions for ``split=sentence``.
@@ -78,6 +82,7 @@ class DatasetConfig:
     parts: tuple[str, ...] = ("",)
     view: str = "front"
     split: str = "speaker"
+    split_lists: dict[str, str] = dataclasses.field(default_factory=dict)
     speaker_splits: dict[str, str] = dataclasses.field(default_factory=dict)
     test_sentences: float = 0.1
     val_sentences: float = 0.1
@@ -132,10 +137,16 @@ def dataset_config(params: dict, name: str) -> DatasetConfig:
     seed = get(params, "manifest.seed", int, default=0)
     if seed < 0:
         raise ParamsError(f"manifest.seed: must be >= 0, got {seed}")
+    split = get(params, f"{key}.split", str, default="speaker", choices=SPLIT_MODES)
+    split_lists = {str(k): str(v) for k, v in get(params, f"{key}.split_lists", dict, default={}).items()}
+    if split == "lists" and not split_lists:
+        raise ParamsError(f"{key}.split_lists: required with split: lists (split -> file of clip ids)")
+    if split == "eapc_authors" and (fmt != "crema_d" or summary_table is None):
+        raise ParamsError(f"{key}.split: eapc_authors is the authors' CREMA-D rule: needs format crema_d and summary_table")
     return DatasetConfig(
         name=name, format=fmt, root=root, demographics=get(params, f"{key}.demographics", str, default=None),
         summary_table=summary_table, crowd_filter=crowd_filter, parts=parts, view=get(params, f"{key}.view", str, default="front"),
-        split=get(params, f"{key}.split", str, default="speaker", choices=SPLIT_MODES), speaker_splits=speaker_splits,
+        split=split, split_lists=split_lists, speaker_splits=speaker_splits,
         test_sentences=test, val_sentences=val, seed=seed,
         split_fractions=validate_fractions(get(params, "manifest.split_fractions", dict)))
 
@@ -162,6 +173,13 @@ def build_manifest(config: DatasetConfig) -> tuple[list[ClipRow], list[ManifestI
         rows, issues = read_csv_list(config.root, dataset=config.name)
     if config.split == "sentence":
         rows = assign_sentence_splits(rows, config.test_sentences, config.val_sentences, config.seed)
+    elif config.split in ("lists", "eapc_authors"):
+        lists = read_split_lists(config.split_lists) if config.split == "lists" else \
+            eapc_authors_crema_d_lists(config.summary_table)
+        rows, unlisted = assign_listed_splits(rows, lists)
+        issues = sorted(issues + [ManifestIssue(r.video_path, "not_in_split_lists",
+                                                f"{r.video_path}: clip {r.id} is in no list of split {config.split}; dropped",
+                                                False, r.id) for r in unlisted], key=lambda i: i.path)
     else:
         rows = assign_speaker_splits(rows, config.split_fractions, config.seed, config.speaker_splits)
     return rows, issues

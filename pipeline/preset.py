@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import math
 import re
 import subprocess
@@ -325,7 +326,10 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=[CountStep()])
     trainer.fit(module, datamodule=OneBatch())
-    return float(counter.get_total_flops())
+    flops = float(counter.get_total_flops())
+    del trainer, module, batch
+    gc.collect()  # full-size networks and their optimiser states: gone before the next count
+    return flops
 
 
 def _lstm_layer_flops(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:

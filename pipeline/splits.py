@@ -10,6 +10,10 @@ with a positive fraction (3 for train/val/test), an empty split takes one speake
 largest split (from its largest sex group, the last one assigned). The result depends only on
 the set of (speaker, sex) pairs and the seed, not on row order.
 
+Listed splits (:func:`assign_listed_splits`): ``split: lists`` reads one file of clip ids per split
+(e.g. the EAPC authors' MEAD M003 lists), ``split: eapc_authors`` applies their CREMA-D rule
+(:func:`eapc_authors_crema_d_lists`); clips in no list are recorded as dropped.
+
 Sentence split (:func:`assign_sentence_splits`, MEAD's protocol): every speaker is in every split;
 within each (speaker, emotion, intensity) group, clips ordered by sentence index go: the last ones
 to test, the ones before them to val, the rest to train (rule in the function docstring).
@@ -22,6 +26,7 @@ import math
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -208,3 +213,75 @@ def assign_sentence_splits(rows: list[ClipRow], test_fraction: float, val_fracti
         for i, row in enumerate(ordered):
             split_of[row.id] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     return [dataclasses.replace(row, split=split_of[row.id]) for row in rows]
+
+
+def eapc_authors_crema_d_lists(summary_table: str | Path) -> dict[str, list[str]]:
+    """Paper 001's (EAPC) CREMA-D split as its authors made it (``../shared/reference/README.md``,
+    "eapc-authors/"): the sorted set of ``FileName`` in ``summaryTable.csv``, shuffled by Python's
+    ``random.seed(0); random.shuffle``, the first ``floor(0.8 n)`` ids train, the rest test. By clip,
+    not by speaker: all 91 actors are in both splits; no validation split (they selected models on test).
+
+    Raises:
+        FileNotFoundError: no table at ``summary_table``; ValueError: it has no ``FileName`` column.
+    """
+    import random
+
+    import pandas as pd
+
+    path = Path(summary_table)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CREMA-D's summaryTable.csv is needed for split: eapc_authors")
+    table = pd.read_csv(path)
+    if "FileName" not in table.columns:
+        raise ValueError(f"{path}: no FileName column")
+    ids = sorted(set(table["FileName"].astype(str)))
+    random.seed(0)  # their rule; the global state is restored below
+    state = random.getstate()
+    try:
+        random.seed(0)
+        random.shuffle(ids)
+    finally:
+        random.setstate(state)
+    n = int(0.8 * len(ids))
+    return {"train": ids[:n], "test": ids[n:]}
+
+
+def read_split_lists(paths: Mapping[str, str]) -> dict[str, list[str]]:
+    """``{split: file}`` -> ``{split: clip ids}``, one id per line; MEAD paths as the EAPC authors
+    list them (``M003/angry/level_1/00001``) become our MEAD ids (``M003_angry_1_001``: MEAD's
+    3-digit file names).
+
+    Raises:
+        ParamsError: a split outside train/val/test; FileNotFoundError: a missing list file.
+    """
+    lists = {}
+    for split, file in paths.items():
+        if split not in SPLITS:
+            raise ParamsError(f"split_lists.{split}: unknown split (expected {', '.join(SPLITS)})")
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"split_lists.{split}: {file} does not exist")
+        lists[split] = [_list_id(line.strip()) for line in Path(file).read_text().splitlines() if line.strip()]
+    return lists
+
+
+def _list_id(entry: str) -> str:
+    parts = entry.split("/")
+    if len(parts) == 4 and parts[2].startswith("level_"):  # MEAD: speaker/emotion/level_n/clip
+        return f"{parts[0]}_{parts[1]}_{parts[2].removeprefix('level_')}_{int(parts[3]):03d}"
+    return entry
+
+
+def assign_listed_splits(rows: list[ClipRow], lists: Mapping[str, list[str]]) -> tuple[list[ClipRow], list[ClipRow]]:
+    """Rows whose id is in one of ``lists`` get that split; ``(kept, unlisted)``: the rows of no
+    list are returned apart (the manifest records each as a dropped clip, never silently).
+
+    Raises:
+        ParamsError: an id listed in two splits.
+    """
+    split_of: dict[str, str] = {}
+    for split, ids in lists.items():
+        for clip_id in ids:
+            if split_of.setdefault(clip_id, split) != split:
+                raise ParamsError(f"split lists: {clip_id} is listed in {split_of[clip_id]} and {split}")
+    kept = [dataclasses.replace(r, split=split_of[r.id]) for r in rows if r.id in split_of]
+    return kept, [r for r in rows if r.id not in split_of]

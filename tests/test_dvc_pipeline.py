@@ -160,32 +160,27 @@ def test_dvc_exp_show_compares_ablations(repo_copy):
 
 @pytest.mark.slow
 def test_paper_presets_run_as_dvc_experiments(repo_copy):
-    """`python -m pipeline.preset run eapc --max-steps 2`: a DVC experiment that trains and scores EAPC at
-    the paper's configuration (§4.3) on the sample; a table queues as one experiment per row, and one
-    row runs."""
+    """`python -m pipeline.preset queue eapc --table "Table 3"` queues one DVC experiment per row, and
+    `run eapc --row ... --max-steps 2` trains and scores EAPC at the paper's configuration (§4.3) with
+    that row's change, on the sample, leaving the user's shared settings alone."""
     if not (repo_copy / "dvc.lock").is_file():
         _run(["dvc", "repro"], repo_copy)
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "before the presets", "--allow-empty"]):
         _run(cmd, repo_copy)
     preset = [sys.executable, "-m", "pipeline.preset"]
-    _run([*preset, "run", "eapc", "--max-steps", "2"], repo_copy)
-    config = json.loads((repo_copy / "models/eapc/crema_d/config.json").read_text())
-    assert config["global_step"] == 2 and config["data"]["batch_size"] == 32 and config["data"]["train_batches"] is None
-    assert config["resolved"]["net"]["lm_hidden"] == 256 and config["resolved"]["optim"]["w_emotion"] == 0.0
-    metrics = json.loads((repo_copy / "eval/eapc/crema_d/metrics.json").read_text())["metrics"]
-    assert np.isfinite(metrics["mouth_ld"])
-    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
-    assert params["train"]["data"]["batch_size"] == 4  # the shared settings stay the user's
-    names = _run(["dvc", "exp", "ls", "--name-only"], repo_copy).stdout.split()
-    assert "eapc" in names
-
     _run([*preset, "queue", "eapc", "--table", "Table 3", "--max-steps", "2", "--dataset", "crema_d"], repo_copy)
     queued = _run(["dvc", "queue", "status"], repo_copy).stdout
     assert "eapc-table-3-full" in queued and "eapc-table-3-w-o-attention" in queued
     _run(["dvc", "queue", "remove", "--queued"], repo_copy)
+
     _run([*preset, "run", "eapc", "--row", "Table 3/w/o attention", "--max-steps", "2", "--dataset", "crema_d"], repo_copy)
     config = json.loads((repo_copy / "models/eapc/crema_d/config.json").read_text())
-    assert config["resolved"]["net"]["use_attention"] is False and config["resolved"]["net"]["lm_hidden"] == 256
+    assert config["global_step"] == 2 and config["data"]["batch_size"] == 32 and config["data"]["train_batches"] is None
+    net, optim = config["resolved"]["net"], config["resolved"]["optim"]
+    assert net["lm_hidden"] == 256 and net["use_attention"] is False and optim["w_emotion"] == 0.0
+    assert np.isfinite(json.loads((repo_copy / "eval/eapc/crema_d/metrics.json").read_text())["metrics"]["mouth_ld"])
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    assert params["train"]["data"]["batch_size"] == 4  # the shared settings stay the user's
     assert "eapc-table-3-w-o-attention" in _run(["dvc", "exp", "ls", "--name-only"], repo_copy).stdout.split()
     for cmd in (["git", "checkout", "--", "params.yaml", "dvc.lock"], ["dvc", "checkout", "--force"]):
         _run(cmd, repo_copy)  # the workspace as the other tests of this module left it

@@ -1,0 +1,99 @@
+"""The EAPC authors' evaluation (eval_metrics.eapc_authors) against transcriptions of their formulas."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eval_metrics.eapc_authors import AuthorsImageScores, AuthorsLandmarkScores, psnr_gray_wrap, strided_windows
+
+
+def _their_lmd(pred: np.ndarray, gt: np.ndarray) -> float:
+    """calculate_LMD (norm_distance 1) on (BS, N_frame, N_point, 2): mean over points, frames, batch."""
+    return float(np.mean(np.mean(np.mean(np.sqrt(np.sum((pred - gt) ** 2, axis=3)), axis=2), axis=1)))
+
+
+def _their_lmv(pred: np.ndarray, gt: np.ndarray) -> float:
+    vp, vg = pred[:, 1:] - pred[:, :-1], gt[:, 1:] - gt[:, :-1]
+    return _their_lmd(vp, vg)
+
+
+def test_landmark_scores_equal_a_numpy_transcription_on_stride_3_windows():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(40, 200, (31, 68, 2))
+    pred = gt + rng.normal(0, 2, gt.shape)
+    windows = [slice(s, s + 25) for s in range(0, 31 - 24, 3)]  # starts 0, 3, 6
+    assert len(windows) == 3 and strided_windows(torch.from_numpy(gt)).shape == (3, 25, 68, 2)
+    metric = AuthorsLandmarkScores()
+    metric.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    got = metric.compute()
+    for region, idx in (("mouth", slice(48, 68)), ("face", slice(0, 48))):
+        p = np.stack([pred[w][:, idx] for w in windows])
+        g = np.stack([gt[w][:, idx] for w in windows])
+        assert got[f"authors_{region}_ld"] == pytest.approx(_their_lmd(p, g), rel=1e-12)
+        assert got[f"authors_{region}_lvd"] == pytest.approx(_their_lmv(p, g), rel=1e-12)
+    # no alignment: a head that moves 5 px scores 5 (our aligned metric would score 0)
+    shifted = AuthorsLandmarkScores()
+    shifted.update(torch.from_numpy(gt + 5.0 * np.array([0.6, 0.8])), torch.from_numpy(gt))
+    assert shifted.compute()["authors_face_ld"] == pytest.approx(5.0)
+    assert shifted.compute()["authors_face_lvd"] == pytest.approx(0.0, abs=1e-9)
+    short = AuthorsLandmarkScores()
+    short.update(torch.zeros(24, 68, 2), torch.zeros(24, 68, 2))  # shorter than a window: nothing scored
+    assert math.isnan(short.compute()["authors_mouth_ld"])
+
+
+def test_psnr_with_uint8_wrap_around_by_hand():
+    a = np.array([[10, 200]], dtype=np.uint8)
+    b = np.array([[26, 0]], dtype=np.uint8)
+    # (10 - 26) mod 256 = 240, 240^2 mod 256 = 0; 200^2 = 40000, mod 256 = 64: "MSE" (0 + 64) / 2 = 32
+    assert psnr_gray_wrap(a, b) == pytest.approx(20 * math.log10(255 / math.sqrt(32)))
+    assert psnr_gray_wrap(a, b) > 33 > 20 * math.log10(255 / math.sqrt((16 ** 2 + 200 ** 2) / 2))  # the true PSNR: 5.1 dB
+    assert psnr_gray_wrap(a, a) == 100.0
+    with pytest.raises(ValueError, match="uint8"):
+        psnr_gray_wrap(a.astype(np.float32), b.astype(np.float32))
+
+
+def test_image_scores_average_grey_frames():
+    rng = np.random.default_rng(1)
+    real = torch.from_numpy(rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    metric = AuthorsImageScores()
+    metric.update(real, real)
+    assert metric.compute() == {"authors_psnr_gray_wrap": 100.0, "authors_ssim_gray": pytest.approx(1.0)}
+    grey = torch.from_numpy(rng.integers(0, 200, (3, 32, 32, 1), dtype=np.uint8)).expand(3, 32, 32, 3)
+    metric = AuthorsImageScores()
+    metric.update(grey + 16, grey)  # 16 grey levels brighter everywhere: 16^2 = 256 wraps to 0
+    assert metric.compute()["authors_psnr_gray_wrap"] == 100.0  # a perfect score (the true PSNR: 24.0 dB)
+
+
+def test_crema_d_split_rule_reproduces_the_authors_lists(shared_datasets):
+    from pipeline.splits import eapc_authors_crema_d_lists
+
+    reference = shared_datasets.parent / "reference" / "eapc-authors"
+    lists = eapc_authors_crema_d_lists(shared_datasets / "crema-d-meta/summaryTable.csv")
+    for split in ("train", "test"):
+        assert sorted(lists[split]) == (reference / f"crema_d_{split}.txt").read_text().split()
+    assert (len(lists["train"]), len(lists["test"])) == (5953, 1489)
+    assert {c[:4] for c in lists["train"]} == {c[:4] for c in lists["test"]}  # all 91 actors in both: not speaker-disjoint
+
+
+def test_authors_split_on_the_sample_and_the_mead_lists(shared_datasets, tmp_path):
+    """On the sample: actor 1001's six real clips split 3 / 3 by the rule; the CREMA-D-layout clips
+    (actors 99xx, not in CREMA-D) are in no list: recorded as dropped, never silently."""
+    from pipeline.manifest import build_manifest, dataset_config
+    from pipeline.params import ParamsError
+    from pipeline.splits import read_split_lists
+
+    params = {"manifest": {"seed": 0, "split_fractions": {"train": 0.8, "test": 0.2}, "datasets": {"crema_d": {
+        "format": "crema_d", "root": str(shared_datasets), "parts": ["crema-d-layout", "crema-d-real"],
+        "summary_table": str(shared_datasets / "crema-d-meta/summaryTable.csv"), "split": "eapc_authors"}}}}
+    rows, issues = build_manifest(dataset_config(params, "crema_d"))
+    assert {r.id: r.split for r in rows} == {"1001_DFA_ANG_XX": "test", "1001_DFA_DIS_XX": "test", "1001_DFA_FEA_XX": "test",
+                                             "1001_DFA_HAP_XX": "train", "1001_DFA_NEU_XX": "train", "1001_DFA_SAD_XX": "train"}
+    dropped = [i for i in issues if i.problem == "not_in_split_lists"]
+    assert len(dropped) == 16 and not any(i.kept for i in dropped)
+    lists = read_split_lists({"train": str(shared_datasets.parent / "reference/eapc-authors/mead_M003_train.txt")})
+    assert len(lists["train"]) == 533 and lists["train"][0] == "M003_angry_1_001"
+    params["manifest"]["datasets"]["crema_d"]["split"] = "lists"
+    with pytest.raises(ParamsError, match="split_lists: required"):
+        dataset_config(params, "crema_d")
