@@ -311,12 +311,16 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
     batch = synthetic_batch(module.data_keys, int(data["window"]), batch_size)
     counter = FlopCounterMode(display=False, custom_mapping=RNN_FLOPS)
 
-    class CountStep(L.Callback):  # the optimisation step only (not setup / on_train_end hooks)
+    class Counted(Exception):
+        pass
+
+    class CountStep(L.Callback):  # the optimisation step only, then stop (no on_train_end hooks)
         def on_train_batch_start(self, *args) -> None:
             counter.__enter__()
 
         def on_train_batch_end(self, *args) -> None:
             counter.__exit__(None, None, None)
+            raise Counted
 
     class OneBatch(L.LightningDataModule):  # hooks that read trainer.datamodule find one
         def train_dataloader(self):
@@ -325,7 +329,10 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=[CountStep()])
-    trainer.fit(module, datamodule=OneBatch())
+    try:
+        trainer.fit(module, datamodule=OneBatch())
+    except Counted:
+        pass
     flops = float(counter.get_total_flops())
     del trainer, module, batch
     gc.collect()  # full-size networks and their optimiser states: gone before the next count

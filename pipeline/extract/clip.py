@@ -25,6 +25,7 @@ from pipeline.extract.audio import (
     AudioConfig, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
 )
 from pipeline.extract.errors import ClipFailure
+from pipeline.extract.dlib68 import authors_dlib68
 from pipeline.extract.landmarks import detect_face_mesh, fill_missing_faces, mesh_to_68
 from pipeline.extract.phones import phone_features
 from pipeline.extract.video import decode_video
@@ -55,6 +56,7 @@ class PreprocessConfig:
     frames_format: str = "jpeg"
     jpeg_quality: int = 90
     phones: bool = True
+    lmk_dlib68: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_sizes", tuple(int(s) for s in self.crop_sizes))
@@ -74,6 +76,7 @@ class PreprocessConfig:
             "frames_format": self.frames_format in ("jpeg", "npy"),
             "jpeg_quality": 1 <= self.jpeg_quality <= 100,
             "phones": isinstance(self.phones, bool),
+            "lmk_dlib68": isinstance(self.lmk_dlib68, bool),
         }
         for key, ok in checks.items():
             if not ok:
@@ -89,6 +92,8 @@ class PreprocessConfig:
     def content_hash(self) -> str:
         """Hash of everything that changes sample bytes (not Ray placement or shard sizes)."""
         content = {k: v for k, v in asdict(self).items() if k not in ("ray_address", "num_workers", "max_retries")}
+        if not self.lmk_dlib68:  # off: the hash of shards made before the option existed
+            content.pop("lmk_dlib68")
         content["version"] = PREPROCESS_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -132,7 +137,9 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         JPEG per frame (:mod:`primitives.frame_codec`; ``frames_<S>.npy`` with ``frames_format: npy``);
         ``lmk.npy`` (T, 68, 2) float32 and ``lmk478.npy`` (T, 478, 3) float32, pixels of the
         largest crop; ``mel.npy`` (floor(3.2 T), 80) float32 in [-4, 4] (80 Hz); ``mfcc.npy`` (T, 28, 12) float32;
-        ``llf.npy`` (T, 25) float32; ``phones.npy`` (T, 40) float32 pocketsphinx phone occupancy
+        ``llf.npy`` (T, 25) float32; with ``lmk_dlib68``: ``lmk_dlib68.npy`` (T, 68, 2) float32, the
+        EAPC authors' dlib landmarks in each frame's 256 px face box (:mod:`pipeline.extract.dlib68`);
+        ``phones.npy`` (T, 40) float32 pocketsphinx phone occupancy
         (:mod:`pipeline.extract.phones`, with ``cfg.phones``); ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
         exactly T / fps seconds); ``meta.json``.
     """
@@ -190,6 +197,11 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         sample["lmk.npy"] = _npy(mesh_to_68(lmk478_crop))
         sample["lmk478.npy"] = _npy(lmk478_crop)
         lap("crop")
+        if cfg.lmk_dlib68:  # the EAPC authors' landmarks: dlib 68 in a per-frame 256 px face box
+            dlib68 = authors_dlib68(frames)  # (T, 68, 2), NaN where no face
+            sample["lmk_dlib68.npy"] = _npy(fill_missing_faces(dlib68, ~np.isnan(dlib68).any(axis=(1, 2)),
+                                                               cfg.max_missing_face))
+            lap("dlib68")
 
         wav = fit_to_frames(wav, n_frames, cfg.audio)
         features = extract_audio_features(wav, n_frames, cfg.audio)
