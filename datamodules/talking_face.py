@@ -47,7 +47,8 @@ from primitives.geometry import resize_crops
 
 log = logging.getLogger(__name__)
 
-WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "lmk_dlib68": 1.0, "mfcc": 1.0, "llf": 1.0, "phones": 1.0, "mel": 80 / 25}
+WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "lmk_dlib68": 1.0, "mfcc": 1.0, "mfcc_authors": 1.0, "llf": 1.0,
+                 "phones": 1.0, "mel": 80 / 25}
 """Arrays sliced per window, with their rate in rows per video frame (mel: 80 Hz at 25 fps; a
 window starting at frame s takes rows ``int(rate * s)`` .. ``+ int(rate * T)``, as Wav2Lip does)."""
 
@@ -214,8 +215,9 @@ class ClipWindows:
 
     ``train=True``: ``per_clip`` windows at random starts drawn by ``np.random.default_rng(seed)``
     (``seed``: an int or a tuple of ints, e.g. ``(seed, epoch, rank, worker)``; the generator is
-    created anew on each call, so one call = one reproducible stream); ``train=False``: consecutive
-    non-overlapping windows covering the clip (the tail shorter than a window is dropped).
+    created anew on each call, so one call = one reproducible stream); ``train=False``: windows
+    every ``stride`` frames (None: ``window``, consecutive non-overlapping windows covering the
+    clip; the tail shorter than a window is dropped).
     Every window also carries ``ref_lmk``: the landmarks of the clip's first frame (the reference
     frame of the one-shot protocol).
     """
@@ -224,6 +226,7 @@ class ClipWindows:
     train: bool
     per_clip: int = 1
     seed: int | tuple[int, ...] = 0
+    stride: int | None = None
 
     def __call__(self, clips):
         rng = np.random.default_rng(self.seed) if self.train else None
@@ -234,7 +237,7 @@ class ClipWindows:
             if self.train:
                 starts = rng.integers(0, n - self.window + 1, size=self.per_clip)
             else:
-                starts = range(0, n - self.window + 1, self.window)
+                starts = range(0, n - self.window + 1, self.stride or self.window)
             for start in starts:
                 item = {"key": f"{clip['key']}@{int(start)}", "speaker": str(clip["meta"].get("speaker", "")),
                         "emotion": clip["meta"]["emotion_id"], "intensity": clip["meta"]["intensity"],
@@ -408,7 +411,7 @@ class TalkingFaceDataModule(L.LightningDataModule):
         if self._train is not None:
             self._train.set_epoch(self._epoch, self._rank)
 
-    def _eval_pipeline(self, split: str) -> wds.DataPipeline:
+    def _eval_pipeline(self, split: str, stride: int | None = None) -> wds.DataPipeline:
         cfg = self.cfg
         urls = self.urls(split)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -417,7 +420,7 @@ class TalkingFaceDataModule(L.LightningDataModule):
         decode = frame_reads(cfg.keys, cfg.shard_dir)
         return wds.DataPipeline(*source, wds.split_by_worker, ReadShards(SelectMembers(decode.keys)),
                                 wds.map(decode, handler=log_and_continue),
-                                ClipWindows(cfg.window, False),
+                                ClipWindows(cfg.window, False, stride=stride),
                                 wds.batched(cfg.batch_size, collation_fn=collate_windows, partial=True))
 
     def _loader(self, dataset, workers: int) -> torch.utils.data.DataLoader:
@@ -458,8 +461,9 @@ class TalkingFaceDataModule(L.LightningDataModule):
     def val_dataloader(self):
         return self._loader(self._eval_pipeline("val"), min(self.cfg.num_workers, len(self.urls("val"))))
 
-    def test_dataloader(self):
-        return self._loader(self._eval_pipeline("test"), min(self.cfg.num_workers, len(self.urls("test"))))
+    def test_dataloader(self, stride: int | None = None):
+        """Every test window (``stride``: one every ``stride`` frames; None: non-overlapping)."""
+        return self._loader(self._eval_pipeline("test", stride), min(self.cfg.num_workers, len(self.urls("test"))))
 
     def training_clips(self, keys: tuple[str, ...], max_clips: int = 256) -> list[dict]:
         """The first ``max_clips`` whole training clips in shard order (``DecodeSample`` dicts with

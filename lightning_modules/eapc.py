@@ -13,6 +13,7 @@ import torch
 
 from eval_metrics.landmarks import LandmarkMetrics
 from lightning_modules.networks.eapc import EAPC, EAPCConfig
+from lightning_modules.networks.eapc_authors import EAPCAuthors, EAPCAuthorsConfig
 from lightning_modules.networks.losses import eapc_loss
 
 
@@ -26,6 +27,11 @@ class EAPCTrainConfig:
         w_mse, w_lmd: weights of eq. 11 and eq. 12 (paper: 1, 1).
         w_emotion: weight of our emotion cross-entropy on the LLFs encoder (0 = the paper's eq. 13).
         lmd_mode: reading of eq. 12, ``"pairwise"`` or ``"point"`` (see ``eapc_loss``).
+        loss: ``"paper"`` (eq. 11-13, :func:`eapc_loss`) or ``"authors"`` (their code: 0.1 x the
+            element-wise MSE + the point-wise landmark distance, both in landmark pixels).
+        lmk_key, mfcc_key: the shard arrays trained on: ``lmk`` / ``mfcc`` (ours), or the authors'
+            ``lmk_dlib68`` (``preprocess.eapc_authors``: dlib 68 in a per-frame 256 px face box) and
+            ``mfcc_authors`` (each frame's own 40 ms).
     """
 
     lr: float = 1e-4
@@ -34,6 +40,9 @@ class EAPCTrainConfig:
     w_lmd: float = 1.0
     w_emotion: float = 0.1
     lmd_mode: str = "pairwise"
+    loss: str = "paper"
+    lmk_key: str = "lmk"
+    mfcc_key: str = "mfcc"
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -43,21 +52,35 @@ class EAPCTrainConfig:
                 raise ValueError(f"train.methods.eapc.optim.{name} must be >= 0, got {getattr(self, name)}")
         if self.lmd_mode not in ("pairwise", "point"):
             raise ValueError(f"train.methods.eapc.optim.lmd_mode must be 'pairwise' or 'point', got {self.lmd_mode!r}")
+        if self.loss not in ("paper", "authors"):
+            raise ValueError(f"train.methods.eapc.optim.loss must be 'paper' or 'authors', got {self.loss!r}")
+        if self.lmk_key not in ("lmk", "lmk_dlib68") or self.mfcc_key not in ("mfcc", "mfcc_authors"):
+            raise ValueError("train.methods.eapc.optim.lmk_key must be lmk | lmk_dlib68 and mfcc_key mfcc | mfcc_authors")
 
 
 class EAPCModule(L.LightningModule):
     """Trains :class:`EAPC` on windows ``{mfcc (B,T,28,12), llf (B,T,25), lmk (B,T,68,2),
-    ref_lmk (B,68,2), emotion (B,)}``; logs losses and M-LD, M-LVD, F-LD, F-LVD (crop pixels)."""
+    ref_lmk (B,68,2), emotion (B,)}``; logs losses and M-LD, M-LVD, F-LD, F-LVD (crop pixels).
 
-    data_keys = ("lmk", "mfcc", "llf")
-    """Arrays the DataModule must load for this method."""
+    ``net.variant``: ``paper`` (our reading of the paper's text, :class:`EAPC`) or ``authors`` (the
+    authors' code, :class:`~lightning_modules.networks.eapc_authors.EAPCAuthors`, with the other
+    ``net`` keys its config's); the ``eapc_authors`` preset selects it with their data and loss.
+    """
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.net_cfg = EAPCConfig.from_dict(net or {})
+        net = dict(net or {})
+        self.variant = net.pop("variant", "paper")
+        if self.variant not in ("paper", "authors"):
+            raise ValueError(f"train.methods.eapc.net.variant must be 'paper' or 'authors', got {self.variant!r}")
+        self.net_cfg = (EAPCConfig if self.variant == "paper" else EAPCAuthorsConfig).from_dict(net)
         self.optim_cfg = EAPCTrainConfig(**(optim or {}))
-        self.net = EAPC(self.net_cfg)
+        self.net = EAPC(self.net_cfg) if self.variant == "paper" else EAPCAuthors(self.net_cfg)
+        self.lmk_key, self.mfcc_key = self.optim_cfg.lmk_key, self.optim_cfg.mfcc_key
+        self.data_keys = ("lmk", self.lmk_key, self.mfcc_key, "llf") if self.lmk_key != "lmk" else \
+            ("lmk", self.mfcc_key, "llf")
+        """Arrays the DataModule must load for this method."""
         self.val_metrics = LandmarkMetrics(prefix="val/")
         self.test_metrics = LandmarkMetrics(prefix="test/")
 
@@ -66,15 +89,22 @@ class EAPCModule(L.LightningModule):
         self.net.fit_input_stats(mfcc=torch.as_tensor(mfcc), llf=torch.as_tensor(llf))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Predicted landmarks (B, T, 68, 2) in crop pixels."""
-        return self.net(batch["mfcc"], batch["llf"], batch["ref_lmk"]).lmk
+        """Predicted landmarks (B, T, 68, 2) in the pixels of ``optim.lmk_key`` (ours: crop pixels)."""
+        return self.net(batch[self.mfcc_key], batch["llf"], batch["ref_lmk"]).lmk
+
+    def target(self, batch: dict) -> torch.Tensor:
+        """The landmarks trained on and scored against, (B, T, 68, 2)."""
+        return batch[self.lmk_key]
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.net(batch["mfcc"], batch["llf"], batch["ref_lmk"])
-        cfg = self.optim_cfg
-        losses = eapc_loss(out.lmk, batch["lmk"], out.emotion_logits, batch["emotion"], w_mse=cfg.w_mse,
-                           w_lmd=cfg.w_lmd, w_emotion=cfg.w_emotion, lmd_mode=cfg.lmd_mode,
-                           unit=self.net_cfg.crop_size)
+        out = self.net(batch[self.mfcc_key], batch["llf"], batch["ref_lmk"])
+        cfg, target = self.optim_cfg, self.target(batch)
+        if cfg.loss == "authors":
+            losses = authors_loss(out.lmk, target)
+        else:
+            losses = eapc_loss(out.lmk, target, out.emotion_logits, batch["emotion"], w_mse=cfg.w_mse,
+                               w_lmd=cfg.w_lmd, w_emotion=cfg.w_emotion, lmd_mode=cfg.lmd_mode,
+                               unit=self.net_cfg.crop_size)
         return out.lmk, losses
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -87,7 +117,7 @@ class EAPCModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pred, losses = self.model_step(batch)
         self.log("val/loss", losses["total"], on_epoch=True, sync_dist=True, batch_size=len(batch["key"]))
-        self.val_metrics.update(pred, batch["lmk"])
+        self.val_metrics.update(pred, self.target(batch))
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute())
@@ -95,7 +125,7 @@ class EAPCModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         pred, _ = self.model_step(batch)
-        self.test_metrics.update(pred, batch["lmk"])
+        self.test_metrics.update(pred, self.target(batch))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
@@ -106,4 +136,13 @@ class EAPCModule(L.LightningModule):
 
     def resolved_config(self) -> dict:
         """The full network and optimisation config (for MLflow and ``models/<method>/config.json``)."""
-        return {"net": asdict(self.net_cfg), "optim": asdict(self.optim_cfg)}
+        return {"net": {"variant": self.variant, **asdict(self.net_cfg)}, "optim": asdict(self.optim_cfg)}
+
+
+def authors_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The EAPC authors' training loss: ``0.1 x mean((pred - target)^2) + mean_points ||pred - target||``
+    (their ``calculate_LMD`` with norm 1: mean over points, frames, batch), (B, T, 68, 2) landmark
+    pixels -> dict ``mse``, ``lmd``, ``total`` float scalars >= 0."""
+    mse = torch.nn.functional.mse_loss(pred, target)
+    lmd = (pred - target).norm(dim=-1).mean()
+    return {"mse": mse, "lmd": lmd, "total": 0.1 * mse + lmd}

@@ -4,8 +4,9 @@
 
 Reads ``models/<method>/<dataset>/last.ckpt``, predicts every non-overlapping window of every
 test clip, and writes ``eval/<method>/<dataset>/metrics.json`` (M-LD, M-LVD, F-LD, F-LVD in
-256 px crop pixels, the evaluator used, counts) and ``landmarks.png`` (predicted vs ground-truth
-landmarks of a few test windows). Both also go to the training run in MLflow.
+256 px crop pixels; ``authors_*``: the same four as paper 001's authors computed them, on windows
+every 3 frames, :mod:`eval_metrics.eapc_authors`; the evaluator used, counts) and ``landmarks.png``
+(predicted vs ground-truth landmarks of a few test windows). Both also go to the training run in MLflow.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.eval_outputs import write_eval_outputs
@@ -22,6 +24,8 @@ from pipeline.train import run_arg_parser, spec_from_args
 
 LANDMARK_EVALUATOR = ("mediapipe face mesh (478 -> 68 points) on aligned 256 px crops; per-frame similarity "
                       "alignment on stable points removes head motion; distances in crop pixels")
+AUTHORS_EVALUATOR = ("paper 001's authors' protocol: M = points 48-67, F = 0-47, no head-motion alignment, "
+                     "25-frame windows every 3 frames, in the pixels of the landmarks trained on")
 
 
 @torch.no_grad()
@@ -38,17 +42,36 @@ def predict_windows(model, loader, n_examples: int = 3):
     n_windows, clips, examples = 0, set(), []
     for batch in loader:
         batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        pred = model(batch)
-        metrics.update(pred, batch["lmk"])
+        pred, target = model(batch), _target(model, batch)
+        metrics.update(pred, target)
         n_windows += len(batch["key"])
         clips.update(k.split("@")[0] for k in batch["key"])
-        for key, p, t in zip(batch["key"], pred, batch["lmk"]):
+        for key, p, t in zip(batch["key"], pred, target):
             if len(examples) < n_examples:
                 examples.append((key, p.cpu().numpy(), t.cpu().numpy()))
     if n_windows == 0:
         raise RuntimeError("the test split has no window long enough to evaluate")
     values = {name.removeprefix("test/"): float(v) for name, v in metrics.compute().items()}
     return values, n_windows, clips, examples
+
+
+def _target(model, batch: dict) -> torch.Tensor:
+    """The landmarks a model is scored against (``model.target``: EAPC's ``optim.lmk_key``), else ``lmk``."""
+    return model.target(batch) if hasattr(model, "target") else batch["lmk"]
+
+
+@torch.no_grad()
+def authors_landmark_scores(model, datamodule) -> dict[str, float]:
+    """The EAPC authors' M-LD, M-LVD, F-LD, F-LVD (:mod:`eval_metrics.eapc_authors`): every
+    25-frame window of each test clip every 3 frames, predicted on its own, no alignment, F = 0-47."""
+    from eval_metrics.eapc_authors import STRIDE, AuthorsLandmarkScores
+
+    scores = AuthorsLandmarkScores(window=datamodule.cfg.window)
+    for batch in datamodule.test_dataloader(stride=STRIDE):
+        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for pred, target in zip(model(batch), _target(model, batch)):
+            scores.update(pred.cpu(), target.cpu())
+    return scores.compute()
 
 
 def plot_landmarks(examples, path: Path, frames=(0, 12, 24)) -> None:
@@ -91,12 +114,15 @@ def evaluate(spec, out_dir: Path) -> dict:
     if not datamodule.urls("test"):
         raise FileNotFoundError(f"no test-*.tar shards in {spec.shard_dir}")
     values, n_windows, clips, examples = predict_windows(model, datamodule.test_dataloader())
+    authors = authors_landmark_scores(model, datamodule)  # the published Table 1's protocol, its own keys
+    values.update({k: v for k, v in authors.items() if np.isfinite(v)})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_path = out_dir / "landmarks.png"
     plot_landmarks(examples, plot_path)
     result = {"method": spec.method, "dataset": spec.dataset, "split": "test", "metrics": values,
-              "evaluators": {name: LANDMARK_EVALUATOR for name in values}, "n_clips": len(clips),
+              "evaluators": {name: AUTHORS_EVALUATOR if name.startswith("authors_") else LANDMARK_EVALUATOR
+                             for name in values}, "n_clips": len(clips),
               "n_windows": n_windows, "checkpoint": str(ckpt), "mlflow_run_id": config.get("mlflow_run_id")}
     _log_to_mlflow(spec, config.get("mlflow_run_id"), values, [*write_eval_outputs(out_dir, result), plot_path])
     return result

@@ -67,12 +67,18 @@ class Evaluators:
         from eval_metrics.cpbd import CPBD
         from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM
 
+        from eval_metrics.eapc_authors import AuthorsImageScores
+
         self.metrics: dict = {"psnr": FramePSNR(), "mse": FrameMSE(), "ssim": FrameSSIM(), "cpbd": CPBD("matlab"),
                               "cpbd_python": CPBD("python_cpbd")}
+        self.authors_image = AuthorsImageScores()  # paper 001's notebook (grey, uint8 wrap-around): beside psnr / ssim
         self.evaluators = {"psnr": "torchmetrics PSNR, data_range 1, per frame", "mse": "torchmetrics MSE on 0-255",
                            "ssim": "torchmetrics SSIM",
                            "cpbd": "own CPBD (Narvekar & Karam 2009), MATLAB edge(I, 'canny')",
-                           "cpbd_python": "own CPBD, python-cpbd 1.0.7 compatible (scikit-image-like Canny)"}
+                           "cpbd_python": "own CPBD, python-cpbd 1.0.7 compatible (scikit-image-like Canny)",
+                           "authors_psnr_gray_wrap": "paper 001's authors' notebook: PSNR of grey uint8 frames with "
+                                                     "uint8 wrap-around in the MSE (a bug, kept to compare)",
+                           "authors_ssim_gray": "paper 001's authors' notebook: scikit-image SSIM of grey uint8 frames"}
         self.missing: dict[str, str] = {}
         self.skipped: dict[str, int] = {}
         self.checkpoints: dict[str, Path] = {}  # metric key -> evaluator checkpoint trained by this project
@@ -200,6 +206,7 @@ class Evaluators:
         self.metrics["ssim"].update(gen.float() / 255, tgt.float() / 255)
         self.metrics["cpbd"].update(gen)
         self.metrics["cpbd_python"].update(gen)
+        self.authors_image.update(generated[1:], real[1:])
         if "fid" in self.metrics:
             if not real_fid_cached:
                 self.metrics["fid"].update(tgt, real=True)
@@ -220,7 +227,7 @@ class Evaluators:
 
     def compute(self) -> dict[str, float]:
         """Every metric that scored at least one clip; the others move to ``missing`` with why."""
-        values = {}
+        values = {k: v for k, v in self.authors_image.compute().items() if np.isfinite(v)}
         for name, metric in self.metrics.items():
             value = float(metric.compute())
             if np.isfinite(value):

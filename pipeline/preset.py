@@ -10,7 +10,8 @@
 A preset is a partial params.yaml (same keys) plus one ``preset:`` section that is not applied:
 
 * ``method``, ``paper`` (file in ../shared/papers), ``citation``; ``include``: presets applied first
-  (EAPC stage 2 on stage 1's);
+  (EAPC stage 2 on stage 1's); ``replace``: subtrees removed before the preset's values are set
+  (a network variant whose keys differ from params.yaml's);
 * ``targets``: the DVC stages a run reproduces (``{dataset}`` filled in), e.g. ``evaluate@eapc-{dataset}``;
 * ``parameters``: trainable parameters of each method it trains, built at the preset's size
   (``check`` fails when a count differs: a changed network or preset is seen);
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import math
 import re
 import subprocess
@@ -113,6 +113,16 @@ def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+class _Delete:
+    """An override that removes a key (``dvc exp run -S ~key``): the subtrees in ``preset.replace``."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
+
+
 def set_dotted(params: dict, key: str, value) -> None:
     """Set ``params[k1][k2]... = value`` for ``key = "k1.k2..."``, creating mappings on the way.
 
@@ -138,10 +148,19 @@ def has_dotted(params: dict, key: str) -> bool:
 
 
 def apply(params: dict, overrides: dict[str, object]) -> dict:
-    """A copy of ``params`` with the dotted ``overrides`` set (what ``dvc exp run -S`` writes)."""
+    """A copy of ``params`` with the dotted ``overrides`` set, in order (what ``dvc exp run -S``
+    writes); a :data:`DELETE` value removes the key."""
     merged = copy.deepcopy(params)
     for key, value in overrides.items():
-        set_dotted(merged, key, value)
+        if value is DELETE:
+            *parents, last = key.split(".")
+            node = merged
+            for part in parents:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(last, None)
+        else:
+            set_dotted(merged, key, value)
     return merged
 
 
@@ -154,7 +173,8 @@ def overrides_for(preset: Preset, row: str | None = None, max_steps: int | None 
 
     Raises: ParamsError: unknown ``row``, or a stated batch size that ``devices`` does not divide.
     """
-    overrides = leaves(preset.body)
+    overrides: dict[str, object] = {key: DELETE for key in preset.meta.get("replace", [])}
+    overrides.update(leaves(preset.body))
     if row is not None:
         rows = preset.rows()
         if row not in rows:
@@ -191,11 +211,17 @@ def hydra_value(value) -> str:
 
 
 def set_params_args(params: dict, overrides: dict[str, object]) -> list[str]:
-    """``["-S", "k=v", ...]`` against ``params`` (``+k=v`` where params.yaml lacks the key: DVC
-    appends only with ``+``)."""
+    """``["-S", "k=v", ...]`` against ``params``, in order: ``+k=v`` where the key does not exist
+    (DVC appends only with ``+``), ``~k`` for :data:`DELETE`."""
     args: list[str] = []
+    current = copy.deepcopy(params)
     for key, value in overrides.items():
-        args += ["-S", f"{'' if has_dotted(params, key) else '+'}{key}={hydra_value(value)}"]
+        if value is DELETE:
+            if has_dotted(current, key):
+                args += ["-S", f"~{key}"]
+        else:
+            args += ["-S", f"{'' if has_dotted(current, key) else '+'}{key}={hydra_value(value)}"]
+        current = apply(current, {key: value})
     return args
 
 
@@ -293,9 +319,14 @@ def step_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
     the preset's window length. Counted at b and 2b windows (b = 2, or a sub-batch size the method
     states, e.g. sinha's ``texture_batch_size``) and extrapolated linearly, so a part that does not
     grow with the batch (sinha's G_T on its own 4 windows) stays fixed."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     optim = apply(params, overrides_for(preset))["train"]["methods"][method].get("optim", {})
     low = max([2] + [int(v) for k, v in optim.items() if k.endswith("batch_size") and v])
-    counts = {b: _fit_flops(preset, params, method, b) for b in (low, 2 * low)}
+    # each count in a fresh process: full-size networks and optimiser states never pile up in one
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        counts = {b: pool.submit(_fit_flops, preset, params, method, b).result() for b in (low, 2 * low)}
     per_window = (counts[2 * low] - counts[low]) / low
     return counts[low] + per_window * (batch_size - low)
 
@@ -333,10 +364,7 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
         trainer.fit(module, datamodule=OneBatch())
     except Counted:
         pass
-    flops = float(counter.get_total_flops())
-    del trainer, module, batch
-    gc.collect()  # full-size networks and their optimiser states: gone before the next count
-    return flops
+    return float(counter.get_total_flops())
 
 
 def _lstm_layer_flops(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:

@@ -47,10 +47,14 @@ DISPLAY: dict[str, str] = {
     "csimd_dlib": "CSIMD (dlib)", "cpbd_python": "CPBD (python-cpbd)",
     **{f"redetected_{k}": f"{v} (re-detected on video)" for k, v in
        (("mouth_ld", "M-LD"), ("mouth_lvd", "M-LVD"), ("face_ld", "F-LD"), ("face_lvd", "F-LVD"))},
+    **{f"authors_{k}": f"{v} (EAPC authors' protocol)" for k, v in
+       (("mouth_ld", "M-LD"), ("mouth_lvd", "M-LVD"), ("face_ld", "F-LD 0-47"), ("face_lvd", "F-LVD 0-47"),
+        ("psnr_gray_wrap", "PSNR grey, uint8 wrap-around"), ("ssim_gray", "SSIM grey"))},
 }
+AUTHORS_LANDMARKS = tuple(f"authors_{k}" for k in ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd"))
 LOWER_IS_BETTER: frozenset[str] = frozenset({"mse", "fid", "mouth_ld", "mouth_lvd", "face_ld", "face_lvd", "lse_d",
                                             "lse_d_expert", "csimd_dlib", "redetected_mouth_ld", "redetected_mouth_lvd",
-                                            "redetected_face_ld", "redetected_face_lvd"})
+                                            "redetected_face_ld", "redetected_face_lvd", *AUTHORS_LANDMARKS})
 METHODS: tuple[str, ...] = ("cvae", "eapc", "eapc_vid2vid", "sinha", "two_stage", "emotalker")
 DATASETS: tuple[str, ...] = ("crema_d", "mead", "authors_own")
 DATASET_NAMES: dict[str, str] = {"crema_d": "CREMA-D", "mead": "MEAD",
@@ -60,6 +64,7 @@ DECIMALS: dict[str, int] = {
     "face_lvd": 3, "lse_c": 3, "lse_d": 3, "emo_acc": 2, "csim": 3, "lse_c_expert": 3, "lse_d_expert": 3,
     "emo_acc_fer": 2, "csim_dlib": 3, "csimd_dlib": 3, "cpbd_python": 3,
     "redetected_mouth_ld": 3, "redetected_mouth_lvd": 3, "redetected_face_ld": 3, "redetected_face_lvd": 3,
+    **dict.fromkeys(AUTHORS_LANDMARKS, 3), "authors_psnr_gray_wrap": 2, "authors_ssim_gray": 3,
 }
 """Decimals shown for measured values (paper values are shown exactly as transcribed)."""
 MIN_COMPARABLE_CLIPS = 50

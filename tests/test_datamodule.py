@@ -67,6 +67,16 @@ def test_a_crop_the_shards_lack_is_resized_from_the_next_larger(crema_shards):
         frame_reads(("frames_96",), crema_shards / "nothing_here")
 
 
+def test_test_windows_with_a_stride_overlap(crema_shards):
+    """test_dataloader(stride=3): 25-frame windows every 3 frames (the EAPC authors' protocol)."""
+    dm = make_dm(crema_shards, window=25, batch_size=64)
+    plain = [k for b in dm.test_dataloader() for k in b["key"]]
+    strided = [k for b in dm.test_dataloader(stride=3) for k in b["key"]]
+    starts = sorted(int(k.split("@")[1]) for k in strided if k.split("@")[0] == strided[0].split("@")[0])
+    assert starts[:3] == [0, 3, 6] and all(b - a == 3 for a, b in zip(starts, starts[1:]))
+    assert len(strided) > 2 * len(plain) > 0
+
+
 def test_window_slices_match_the_clip(crema_shards):
     """Each window is the clip's frames [s, s+T) and the mel rows of that second; ref is frame 0."""
     import webdataset as wds

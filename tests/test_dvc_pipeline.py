@@ -97,6 +97,7 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
         video = json.loads((repo_copy / f"eval/{method}/crema_d/metrics.json").read_text())
         about = json.loads((repo_copy / f"eval/{method}/crema_d/provenance.json").read_text())
         assert set(video["metrics"]) == {"psnr", "mse", "ssim", "fid", "cpbd", "cpbd_python", "lse_d_expert", "lse_c_expert",
+                                         "authors_psnr_gray_wrap", "authors_ssim_gray",
                                          "emo_acc", "emo_acc_fer", "csim_dlib", "csimd_dlib", "redetected_mouth_ld",
                                          "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd"}
         assert about["evaluators"]["lse_d_expert"] == "own expert SyncNet trained on crema_d"

@@ -113,3 +113,46 @@ def test_dlib68_in_the_authors_face_box_on_a_real_crema_d_clip(shared_datasets):
     assert np.all((eyes > 55) & (eyes < 75)), eyes
     assert lmk.min() > 0 and lmk.max() < 256  # inside the face box
     assert np.isnan(authors_dlib68(np.zeros((1, 360, 480, 3), np.uint8))).all()  # no face: NaN, the caller counts it
+
+
+def test_authors_mfcc_is_each_frames_own_40_ms():
+    """Their per-frame MFCC: python_speech_features on the frame's 640 samples, rows 1..28, c1..c12."""
+    import python_speech_features as psf
+
+    from pipeline.extract.audio import authors_mfcc
+
+    wav = np.random.default_rng(2).normal(0, 0.1, 640 * 6).astype(np.float32)
+    out = authors_mfcc(wav, 6)
+    assert out.shape == (6, 28, 12) and out.dtype == np.float32
+    for i in (0, 5):
+        theirs = psf.mfcc(wav[i * 640:i * 640 + 640], 16000, winlen=0.010, winstep=0.001)[1:-2, 1:]
+        np.testing.assert_allclose(out[i], theirs, rtol=1e-5, atol=1e-4)
+    wav2 = wav.copy()
+    wav2[640:1280] = np.sin(np.arange(640) * 0.3) * 0.1  # frame 1 only: no other frame's MFCC changes (no context)
+    changed = np.abs(authors_mfcc(wav2, 6) - out).max(axis=(1, 2)) > 1e-3
+    assert changed.tolist() == [False, True, False, False, False, False]
+
+
+def test_authors_network_size_inputs_and_loss():
+    """16.5 M trainable parameters at their widths (their script prints 16.5M); absolute landmarks
+    from MFCC and LLFs only; their loss 0.1 x MSE + point-wise distance."""
+    from lightning_modules.eapc import EAPCModule, authors_loss
+
+    module = EAPCModule(net={"variant": "authors"}, optim={"loss": "authors", "lmk_key": "lmk_dlib68",
+                                                           "mfcc_key": "mfcc_authors"})
+    assert round(sum(p.numel() for p in module.parameters()) / 1e6, 1) == 16.5
+    assert module.data_keys == ("lmk", "lmk_dlib68", "mfcc_authors", "llf")
+    torch.manual_seed(0)
+    batch = {"mfcc_authors": torch.randn(2, 25, 28, 12), "llf": torch.randn(2, 25, 25),
+             "ref_lmk": torch.zeros(2, 68, 2), "lmk_dlib68": torch.rand(2, 25, 68, 2) * 256, "emotion": torch.tensor([0, 1])}
+    module.eval()
+    pred = module(batch)
+    assert pred.shape == (2, 25, 68, 2)
+    assert torch.equal(pred, module({**batch, "ref_lmk": torch.ones(2, 68, 2) * 100}))  # no reference input
+    target = torch.zeros(1, 1, 2, 2)
+    guess = torch.tensor([[[[3.0, 4.0], [0.0, 0.0]]]])  # one point 5 px off, one exact
+    loss = authors_loss(guess, target)
+    assert loss["lmd"] == pytest.approx(2.5) and loss["mse"] == pytest.approx(25 / 4)
+    assert loss["total"] == pytest.approx(0.1 * 25 / 4 + 2.5)
+    with pytest.raises(ValueError, match="variant"):
+        EAPCModule(net={"variant": "theirs"})

@@ -30,7 +30,9 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
     m = result["metrics"]
     redetected = {"redetected_mouth_ld", "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd"}
     assert result["n_clips"] == 1 and set(m) == {"psnr", "mse", "ssim", "cpbd", "cpbd_python", "emo_acc_fer", "csim_dlib",
-                                                "csimd_dlib", *redetected}
+                                                "csimd_dlib", "authors_psnr_gray_wrap", "authors_ssim_gray", *redetected}
+    # paper 001's notebook: wrapped squares are < 256, so its "PSNR" is >= 20 log10(255 / sqrt(255)) = 24.07 dB
+    assert m["authors_psnr_gray_wrap"] >= 24.07 and 0 < m["authors_ssim_gray"] < 1
     assert m["redetected_mouth_lvd"] > 0  # a still copy has no mouth motion; the real clip has
     assert 10 < m["psnr"] < 60 and 0 < m["ssim"] < 1 and 0 <= m["cpbd"] <= 1
     assert m["emo_acc_fer"] in (0.0, 100.0)  # one clip: right or wrong

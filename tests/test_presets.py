@@ -29,7 +29,7 @@ def test_preset_check_builds_every_preset_at_its_stated_size():
     lines = proc.stdout.splitlines()
     assert len(lines) == sum(len(Preset.load(n).trained) for n in names()) >= 9
     assert any("emotalker" in line and "530,369,860 parameters (preset says 530,369,860)" in line for line in lines)
-    assert set(names()) == {"cvae", "eapc", "eapc_vid2vid", "sinha", "two_stage", "emotalker"}
+    assert set(names()) == {"cvae", "eapc", "eapc_authors", "eapc_vid2vid", "sinha", "two_stage", "emotalker"}
 
 
 def test_a_wrong_count_or_a_broken_row_fails_the_check(params, tmp_path):

@@ -659,6 +659,35 @@ def extract_audio_features(wav: np.ndarray, n_frames: int, cfg: AudioConfig) -> 
     }
 
 
+def authors_mfcc(wav: np.ndarray, n_frames: int, sample_rate: int = 16000, fps: int = 25) -> np.ndarray:
+    """The EAPC authors' MFCC per video frame (``../shared/reference/README.md``, "eapc-authors/"):
+    ``python_speech_features.mfcc`` of the frame's own ``sample_rate / fps`` samples only (40 ms at
+    16 kHz and 25 fps) with 10 ms windows every 1 ms, rows 1..28 and coefficients c1..c12 (paper
+    001 §3.2's "28 x 12"; ours, :func:`mfcc_windows`, centres 280 ms of context on each frame).
+
+    Args:
+        wav: float32 ``(n_frames * sample_rate / fps,)`` (after :func:`fit_to_frames`).
+
+    Returns:
+        (n_frames, 28, 12) float32, raw values (not standardised, as theirs).
+
+    Raises:
+        ValueError: ``wav`` is shorter than ``n_frames`` frames, or a frame gives fewer than 31 MFCC rows.
+    """
+    import python_speech_features as psf
+
+    step = sample_rate // fps
+    if len(wav) < n_frames * step:
+        raise ValueError(f"wav has {len(wav)} samples, {n_frames} frames need {n_frames * step}")
+    out = np.empty((n_frames, 28, 12), dtype=np.float32)
+    for i in range(n_frames):
+        rows = psf.mfcc(wav[i * step:(i + 1) * step], sample_rate, winlen=0.010, winstep=0.001)  # (31, 13)
+        if len(rows) < 31:
+            raise ValueError(f"frame {i}: {len(rows)} MFCC rows from {step} samples, their layout needs 31")
+        out[i] = rows[1:29, 1:13]  # their mfcc[1:-2, 1:] of the 31 rows
+    return out
+
+
 def wav_to_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """Encode mono audio as a 16-bit PCM WAV file (the shard's ``audio.wav``).
 

@@ -22,7 +22,7 @@ from pipeline.extract.align import crop_transforms, transform_points
 from primitives.frame_codec import encode_jpeg_frames
 from primitives.geometry import resize_crops, warp_frames
 from pipeline.extract.audio import (
-    AudioConfig, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
+    AudioConfig, authors_mfcc, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
 )
 from pipeline.extract.errors import ClipFailure
 from pipeline.extract.dlib68 import authors_dlib68
@@ -56,7 +56,7 @@ class PreprocessConfig:
     frames_format: str = "jpeg"
     jpeg_quality: int = 90
     phones: bool = True
-    lmk_dlib68: bool = False
+    eapc_authors: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_sizes", tuple(int(s) for s in self.crop_sizes))
@@ -76,7 +76,7 @@ class PreprocessConfig:
             "frames_format": self.frames_format in ("jpeg", "npy"),
             "jpeg_quality": 1 <= self.jpeg_quality <= 100,
             "phones": isinstance(self.phones, bool),
-            "lmk_dlib68": isinstance(self.lmk_dlib68, bool),
+            "eapc_authors": isinstance(self.eapc_authors, bool),
         }
         for key, ok in checks.items():
             if not ok:
@@ -92,8 +92,8 @@ class PreprocessConfig:
     def content_hash(self) -> str:
         """Hash of everything that changes sample bytes (not Ray placement or shard sizes)."""
         content = {k: v for k, v in asdict(self).items() if k not in ("ray_address", "num_workers", "max_retries")}
-        if not self.lmk_dlib68:  # off: the hash of shards made before the option existed
-            content.pop("lmk_dlib68")
+        if not self.eapc_authors:  # off: the hash of shards made before the option existed
+            content.pop("eapc_authors")
         content["version"] = PREPROCESS_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -137,8 +137,10 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         JPEG per frame (:mod:`primitives.frame_codec`; ``frames_<S>.npy`` with ``frames_format: npy``);
         ``lmk.npy`` (T, 68, 2) float32 and ``lmk478.npy`` (T, 478, 3) float32, pixels of the
         largest crop; ``mel.npy`` (floor(3.2 T), 80) float32 in [-4, 4] (80 Hz); ``mfcc.npy`` (T, 28, 12) float32;
-        ``llf.npy`` (T, 25) float32; with ``lmk_dlib68``: ``lmk_dlib68.npy`` (T, 68, 2) float32, the
-        EAPC authors' dlib landmarks in each frame's 256 px face box (:mod:`pipeline.extract.dlib68`);
+        ``llf.npy`` (T, 25) float32; with ``eapc_authors``: ``lmk_dlib68.npy`` (T, 68, 2) float32, the
+        EAPC authors' dlib landmarks in each frame's 256 px face box (:mod:`pipeline.extract.dlib68`),
+        and ``mfcc_authors.npy`` (T, 28, 12) float32, their MFCCs of each frame's own 40 ms
+        (:func:`pipeline.extract.audio.authors_mfcc`);
         ``phones.npy`` (T, 40) float32 pocketsphinx phone occupancy
         (:mod:`pipeline.extract.phones`, with ``cfg.phones``); ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
         exactly T / fps seconds); ``meta.json``.
@@ -197,7 +199,7 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         sample["lmk.npy"] = _npy(mesh_to_68(lmk478_crop))
         sample["lmk478.npy"] = _npy(lmk478_crop)
         lap("crop")
-        if cfg.lmk_dlib68:  # the EAPC authors' landmarks: dlib 68 in a per-frame 256 px face box
+        if cfg.eapc_authors:  # the EAPC authors' landmarks: dlib 68 in a per-frame 256 px face box
             dlib68 = authors_dlib68(frames)  # (T, 68, 2), NaN where no face
             sample["lmk_dlib68.npy"] = _npy(fill_missing_faces(dlib68, ~np.isnan(dlib68).any(axis=(1, 2)),
                                                                cfg.max_missing_face))
@@ -207,6 +209,8 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         features = extract_audio_features(wav, n_frames, cfg.audio)
         for name in ("mel", "mfcc", "llf"):
             sample[f"{name}.npy"] = _npy(features[name])
+        if cfg.eapc_authors:
+            sample["mfcc_authors.npy"] = _npy(authors_mfcc(wav, n_frames, cfg.sample_rate, cfg.fps))
         sample["audio.wav"] = wav_to_bytes(wav, cfg.sample_rate)
         lap("audio")
         if cfg.phones:

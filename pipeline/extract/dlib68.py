@@ -9,7 +9,7 @@ are scaled by ``256 / box width`` (x and y alike). So every frame has its own bo
 alignment) and the landmarks are in pixels of a 256 px box: the eye-centre distance is about 70 px,
 where our aligned 256 px crops give about 48 (their LD / LVD are about 1.45x ours).
 
-Shards carry them as ``lmk_dlib68.npy`` (T, 68, 2) float32 when ``preprocess.lmk_dlib68`` is on;
+Shards carry them as ``lmk_dlib68.npy`` (T, 68, 2) float32 when ``preprocess.eapc_authors`` is on;
 a frame where a detector finds no face is NaN (counted by the caller).
 """
 
