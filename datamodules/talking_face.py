@@ -80,15 +80,22 @@ def shard_fingerprint(shard_dir: Path) -> str:
 
 
 def shard_crop_sizes(shard_dir: str | Path) -> tuple[int, ...]:
-    """The ``frames_<S>`` crop sides the shards hold (``meta.crop_sizes`` of the first sample of the
-    first shard of any split); ``()`` when no shard is readable."""
+    """The ``frames_<S>`` crop sides the shards hold (the members of the first sample of the first
+    readable shard of any split), largest first; ``()`` when no shard is readable."""
     for path in sorted(Path(shard_dir).glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
         try:
+            sides, first = set(), None
             with tarfile.open(path, "r:") as tar:
-                for member in tar:
-                    if member.name.endswith(".meta.json"):
-                        return tuple(int(c) for c in json.loads(tar.extractfile(member).read())["crop_sizes"])
-        except (tarfile.TarError, OSError, KeyError, ValueError):
+                for member in tar:  # headers only, up to the second sample
+                    key, suffix = member.name.split(".", 1)
+                    if first not in (None, key):
+                        break
+                    first = key
+                    if suffix.startswith("frames_"):
+                        sides.add(int(suffix.removeprefix("frames_").split(".")[0]))
+            if sides:
+                return tuple(sorted(sides, reverse=True))
+        except (tarfile.TarError, OSError, ValueError):
             continue
     return ()
 

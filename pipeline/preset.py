@@ -32,6 +32,7 @@ import argparse
 import copy
 import math
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -271,12 +272,18 @@ def trainable_parameters(module) -> int:
 
 
 def check(preset: Preset, params: dict) -> list[str]:
-    """Build every network the preset trains at its size; returns the problems (empty: all good),
-    printing ``name method: counted (written)`` per method."""
-    from pipeline.train import run_spec
+    """Build every network the preset trains at its size and validate its dataset settings and
+    every table row; returns the problems (empty: all good), printing ``name method: counted
+    (written)`` per method."""
+    from pipeline.manifest import dataset_config
 
     merged = apply(params, overrides_for(preset))
     problems = []
+    for name in merged["manifest"]["datasets"]:
+        try:
+            dataset_config(merged, name)
+        except ParamsError as err:
+            problems.append(f"{preset.name}: {err}")
     for method, written in preset.trained.items():
         try:
             counted = trainable_parameters(build_method(merged, method))
@@ -294,15 +301,17 @@ def check(preset: Preset, params: dict) -> list[str]:
         row_params = apply(merged, overrides)
         for method in preset.trained:
             try:
-                _validate(row_params, method, run_spec)
+                _validate(row_params, method)
             except ParamsError as err:
                 problems.append(f"{preset.name} {row}: {err}")
     return problems
 
 
-def _validate(params: dict, method: str, run_spec) -> None:
+def _validate(params: dict, method: str) -> None:
     """``run_spec``'s checks of one method's params, before any data or checkpoint exists (the
     files a module would load are left out as in :func:`build_method`)."""
+    from pipeline.train import run_spec
+
     section = params["train"]["methods"][method].get("optim", {})
     files = {f"train.methods.{method}.optim.{k}": None for k in section if k.endswith("_ckpt") or k == "intensity_block"}
     if method == "emotalker":
@@ -353,7 +362,7 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
             counter.__exit__(None, None, None)
             raise Counted
 
-    class OneBatch(L.LightningDataModule):  # hooks that read trainer.datamodule find one
+    class OneBatch(L.LightningDataModule):  # for hooks that read trainer.datamodule
         def train_dataloader(self):
             return torch.utils.data.DataLoader([batch], batch_size=None)
 
@@ -404,8 +413,9 @@ def synthetic_batch(keys: tuple[str, ...], window: int, batch_size: int) -> dict
     batch = {"key": [f"synthetic@{i}" for i in range(b)], "speaker": ["0"] * b,
              "emotion": torch.arange(b) % 6, "intensity": torch.arange(b) % 3 + 1,
              "ref_lmk": lmk.expand(b, 68, 2).clone(), "lmk": lmk.expand(b, window, 68, 2).clone()}
-    shapes = {"mfcc": (window, 28, 12), "llf": (window, 25), "phones": (window, 40), "mel": (int(80 / 25 * window), 80),
-              "lmk478": (window, 478, 3)}
+    shapes = {"mfcc": (window, 28, 12), "mfcc_authors": (window, 28, 12), "llf": (window, 25), "phones": (window, 40),
+              "mel": (int(80 / 25 * window), 80), "lmk478": (window, 478, 3)}
+    batch["lmk_dlib68"] = batch["lmk"].clone()
     for key in keys:
         if key.startswith("frames_"):
             side = int(key.removeprefix("frames_"))
@@ -496,18 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for command in commands:
         if args.command == "show":
-            print(" ".join(_quote(c) for c in command))
+            print(shlex.join(command))
             continue
         code = subprocess.call(command)
         if code:
             return code
     return 0
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 if __name__ == "__main__":
