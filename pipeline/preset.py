@@ -340,16 +340,41 @@ def step_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
     return counts[low] + per_window * (batch_size - low)
 
 
+def _flop_counter():
+    """A dispatch mode that sums torch's FLOP formulas (``torch.utils.flop_counter.flop_registry``,
+    plus :data:`RNN_FLOPS`) over every op it sees. Unlike ``FlopCounterMode`` it installs no module
+    hooks, which break ``torch.autograd.grad`` (two_stage's gradient penalty)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry, shape_wrapper
+
+    registry = {**flop_registry, **{op: shape_wrapper(f) for op, f in RNN_FLOPS.items()}}
+
+    class FlopCount(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+        def get_total_flops(self) -> int:
+            return self.total
+
+    return FlopCount()
+
+
 def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> float:
     import lightning as L
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     merged = apply(params, overrides_for(preset))
     module = build_method(merged, method)
     data = {**merged["train"]["data"], **merged["train"]["methods"][method].get("data", {})}
     batch = synthetic_batch(module.data_keys, int(data["window"]), batch_size)
-    counter = FlopCounterMode(display=False, custom_mapping=RNN_FLOPS)
+    counter = _flop_counter()
 
     class Counted(Exception):
         pass
@@ -362,9 +387,13 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
             counter.__exit__(None, None, None)
             raise Counted
 
-    class OneBatch(L.LightningDataModule):  # for hooks that read trainer.datamodule
+    class OneBatch(L.LightningDataModule):  # for hooks that read trainer.datamodule (sinha's backdrop)
         def train_dataloader(self):
             return torch.utils.data.DataLoader([batch], batch_size=None)
+
+        def training_clips(self, keys, max_clips=256):
+            meta = {"speaker": "0", "emotion": "neutral", "lmk_crop_size": 256}
+            return [{"key": "synthetic", "meta": meta, **{k: batch[k][0].numpy() for k in keys}}]
 
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
