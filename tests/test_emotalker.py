@@ -166,11 +166,12 @@ def test_ema_checkpoint_holds_the_average(emotalker):
     from lightning_modules.emotalker import EmoTalkerModule
     from pipeline.train import weight_averaging
 
-    _, dm, _, ae_ckpt, work = emotalker
+    _, dm, _, _, work = emotalker
 
     def fit(steps: int, decay: float | None) -> dict:
-        L.seed_everything(1)
-        model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(ae_ckpt), "lambda_emo": 0.0, "ema_decay": decay})
+        L.seed_everything(1)  # the same initial weights every time (the autoencoder built from its config)
+        model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": "unused", "lambda_emo": 0.0, "ema_decay": decay},
+                                autoencoder_net=AE_NET)
         trainer = L.Trainer(max_steps=steps, logger=False, default_root_dir=work, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, accelerator="cpu",
                             callbacks=weight_averaging(model), enable_checkpointing=False)

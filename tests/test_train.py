@@ -201,7 +201,8 @@ def test_kill_mid_training_then_resume_to_the_same_final_step(workdir):
     metrics = json.loads((workdir / "eval/eapc/crema_d/metrics.json").read_text())
     ours = {"mouth_ld", "mouth_lvd", "face_ld", "face_lvd"}
     assert set(metrics["metrics"]) == ours | {f"authors_{k}" for k in ours}  # + paper 001's authors' protocol
-    assert metrics["evaluators"]["authors_face_ld"].startswith("paper 001's authors' protocol")
+    provenance = json.loads((workdir / "eval/eapc/crema_d/provenance.json").read_text())
+    assert provenance["evaluators"]["authors_face_ld"].startswith("paper 001's authors' protocol")
     assert all(0 < v < 64 for v in metrics["metrics"].values())  # pixels of a 64 px crop
     assert metrics["n_clips"] == 1 and metrics["n_windows"] >= 1
     assert (workdir / "eval/eapc/crema_d/landmarks.png").stat().st_size > 1000
