@@ -323,9 +323,9 @@ def _validate(params: dict, method: str) -> None:
 # ------------------------------------------------------------------------------------------- cost
 def step_flops(preset: Preset, params: dict, method: str, batch_size: int) -> float:
     """FLOPs of one optimisation step of ``method`` at ``batch_size`` windows: every forward and
-    backward the module's ``training_step`` runs (losses, discriminators, optimiser updates), counted
-    by ``torch.utils.flop_counter`` over a one-step ``Trainer.fit`` on CPU with a synthetic batch of
-    the preset's window length. Counted at b and 2b windows (b = 2, or a sub-batch size the method
+    backward the module's ``training_step`` runs (losses, discriminators, optimiser updates), summed
+    by :func:`_flop_counter` over a one-step ``Trainer.fit`` on CPU with a synthetic batch of the
+    preset's window length. Counted at b and 2b windows (b = 2, or a sub-batch size the method
     states, e.g. sinha's ``texture_batch_size``) and extrapolated linearly, so a part that does not
     grow with the batch (sinha's G_T on its own 4 windows) stays fixed."""
     from concurrent.futures import ProcessPoolExecutor
