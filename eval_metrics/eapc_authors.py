@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from eval_metrics.landmarks import _ld_update, _lvd_update
+
 AUTHORS_REGIONS = {"mouth": range(48, 68), "face": range(0, 48)}
 """The authors' M (48-67) and F (0-47) point sets."""
 WINDOW, STRIDE = 25, 3
@@ -48,38 +50,41 @@ def strided_windows(lmk: Tensor, window: int = WINDOW, stride: int = STRIDE) -> 
 
 class AuthorsLandmarkScores(Metric):
     """The authors' M-LD, M-LVD, F-LD, F-LVD (module docstring): update with one clip's generated
-    and real landmarks ``(T, 68, 2)`` float (pixels); each stride-3 window contributes its frames'
-    mean point distance (LD) and its velocity differences (LVD). Values summed over DDP ranks.
+    and real landmarks ``(T, 68, 2)`` float (pixels); its stride-3 windows are scored by
+    :mod:`eval_metrics.landmarks`' sums without alignment. Every window has the same number of
+    frames and points, so the overall mean equals their mean over windows of per-window means.
+    Sums and counts are summed over DDP ranks.
 
     ``compute()``: dict of the four ``authors_*`` keys, float, >= 0 (NaN before any window).
     """
 
     full_state_update = False
+    KEYS = ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd")
 
     def __init__(self, window: int = WINDOW, stride: int = STRIDE, **kwargs):
         super().__init__(**kwargs)
         self.window, self.stride = int(window), int(stride)
-        for name in ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd"):
-            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("windows", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        for name in self.KEYS:
+            self.add_state(f"{name}_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{name}_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         if preds.shape != target.shape:
             raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ")
-        p, g = strided_windows(preds.double(), self.window, self.stride), strided_windows(target.double(), self.window, self.stride)
+        p = strided_windows(preds, self.window, self.stride)
+        g = strided_windows(target, self.window, self.stride)
         for region, idx in AUTHORS_REGIONS.items():
-            pr, gr = p[:, :, list(idx)], g[:, :, list(idx)]
-            ld = (pr - gr).norm(dim=-1).mean(dim=(1, 2))  # (N,): mean over points, then frames
-            velocity = (pr[:, 1:] - pr[:, :-1]) - (gr[:, 1:] - gr[:, :-1])
-            lvd = velocity.norm(dim=-1).mean(dim=(1, 2))
-            getattr(self, f"{region}_ld").add_(ld.sum().to(self.windows.device))
-            getattr(self, f"{region}_lvd").add_(lvd.sum().to(self.windows.device))
-        self.windows += len(p)
+            for name, update in (("ld", _ld_update), ("lvd", _lvd_update)):
+                total, count = update(p, g, idx, align=False)
+                getattr(self, f"{region}_{name}_sum").add_(total.to(torch.float64).cpu())
+                getattr(self, f"{region}_{name}_count").add_(count.cpu())
 
     def compute(self) -> dict[str, float]:
-        n = self.windows.item()
-        return {f"authors_{name}": (getattr(self, name) / n).item() if n else float("nan")
-                for name in ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd")}
+        out = {}
+        for name in self.KEYS:  # float64 (eval_metrics.landmarks' compute returns float32)
+            total, count = getattr(self, f"{name}_sum"), getattr(self, f"{name}_count").item()
+            out[f"authors_{name}"] = (total / count).item() if count else float("nan")
+        return out
 
 
 def gray(frames: Tensor) -> np.ndarray:
