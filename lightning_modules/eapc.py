@@ -78,8 +78,7 @@ class EAPCModule(L.LightningModule):
         self.optim_cfg = EAPCTrainConfig(**(optim or {}))
         self.net = EAPC(self.net_cfg) if self.variant == "paper" else EAPCAuthors(self.net_cfg)
         self.lmk_key, self.mfcc_key = self.optim_cfg.lmk_key, self.optim_cfg.mfcc_key
-        self.data_keys = ("lmk", self.lmk_key, self.mfcc_key, "llf") if self.lmk_key != "lmk" else \
-            ("lmk", self.mfcc_key, "llf")
+        self.data_keys = tuple(dict.fromkeys(("lmk", self.lmk_key, self.mfcc_key, "llf")))  # (lmk: windows, ref_lmk)
         """Arrays the DataModule must load for this method."""
         self.val_metrics = LandmarkMetrics(prefix="val/")
         self.test_metrics = LandmarkMetrics(prefix="test/")

@@ -764,8 +764,9 @@ def landmark_metrics(generator, shard_dir: Path, params: dict, method: str) -> d
     """M-LD, M-LVD, F-LD, F-LVD of a generator's own landmarks (``generator(batch)`` and its
     ``test_metrics``) on the test split's windows (the method's ``window`` / ``batch_size``:
     ``train.data`` under ``train.methods.<method>.data``), as ``evaluate@<method>`` scores EAPC."""
-    data = {**get(params, "train.data", dict, default={}), **get(params, f"train.methods.{method}.data", dict, default={})}
-    data = {k: v for k, v in data.items() if k in ("window", "batch_size")}
+    from pipeline.train import method_data
+
+    data = {k: v for k, v in method_data(params, method).items() if k in ("window", "batch_size")}
     datamodule = TalkingFaceDataModule(DataConfig(shard_dir=str(shard_dir), keys=generator.data_keys, **data))
     values, _, _, _ = predict_windows(generator, datamodule.test_dataloader())
     return values

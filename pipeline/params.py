@@ -7,6 +7,7 @@ none, voice, face, multimodal (got 'vocie')``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,29 @@ def get(params: Mapping, key: str, type_: type | tuple[type, ...] = object, *, d
     if choices is not None and node not in choices:
         raise ParamsError(f"{key}: must be one of {', '.join(map(str, choices))} (got {node!r})")
     return node
+
+
+def set_dotted(params: dict, key: str, value) -> None:
+    """Set ``params[k1][k2]... = value`` (a deep copy) for ``key = "k1.k2..."``, creating mappings
+    on the way (``--set`` overrides, presets).
+
+    Raises: ParamsError: a parent on the way holds a non-mapping value.
+    """
+    node = params
+    *parents, last = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"{key}: {part} holds {child!r}, not a mapping")
+        node = child
+    node[last] = copy.deepcopy(value)
+
+
+def has_dotted(params: Mapping, key: str) -> bool:
+    """Whether ``params[k1][k2]...`` exists for ``key = "k1.k2..."`` (a null value counts)."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.params import ParamsError, load_params
+from pipeline.params import ParamsError, has_dotted, load_params, set_dotted
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 H100_BF16_FLOPS = 989e12
@@ -122,30 +122,6 @@ class _Delete:
 
 
 DELETE = _Delete()
-
-
-def set_dotted(params: dict, key: str, value) -> None:
-    """Set ``params[k1][k2]... = value`` for ``key = "k1.k2..."``, creating mappings on the way.
-
-    Raises: ParamsError: a parent on the way holds a non-mapping value.
-    """
-    node = params
-    *parents, last = key.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ParamsError(f"{key}: {part} holds {child!r}, not a mapping")
-        node = child
-    node[last] = copy.deepcopy(value)
-
-
-def has_dotted(params: dict, key: str) -> bool:
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def apply(params: dict, overrides: dict[str, object]) -> dict:
@@ -246,20 +222,29 @@ def dvc_command(params: dict, preset: Preset, dataset: str, row: str | None = No
 
 
 # ------------------------------------------------------------------------------------------ check
+def without_input_files(params: dict, method: str) -> dict:
+    """``params`` with every file ``method`` would load left out: its ``optim.*_ckpt`` and
+    ``intensity_block`` null, emotalker's autoencoder a placeholder path (never read when the
+    network is built from ``train.methods.autoencoder.net``, :func:`build_method`)."""
+    optim = params["train"]["methods"][method].get("optim", {})
+    files = {f"train.methods.{method}.optim.{k}": None for k in optim if k.endswith("_ckpt") or k == "intensity_block"}
+    if method == "emotalker":
+        files.update({"train.methods.emotalker.optim.autoencoder_ckpt": "models/autoencoder/unused.ckpt",
+                      "train.methods.emotalker.optim.autoencoder_path": None})
+    return apply(params, files)
+
+
 def build_method(params: dict, method: str):
-    """The LightningModule of ``method`` at the sizes in ``params`` with no input file: loss
-    networks and checkpoints the module would load are left out (``*_ckpt: null``; emotalker's
-    autoencoder built from ``train.methods.autoencoder.net``), so it counts what it trains."""
+    """The LightningModule of ``method`` at the sizes in ``params`` with no input file
+    (:func:`without_input_files`; emotalker's autoencoder built from ``train.methods.autoencoder.net``,
+    EAPC stage 2's stage 1 from ``train.methods.eapc``), so it counts what it trains."""
     from lightning_modules import METHODS
 
-    section = copy.deepcopy(params["train"]["methods"][method])
+    params = without_input_files(params, method)
+    section = dict(params["train"]["methods"][method])
     for key in ("seed", "trainer", "data"):
         section.pop(key, None)
-    optim = section.setdefault("optim", {})
-    for key in [k for k in optim if k.endswith("_ckpt") or k in ("intensity_block",)]:
-        optim[key] = None
-    if method == "emotalker":  # (the path is not read when autoencoder_net is given)
-        optim.update(autoencoder_ckpt="models/autoencoder/unused.ckpt", autoencoder_path=None)
+    if method == "emotalker":
         return METHODS[method](**section, autoencoder_net=params["train"]["methods"]["autoencoder"]["net"])
     if method == "eapc_vid2vid":
         stage1 = {k: params["train"]["methods"]["eapc"].get(k) for k in ("net", "optim")}
@@ -308,16 +293,11 @@ def check(preset: Preset, params: dict) -> list[str]:
 
 
 def _validate(params: dict, method: str) -> None:
-    """``run_spec``'s checks of one method's params, before any data or checkpoint exists (the
-    files a module would load are left out as in :func:`build_method`)."""
+    """``run_spec``'s checks of one method's params, before any data or checkpoint exists."""
     from pipeline.train import run_spec
 
-    section = params["train"]["methods"][method].get("optim", {})
-    files = {f"train.methods.{method}.optim.{k}": None for k in section if k.endswith("_ckpt") or k == "intensity_block"}
-    if method == "emotalker":
-        files["train.methods.emotalker.optim.autoencoder_ckpt"] = "models/autoencoder/checked.ckpt"
     dataset = next(iter(params["manifest"]["datasets"]))
-    run_spec(apply(params, files), method, dataset, require_shards=False)
+    run_spec(without_input_files(params, method), method, dataset, require_shards=False)
 
 
 # ------------------------------------------------------------------------------------------- cost
@@ -372,8 +352,9 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
 
     merged = apply(params, overrides_for(preset))
     module = build_method(merged, method)
-    data = {**merged["train"]["data"], **merged["train"]["methods"][method].get("data", {})}
-    batch = synthetic_batch(module.data_keys, int(data["window"]), batch_size)
+    from pipeline.train import method_data
+
+    batch = synthetic_batch(module.data_keys, int(method_data(merged, method)["window"]), batch_size)
     counter = _flop_counter()
 
     class Counted(Exception):
@@ -457,12 +438,13 @@ def synthetic_batch(keys: tuple[str, ...], window: int, batch_size: int) -> dict
 def cost_rows(preset: Preset, params: dict) -> list[dict]:
     """Per trained method: FLOPs per step at the global batch, steps of the paper's schedule, and
     H100 GPU-hours at ``UTILISATION``."""
+    from pipeline.train import method_data
+
     merged = apply(params, overrides_for(preset))
     rows = []
     for method in preset.trained:
         schedule = preset.meta.get("schedule", {}).get(method, {})
-        data = {**merged["train"]["data"], **merged["train"]["methods"][method].get("data", {})}
-        batch = int(data["batch_size"])
+        batch = int(method_data(merged, method)["batch_size"])
         steps = schedule.get("steps")
         if steps is None and "epochs" in schedule:
             steps = math.ceil(schedule["epochs"] * math.ceil(schedule["windows"] / batch))

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
-from pipeline.params import ParamsError, get, load_params
+from pipeline.params import ParamsError, get, load_params, set_dotted
 
 TRAINER_KEYS = {"max_epochs": int, "max_steps": int, "max_time": (str, dict), "accelerator": str,
                 "devices": (int, str, list), "num_nodes": int, "strategy": str, "precision": (str, int),
@@ -111,12 +111,14 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        node = params.setdefault("train", {})
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
+        set_dotted(params, f"train.{key}", yaml.safe_load(value))
     return params
+
+
+def method_data(params: dict, method: str) -> dict:
+    """``train.data`` with ``train.methods.<method>.data`` over it: a method's own batch size,
+    window and epoch length (its paper's). Raises ParamsError: either is not a mapping."""
+    return {**get(params, "train.data", dict, default={}), **get(params, f"train.methods.{method}.data", dict, default={})}
 
 
 def run_spec(params: dict, method: str, dataset: str, require_shards: bool = True) -> RunSpec:
@@ -146,8 +148,7 @@ def run_spec(params: dict, method: str, dataset: str, require_shards: bool = Tru
     trainer = {**TRAINER_DEFAULTS, **{k: v for k, v in trainer.items() if v is not None}}
     _check_trainer(trainer)
     shard_dir = Path("shards") / dataset
-    # a method may override data keys (its paper's batch size, window, epoch length)
-    data = {**get(params, "train.data", dict, default={}), **get(params, f"train.methods.{method}.data", dict, default={})}
+    data = method_data(params, method)
     try:
         DataConfig(shard_dir=str(shard_dir), **data)
     except (TypeError, ValueError) as err:
