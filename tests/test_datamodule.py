@@ -67,6 +67,23 @@ def test_a_crop_the_shards_lack_is_resized_from_the_next_larger(crema_shards):
         frame_reads(("frames_96",), crema_shards / "nothing_here")
 
 
+def test_the_next_larger_crop_not_the_largest(tmp_path):
+    """Shards with 256 and 128 px crops: Wav2Lip's 96 comes from the 128 crop (as preprocess makes it)."""
+    import io
+    import tarfile
+
+    from datamodules.talking_face import frame_reads, shard_crop_sizes
+
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        for name in ("a.frames_256.jpgs", "a.frames_128.jpgs", "a.meta.json", "b.frames_64.jpgs"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    assert shard_crop_sizes(tmp_path) == (256, 128)  # the first sample's members only
+    assert frame_reads(("frames_96",), tmp_path).derive == (("frames_96", "frames_128"),)
+    assert frame_reads(("frames_200",), tmp_path).derive == (("frames_200", "frames_256"),)
+
+
 def test_test_windows_with_a_stride_overlap(crema_shards):
     """test_dataloader(stride=3): 25-frame windows every 3 frames (the EAPC authors' protocol)."""
     dm = make_dm(crema_shards, window=25, batch_size=64)
