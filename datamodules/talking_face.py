@@ -48,6 +48,7 @@ from primitives.geometry import resize_crops
 log = logging.getLogger(__name__)
 
 WINDOWED_KEYS = {"lmk": 1.0, "lmk478": 1.0, "lmk_dlib68": 1.0, "mfcc": 1.0, "mfcc_authors": 1.0, "llf": 1.0,
+                 "llf_authors": 1.0,
                  "phones": 1.0, "mel": 80 / 25}
 """Arrays sliced per window, with their rate in rows per video frame (mel: 80 Hz at 25 fps; a
 window starting at frame s takes rows ``int(rate * s)`` .. ``+ int(rate * T)``, as Wav2Lip does)."""

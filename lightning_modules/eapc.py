@@ -29,9 +29,14 @@ class EAPCTrainConfig:
         lmd_mode: reading of eq. 12, ``"pairwise"`` or ``"point"`` (see ``eapc_loss``).
         loss: ``"paper"`` (eq. 11-13, :func:`eapc_loss`) or ``"authors"`` (their code: 0.1 x the
             element-wise MSE + the point-wise landmark distance, both in landmark pixels).
-        lmk_key, mfcc_key: the shard arrays trained on: ``lmk`` / ``mfcc`` (ours), or the authors'
-            ``lmk_dlib68`` (``preprocess.eapc_authors``: dlib 68 in a per-frame 256 px face box) and
-            ``mfcc_authors`` (each frame's own 40 ms).
+        lmk_key, mfcc_key, llf_key: the shard arrays trained on: ``lmk`` / ``mfcc`` / ``llf`` (ours), or
+            the authors' ``lmk_dlib68`` (``preprocess.eapc_authors``: dlib 68 in a per-frame 256 px face
+            box), ``mfcc_authors`` (each frame's own 40 ms) and ``llf_authors`` (their LLFs).
+        emotion_pretrain_steps: the first k optimisation steps train the emotion branch alone on the
+            training windows with emotion CE + 0.1 x intensity-level CE per frame, then the landmark
+            loss takes over and the branch is fine-tuned with the rest (the authors pre-train their
+            emotion embedding so, as a separate run on MEAD M003 + M030, 500 epochs; our reading: a
+            phase of the same run on its own training data). Needs ``net.variant: authors``; 0 = off.
     """
 
     lr: float = 1e-4
@@ -43,6 +48,8 @@ class EAPCTrainConfig:
     loss: str = "paper"
     lmk_key: str = "lmk"
     mfcc_key: str = "mfcc"
+    llf_key: str = "llf"
+    emotion_pretrain_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -54,8 +61,13 @@ class EAPCTrainConfig:
             raise ValueError(f"train.methods.eapc.optim.lmd_mode must be 'pairwise' or 'point', got {self.lmd_mode!r}")
         if self.loss not in ("paper", "authors"):
             raise ValueError(f"train.methods.eapc.optim.loss must be 'paper' or 'authors', got {self.loss!r}")
-        if self.lmk_key not in ("lmk", "lmk_dlib68") or self.mfcc_key not in ("mfcc", "mfcc_authors"):
-            raise ValueError("train.methods.eapc.optim.lmk_key must be lmk | lmk_dlib68 and mfcc_key mfcc | mfcc_authors")
+        keys = {"lmk_key": ("lmk", "lmk_dlib68"), "mfcc_key": ("mfcc", "mfcc_authors"), "llf_key": ("llf", "llf_authors")}
+        for name, allowed in keys.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.methods.eapc.optim.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not (isinstance(self.emotion_pretrain_steps, int) and self.emotion_pretrain_steps >= 0):
+            raise ValueError(f"train.methods.eapc.optim.emotion_pretrain_steps must be an integer >= 0, "
+                             f"got {self.emotion_pretrain_steps!r}")
 
 
 class EAPCModule(L.LightningModule):
@@ -76,9 +88,13 @@ class EAPCModule(L.LightningModule):
             raise ValueError(f"train.methods.eapc.net.variant must be 'paper' or 'authors', got {self.variant!r}")
         self.net_cfg = (EAPCConfig if self.variant == "paper" else EAPCAuthorsConfig).from_dict(net)
         self.optim_cfg = EAPCTrainConfig(**(optim or {}))
+        if self.optim_cfg.emotion_pretrain_steps and self.variant != "authors":
+            raise ValueError("train.methods.eapc.optim.emotion_pretrain_steps needs net.variant: authors "
+                             "(the paper variant's LLFs encoder has no intensity head)")
         self.net = EAPC(self.net_cfg) if self.variant == "paper" else EAPCAuthors(self.net_cfg)
         self.lmk_key, self.mfcc_key = self.optim_cfg.lmk_key, self.optim_cfg.mfcc_key
-        self.data_keys = tuple(dict.fromkeys(("lmk", self.lmk_key, self.mfcc_key, "llf")))  # (lmk: windows, ref_lmk)
+        self.llf_key = self.optim_cfg.llf_key
+        self.data_keys = tuple(dict.fromkeys(("lmk", self.lmk_key, self.mfcc_key, "llf", self.llf_key)))  # lmk: ref_lmk
         """Arrays the DataModule must load for this method."""
         self.val_metrics = LandmarkMetrics(prefix="val/")
         self.test_metrics = LandmarkMetrics(prefix="test/")
@@ -89,16 +105,18 @@ class EAPCModule(L.LightningModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Predicted landmarks (B, T, 68, 2) in the pixels of ``optim.lmk_key`` (ours: crop pixels)."""
-        return self.net(batch[self.mfcc_key], batch["llf"], batch["ref_lmk"]).lmk
+        return self.net(batch[self.mfcc_key], batch[self.llf_key], batch["ref_lmk"]).lmk
 
     def target(self, batch: dict) -> torch.Tensor:
         """The landmarks trained on and scored against, (B, T, 68, 2)."""
         return batch[self.lmk_key]
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.net(batch[self.mfcc_key], batch["llf"], batch["ref_lmk"])
+        out = self.net(batch[self.mfcc_key], batch[self.llf_key], batch["ref_lmk"])
         cfg, target = self.optim_cfg, self.target(batch)
-        if cfg.loss == "authors":
+        if self.training and self.global_step < cfg.emotion_pretrain_steps:
+            losses = emotion_pretrain_loss(out.emotion_logits, out.level_logits, batch["emotion"], batch["intensity"])
+        elif cfg.loss == "authors":
             losses = authors_loss(out.lmk, target)
         else:
             losses = eapc_loss(out.lmk, target, out.emotion_logits, batch["emotion"], w_mse=cfg.w_mse,
@@ -145,3 +163,26 @@ def authors_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Te
     mse = torch.nn.functional.mse_loss(pred, target)
     lmd = (pred - target).norm(dim=-1).mean()
     return {"mse": mse, "lmd": lmd, "total": 0.1 * mse + lmd}
+
+
+def emotion_pretrain_loss(emotion_logits: torch.Tensor, level_logits: torch.Tensor, emotion: torch.Tensor,
+                          intensity: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The EAPC authors' emotion-embedding pre-training loss: ``CE(emotion) + 0.1 x CE(level)`` per
+    frame, the clip's labels on every frame.
+
+    Args:
+        emotion_logits: (B, T, n_emotions) float. level_logits: (B, T, n_levels) float.
+        emotion: (B,) int64 emotion ids. intensity: (B,) int64 in 0..3 (0 = unspecified, 1-3 = low,
+            medium, high as MEAD's levels 1-3): level class ``intensity - 1``; 0 is left out of the level term.
+
+    Returns:
+        dict ``emotion_ce``, ``level_ce``, ``total`` float scalars >= 0.
+    """
+    b, t, n_emotions = emotion_logits.shape
+    ce = torch.nn.functional.cross_entropy
+    emotion_ce = ce(emotion_logits.reshape(b * t, n_emotions), emotion.repeat_interleave(t))
+    levels = (intensity - 1).repeat_interleave(t)  # -1 = unspecified: ignored
+    known = levels >= 0
+    level_ce = (ce(level_logits.reshape(b * t, -1)[known], levels[known]) if known.any()
+                else level_logits.sum() * 0)
+    return {"emotion_ce": emotion_ce, "level_ce": level_ce, "total": emotion_ce + 0.1 * level_ce}

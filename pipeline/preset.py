@@ -6,6 +6,7 @@
     python -m pipeline.preset run eapc [--row ...] [--queue] [--max-steps N] [--devices 4] [--dataset crema_d]
     python -m pipeline.preset queue eapc [--table "Table 2"] [--max-steps N]
     python -m pipeline.preset cost [eapc ...]         # FLOPs per step -> H100 GPU-hours (markdown)
+    python -m pipeline.preset collect eapc_authors [--dataset crema_d] [--exp NAME]   # -> presets/results
 
 A preset is a partial params.yaml (same keys) plus one ``preset:`` section that is not applied:
 
@@ -21,7 +22,10 @@ A preset is a partial params.yaml (same keys) plus one ``preset:`` section that 
   value}}}}``, each row of the paper's tables as overrides on top of the preset (the full model: ``{}``).
 
 Every value carries a comment naming its source: the paper (section / table), the implementation
-it builds on (marked as such), or "ours". ``run`` and ``queue`` call ``dvc exp run`` with one
+it builds on (marked as such), or "ours". ``collect`` copies the evaluation of a finished
+experiment (its git commit under ``refs/exps``) to ``presets/results/<preset>/<method>/<dataset>/``,
+with a ``source.json`` naming the experiment; the report shows those rows beside the default
+pipeline's, labelled with the preset (e.g. EAPC under its authors' protocol). ``run`` and ``queue`` call ``dvc exp run`` with one
 ``-S key=value`` per leaf (``+key=value`` for keys params.yaml lacks), so the user's params.yaml
 (dataset roots, devices) stays as it is and the experiment records the preset's values.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import re
 import shlex
@@ -43,6 +48,7 @@ import yaml
 from pipeline.params import ParamsError, has_dotted, load_params, set_dotted
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+RESULTS_DIR = PRESET_DIR / "results"
 H100_BF16_FLOPS = 989e12
 """Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without sparsity)."""
 UTILISATION = 0.3
@@ -219,6 +225,51 @@ def dvc_command(params: dict, preset: Preset, dataset: str, row: str | None = No
         overrides["train.datasets"] = datasets + [dataset]
     return ["dvc", "exp", "run", "-n", experiment_name(preset, row), *(["--queue"] if queue else []),
             *set_params_args(params, overrides), *preset.targets(dataset)]
+
+
+# ---------------------------------------------------------------------------------------- collect
+def experiment_commit(name: str, repo: Path = Path(".")) -> str:
+    """The commit of the newest DVC experiment called ``name`` (``refs/exps/.../<name>``).
+
+    Raises: ParamsError: no experiment of that name (the message says how to make one).
+    """
+    refs = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(objectname) %(refname)",
+                           "refs/exps/"], cwd=repo, capture_output=True, text=True, check=True).stdout.split("\n")
+    for line in refs:
+        commit, _, ref = line.partition(" ")
+        if ref.rsplit("/", 1)[-1] == name:
+            return commit
+    raise ParamsError(f"no dvc experiment named {name!r} in {repo.resolve()} (`python -m pipeline.preset run ...` "
+                      "makes one; `dvc exp list --all-commits` lists them)")
+
+
+def collect(preset: Preset, dataset: str, exp: str | None = None, repo: Path = Path("."),
+            out_dir: Path = RESULTS_DIR) -> list[Path]:
+    """Copy ``eval/<method>/<dataset>/metrics.json`` of each target of experiment ``exp`` (default:
+    the preset's run name) to ``out_dir/<preset>/<method>/<dataset>/``, beside a ``source.json``
+    (preset, citation, experiment, commit); a second collect of the same preset, method and
+    dataset replaces the first (the folder holds only what ``collect`` writes).
+
+    Returns: the metrics files written.
+    Raises: ParamsError: no such experiment, or it holds no evaluation of a target.
+    """
+    name = exp or experiment_name(preset)
+    commit = experiment_commit(name, repo)
+    written = []
+    for target in preset.targets(dataset):
+        method = target.split("@", 1)[1].rsplit("-", 1)[0]  # evaluate@<method>-<dataset>
+        path = f"eval/{method}/{dataset}/metrics.json"
+        shown = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, text=True)
+        if shown.returncode:
+            raise ParamsError(f"experiment {name!r} ({commit[:7]}) has no {path}: did it run {target}?")
+        dest = out_dir / preset.name / method / dataset
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "metrics.json").write_text(shown.stdout)
+        source = {"preset": preset.name, "citation": preset.meta.get("citation", ""), "experiment": name,
+                  "commit": commit}
+        (dest / "source.json").write_text(json.dumps(source, indent=1) + "\n")
+        written.append(dest / "metrics.json")
+    return written
 
 
 # ------------------------------------------------------------------------------------------ check
@@ -423,8 +474,9 @@ def synthetic_batch(keys: tuple[str, ...], window: int, batch_size: int) -> dict
     batch = {"key": [f"synthetic@{i}" for i in range(b)], "speaker": ["0"] * b,
              "emotion": torch.arange(b) % 6, "intensity": torch.arange(b) % 3 + 1,
              "ref_lmk": lmk.expand(b, 68, 2).clone(), "lmk": lmk.expand(b, window, 68, 2).clone()}
-    shapes = {"mfcc": (window, 28, 12), "mfcc_authors": (window, 28, 12), "llf": (window, 25), "phones": (window, 40),
-              "mel": (int(80 / 25 * window), 80), "lmk478": (window, 478, 3)}
+    shapes = {"mfcc": (window, 28, 12), "mfcc_authors": (window, 28, 12), "llf": (window, 25),
+              "llf_authors": (window, 25), "phones": (window, 40), "mel": (int(80 / 25 * window), 80),
+              "lmk478": (window, 478, 3)}
     batch["lmk_dlib68"] = batch["lmk"].clone()
     for key in keys:
         if key.startswith("frames_"):
@@ -487,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--queue", action="store_true", help="queue instead of running in the workspace")
     for name in ("check", "cost"):
         sub.add_parser(name).add_argument("presets", nargs="*")
+    p = sub.add_parser("collect", help="copy a finished experiment's evaluation to presets/results/ for the report")
+    p.add_argument("preset")
+    p.add_argument("--dataset", default=None, help="default: the first of train.datasets")
+    p.add_argument("--exp", default=None, help="experiment name (default: the preset's run name)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -506,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         preset = Preset.load(args.preset)
         dataset = args.dataset or params["train"]["datasets"][0]
+        if args.command == "collect":
+            for path in collect(preset, dataset, args.exp):
+                print(f"collect: {path}")
+            return 0
         extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.extra)}
         rows = [args.row] if args.command != "queue" else list(preset.rows(args.table))
         commands = [dvc_command(params, preset, args.dataset or preset.dataset_of(row) or dataset, row,

@@ -189,6 +189,25 @@ def load_measured(eval_dir: str | Path) -> list[dict[str, Any]]:
     return [_read_metrics_file(path) for path in paths]
 
 
+def load_preset_results(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Read ``<results_dir>/<preset>/<method>/<dataset>/metrics.json`` (``python -m pipeline.preset
+    collect``): records as :func:`load_measured`'s, plus ``preset`` and ``citation`` from the
+    ``source.json`` beside each (a missing folder gives none).
+
+    Raises:
+        ReportError: as :func:`load_measured`, or a missing / malformed ``source.json``.
+    """
+    records = []
+    for path in sorted(Path(results_dir).glob("*/*/*/metrics.json")):
+        source = _read_json_object(path.with_name("source.json"), "preset source")
+        record = _read_metrics_file(path)
+        record["preset"] = path.parent.parent.parent.name
+        record["citation"] = str(source.get("citation", ""))
+        record["experiment"] = str(source.get("experiment", ""))
+        records.append(record)
+    return records
+
+
 def load_paper(path: str | Path) -> list[dict[str, Any]]:
     """Read and check the paper numbers (``reference/paper_results.yaml``).
 
@@ -280,6 +299,10 @@ def _paper_source(entry: dict[str, Any]) -> str:
     return f"paper, {kind}: {entry['variant']} ({entry['table']})"
 
 
+def _run_label(record: dict[str, Any]) -> str:
+    return f"{record['method']} (preset {record['preset']})" if record.get("preset") else record["method"]
+
+
 def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) -> dict[str, Any]:
     """Assemble the report's content (what both the Markdown and the JSON show).
 
@@ -301,6 +324,8 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
         for record in (r for r in measured if r["dataset"] == dataset):
             cross = record.get("trained_on", dataset) != dataset
             source = f"measured (ours), trained on {record['trained_on']} (cross-dataset)" if cross else "measured (ours)"
+            if record.get("preset"):
+                source = f"measured (ours), preset {record['preset']}: {record['citation']} (dvc exp {record['experiment']})"
             rows.append({"kind": "measured", "method": record["method"], "source": source,
                          "values": dict(record["metrics"]),
                          "missing": {k: v for k, v in record["missing"].items() if k not in record["metrics"]}})
@@ -339,12 +364,13 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
         runs = []
         for record in (r for r in measured if r["dataset"] == dataset):
             for metric in [m for m in columns if m in record["metrics"]]:
-                evaluators.append({"method": record["method"], "metric": metric,
+                evaluators.append({"method": _run_label(record), "metric": metric,
                                    "evaluator": record["evaluators"].get(metric)})
             n_clips = record["n_clips"]
-            runs.append({key: record[key] for key in ("method", "split", "n_clips", "n_windows", "checkpoint",
+            runs.append({key: record[key] for key in ("split", "n_clips", "n_windows", "checkpoint",
                                                       "mlflow_run_id", "path", "protocol")}
-                        | {"comparable": n_clips is not None and n_clips >= MIN_COMPARABLE_CLIPS})
+                        | {"method": _run_label(record),
+                           "comparable": n_clips is not None and n_clips >= MIN_COMPARABLE_CLIPS})
         sources: dict[tuple[str, str], dict[str, Any]] = {}
         notes: dict[str, list[str]] = {}
         unmapped: dict[str, list[str]] = {}
@@ -457,9 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-dir", default=Path("eval"), type=Path)
     parser.add_argument("--paper", default=Path("reference/paper_results.yaml"), type=Path)
     parser.add_argument("--out", default=Path("eval/report.md"), type=Path)
+    parser.add_argument("--preset-results", default=Path("presets/results"), type=Path,
+                        help="experiments collected with `python -m pipeline.preset collect`")
     args = parser.parse_args(argv)
     try:
-        measured = load_measured(args.eval_dir)
+        measured = load_measured(args.eval_dir) + load_preset_results(args.preset_results)
         paper = load_paper(args.paper)
     except ReportError as err:
         raise SystemExit(f"report: error: {err}") from err

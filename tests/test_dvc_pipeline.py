@@ -4,6 +4,7 @@ the original CREMA-D files."""
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,5 +184,12 @@ def test_paper_presets_run_as_dvc_experiments(repo_copy):
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     assert params["train"]["data"]["batch_size"] == 4  # the shared settings stay the user's
     assert "eapc-table-3-w-o-attention" in _run(["dvc", "exp", "ls", "--name-only"], repo_copy).stdout.split()
+    # collect: the experiment's evaluation, read from its commit, becomes a labelled report row
+    _run([*preset, "collect", "eapc", "--exp", "eapc-table-3-w-o-attention", "--dataset", "crema_d"], repo_copy)
+    collected = repo_copy / "presets/results/eapc/eapc/crema_d/metrics.json"
+    assert collected.read_text() == (repo_copy / "eval/eapc/crema_d/metrics.json").read_text()
+    _run([sys.executable, "-m", "pipeline.report", "--eval-dir", "eval", "--out", "report/with_presets.md"], repo_copy)
+    assert "preset eapc: " in (repo_copy / "report/with_presets.md").read_text()
+    shutil.rmtree(repo_copy / "presets/results/eapc")
     for cmd in (["git", "checkout", "--", "params.yaml", "dvc.lock"], ["dvc", "checkout", "--force"]):
         _run(cmd, repo_copy)  # the workspace as the other tests of this module left it

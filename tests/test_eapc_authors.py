@@ -133,17 +133,79 @@ def test_authors_mfcc_is_each_frames_own_40_ms():
     assert changed.tolist() == [False, True, False, False, False, False]
 
 
+def test_authors_llf_is_their_librosa_recipe():
+    """Their LLFs (their MEAD feature script, transcribed here with librosa's defaults): hop 640,
+    frames centred on each video frame's start, CQT chroma of the harmonic part, raw values."""
+    import librosa
+
+    from pipeline.extract.audio import authors_llf
+
+    rng = np.random.default_rng(3)
+    t = np.arange(640 * 10) / 16000
+    y = (0.2 * np.sin(2 * np.pi * 220 * t) + rng.normal(0, 1e-4, t.size)).astype(np.float32)
+    out = authors_llf(y, 10)
+    assert out.shape == (10, 25) and out.dtype == np.float32
+    hop = 640
+    theirs = np.concatenate([
+        librosa.feature.rms(y=y, frame_length=hop, hop_length=hop),
+        librosa.feature.chroma_cqt(y=librosa.effects.harmonic(y), sr=16000, hop_length=hop),
+        librosa.feature.spectral_centroid(y=y, sr=16000, win_length=hop, hop_length=hop),
+        librosa.feature.spectral_bandwidth(y=y, sr=16000, win_length=hop, hop_length=hop),
+        librosa.feature.spectral_contrast(y=y, sr=16000, win_length=hop, hop_length=hop),
+        librosa.feature.spectral_flatness(y=y, win_length=hop, hop_length=hop),
+        librosa.feature.spectral_rolloff(y=y, sr=16000, win_length=hop, hop_length=hop),
+        librosa.feature.zero_crossing_rate(y=y, frame_length=hop, hop_length=hop),
+    ])[:, :10].T
+    np.testing.assert_allclose(out, theirs, rtol=1e-5, atol=1e-5)
+    assert np.argmax(out[5, 1:13]) == 9  # 220 Hz is an A: chroma column A (C=0 .. B=11)
+    assert out[5, 13] == pytest.approx(220, rel=0.3)  # spectral centroid near the tone, in Hz
+
+
+def test_emotion_pretraining_phase_trains_the_embedding_alone():
+    """optim.emotion_pretrain_steps: the first steps optimise emotion CE + 0.1 level CE, so only the
+    emotion branch moves; then the landmark loss trains everything."""
+    from lightning_modules.eapc import EAPCModule, emotion_pretrain_loss
+
+    logits = torch.tensor([[[2.0, 0.0]]])  # (1, 1, 2)
+    levels = torch.tensor([[[0.0, 0.0, 0.0]]])
+    loss = emotion_pretrain_loss(logits, levels, torch.tensor([0]), torch.tensor([2]))
+    assert loss["emotion_ce"] == pytest.approx(np.log(1 + np.exp(-2.0)), rel=1e-5)
+    assert loss["level_ce"] == pytest.approx(np.log(3), rel=1e-5)
+    assert loss["total"] == pytest.approx(loss["emotion_ce"].item() + 0.1 * np.log(3), rel=1e-5)
+    unspecified = emotion_pretrain_loss(logits, levels, torch.tensor([0]), torch.tensor([0]))
+    assert unspecified["level_ce"] == 0  # CREMA-D's XX level: no level term
+
+    small = {"audio_hidden": 16, "audio_layers": 1, "lm_hidden": 16, "lm_layers": 1, "emotion_hidden": 16,
+             "emotion_lstm": 8, "emotion_layers": 1, "emotion_dim": 8, "fc_dims": [16]}
+    module = EAPCModule(net={"variant": "authors", **small},
+                        optim={"loss": "authors", "emotion_pretrain_steps": 1, "lr": 1e-2})
+    batch = {"mfcc": torch.randn(4, 5, 28, 12), "llf": torch.randn(4, 5, 25), "ref_lmk": torch.zeros(4, 68, 2),
+             "lmk": torch.rand(4, 5, 68, 2) * 256, "emotion": torch.tensor([0, 1, 2, 3]),
+             "intensity": torch.tensor([1, 2, 3, 1]), "key": ["a", "b", "c", "d"]}
+    module.train()
+    losses = module.model_step(batch)[1]
+    assert set(losses) == {"emotion_ce", "level_ce", "total"}
+    losses["total"].backward()
+    grads = {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith("net.emotion.") for n in grads)
+    module.zero_grad()
+    module.eval()  # not training: the landmark loss (validation)
+    assert "lmd" in module.model_step(batch)[1]
+    with pytest.raises(ValueError, match="emotion_pretrain_steps"):
+        EAPCModule(optim={"emotion_pretrain_steps": 5})  # the paper variant has no level head
+
+
 def test_authors_network_size_inputs_and_loss():
     """16.5 M trainable parameters at their widths (their script prints 16.5M); absolute landmarks
     from MFCC and LLFs only; their loss 0.1 x MSE + point-wise distance."""
     from lightning_modules.eapc import EAPCModule, authors_loss
 
     module = EAPCModule(net={"variant": "authors"}, optim={"loss": "authors", "lmk_key": "lmk_dlib68",
-                                                           "mfcc_key": "mfcc_authors"})
+                                                           "mfcc_key": "mfcc_authors", "llf_key": "llf_authors"})
     assert round(sum(p.numel() for p in module.parameters()) / 1e6, 1) == 16.5
-    assert module.data_keys == ("lmk", "lmk_dlib68", "mfcc_authors", "llf")
+    assert module.data_keys == ("lmk", "lmk_dlib68", "mfcc_authors", "llf", "llf_authors")
     torch.manual_seed(0)
-    batch = {"mfcc_authors": torch.randn(2, 25, 28, 12), "llf": torch.randn(2, 25, 25),
+    batch = {"mfcc_authors": torch.randn(2, 25, 28, 12), "llf_authors": torch.randn(2, 25, 25),
              "ref_lmk": torch.zeros(2, 68, 2), "lmk_dlib68": torch.rand(2, 25, 68, 2) * 256, "emotion": torch.tensor([0, 1])}
     module.eval()
     pred = module(batch)

@@ -169,3 +169,29 @@ def test_cross_dataset_rows_are_labelled(tmp_path):
                                                        "metrics": {"psnr": 25.5}})
     with pytest.raises(ReportError, match="trained_on"):
         load_measured(root)
+
+
+def test_collected_preset_rows_are_labelled_with_their_preset(eval_dir, tmp_path):
+    """presets/results/<preset>/<method>/<dataset>/ (``pipeline.preset collect``): a measured row of
+    the same method, labelled with the preset, its citation and the experiment, beside ours."""
+    from pipeline.report import load_preset_results
+
+    results = tmp_path / "results"
+    path = _write(results / "eapc_authors", "eapc", "crema_d", {
+        "metrics": {"mouth_ld": 9.5, "authors_mouth_ld": 14.25}, "n_clips": 2})
+    path.with_name("source.json").write_text(json.dumps(
+        {"preset": "eapc_authors", "citation": "Cao et al., EAPC, as the authors' code runs it",
+         "experiment": "eapc-authors", "commit": "f" * 40}))
+    out = tmp_path / "report.md"
+    assert main(["--eval-dir", str(eval_dir), "--paper", str(PAPER_YAML), "--preset-results", str(results),
+                 "--out", str(out)]) == 0
+    crema = out.read_text().split("## CREMA-D", 1)[1].split("## ", 1)[0]
+    rows = {line.split(" | ")[1]: line for line in crema.splitlines() if line.startswith("| eapc | measured")}
+    assert "| 9.500 |" in rows["measured (ours), preset eapc_authors: Cao et al., EAPC, as the authors' code runs it "
+                               "(dvc exp eapc-authors)"]
+    assert "| 3.123 |" in rows["measured (ours)"]  # our protocol's row stays
+    assert "- eapc (preset eapc_authors): 2 clips" in crema
+    path.with_name("source.json").unlink()
+    with pytest.raises(ReportError, match="source.json"):
+        load_preset_results(results)
+    assert load_preset_results(tmp_path / "nowhere") == []

@@ -203,10 +203,12 @@ class EAPCOutput(NamedTuple):
         lmk: (B, T, 68, 2) float, predicted landmarks in crop pixels (eq. 9).
         emotion_logits: (B, T, n_emotions) float, per-frame LLFs-encoder logits; softmax gives
             ``X_emotion`` (eq. 1).
+        level_logits: (B, T, n_levels) float, intensity-level logits (the authors' variant), else None.
     """
 
     lmk: Tensor
     emotion_logits: Tensor
+    level_logits: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ repository (``../shared/reference/README.md``, "eapc-authors/"; read, not copied
   audio LSTM's outputs (a_{-1} = a_0), not eq. 4's residual sum.
 * **Emotion**: a 64-d embedding of the 25 LLFs per frame (FC 512 + BatchNorm + LeakyReLU, FC 512,
   3-layer LSTM of 256, FCs 128, 128, 64 with BatchNorm + LeakyReLU), trained with the rest (the
-  authors pre-train it on MEAD M003 + M030 with emotion CE + 0.1 x level CE first: not done here;
-  its emotion head gives ``emotion_logits``).
+  authors pre-train it on MEAD M003 + M030 with emotion CE + 0.1 x level CE first: here
+  ``optim.emotion_pretrain_steps``; its heads give ``emotion_logits`` and ``level_logits``).
 * **Global attention, unscaled, concatenated**: the landmark LSTM's outputs h (T, 512) go through
   a linear layer to (T, 576); energies ``[a_i, e_i] . k_j`` over every j of the window, softmax, the
   context ``sum_j w_ij k_j`` concatenated to a_i.
@@ -131,8 +131,8 @@ class EAPCAuthors(nn.Module):
         audio, _ = self.audio_lstm(mfcc.reshape(b, t, -1))  # (B, T, A)
         previous = torch.cat([audio[:, :1], audio[:, :-1]], dim=1)  # a_{i-1}, a_{-1} = a_0
         h, _ = self.lm_lstm(torch.cat([previous, audio], dim=-1))  # (B, T, H)
-        emotion, logits, _ = self.emotion(llf)
+        emotion, logits, level_logits = self.emotion(llf)
         keys = self.keys(h)  # (B, T, A + d)
         weights = torch.softmax(torch.cat([audio, emotion], dim=-1) @ keys.transpose(1, 2), dim=-1)  # (B, T, T), unscaled
         lmk = self.head(torch.cat([audio, weights @ keys], dim=-1))  # (B, T, 136)
-        return EAPCOutput(lmk=lmk.reshape(b, t, self.cfg.n_landmarks, 2), emotion_logits=logits)
+        return EAPCOutput(lmk=lmk.reshape(b, t, self.cfg.n_landmarks, 2), emotion_logits=logits, level_logits=level_logits)

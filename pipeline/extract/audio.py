@@ -688,6 +688,44 @@ def authors_mfcc(wav: np.ndarray, n_frames: int, sample_rate: int = 16000, fps: 
     return out
 
 
+def authors_llf(wav: np.ndarray, n_frames: int, sample_rate: int = 16000, fps: int = 25) -> np.ndarray:
+    """The EAPC authors' 25 LLFs per video frame (``../shared/reference/README.md``, "eapc-authors/";
+    their MEAD feature script, read not copied): librosa on the whole clip with hop = frame length
+    = ``sample_rate / fps`` (640 samples) and librosa's defaults otherwise, so analysis frame ``t``
+    is CENTRED on video frame ``t``'s first sample (``center=True``, 2048-point FFT for the spectral
+    features) where ours (:func:`low_level_features`) covers the frame's own samples; chroma is the
+    CQT chroma of the harmonic part (``librosa.effects.harmonic``) where ours is STFT chroma; values
+    raw. Column order theirs: RMS, chroma (12), centroid, bandwidth, contrast (7), flatness,
+    rolloff, ZCR (ours: :data:`LLF_NAMES`).
+
+    Args:
+        wav: float32 ``(n_frames * sample_rate / fps,)`` (after :func:`fit_to_frames`).
+
+    Returns:
+        (n_frames, 25) float32, finite (NaN from a silent frame -> 0).
+
+    Raises:
+        ValueError: ``wav`` is shorter than ``n_frames`` frames.
+    """
+    hop = sample_rate // fps
+    if len(wav) < n_frames * hop:
+        raise ValueError(f"wav has {len(wav)} samples, {n_frames} frames need {n_frames * hop}")
+    y = np.asarray(wav[:n_frames * hop], dtype=np.float32)
+    spectral = {"y": y, "sr": sample_rate, "win_length": hop, "hop_length": hop}
+    rows = [
+        librosa.feature.rms(y=y, frame_length=hop, hop_length=hop),
+        librosa.feature.chroma_cqt(y=librosa.effects.harmonic(y), sr=sample_rate, hop_length=hop),
+        librosa.feature.spectral_centroid(**spectral),
+        librosa.feature.spectral_bandwidth(**spectral),
+        librosa.feature.spectral_contrast(**spectral),
+        librosa.feature.spectral_flatness(y=y, win_length=hop, hop_length=hop),
+        librosa.feature.spectral_rolloff(**spectral),
+        librosa.feature.zero_crossing_rate(y=y, frame_length=hop, hop_length=hop),
+    ]
+    out = np.concatenate([r[:, :n_frames] for r in rows], axis=0).T  # librosa gives n_frames + 1 columns
+    return np.ascontiguousarray(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0), dtype=np.float32)
+
+
 def wav_to_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """Encode mono audio as a 16-bit PCM WAV file (the shard's ``audio.wav``).
 

@@ -22,7 +22,7 @@ from pipeline.extract.align import crop_transforms, transform_points
 from primitives.frame_codec import encode_jpeg_frames
 from primitives.geometry import resize_crops, warp_frames
 from pipeline.extract.audio import (
-    AudioConfig, authors_mfcc, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
+    AudioConfig, authors_llf, authors_mfcc, check_not_silent, extract_audio_features, fit_to_frames, load_audio, wav_to_bytes,
 )
 from pipeline.extract.errors import ClipFailure
 from pipeline.extract.dlib68 import authors_dlib68
@@ -140,7 +140,8 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
         ``llf.npy`` (T, 25) float32; with ``eapc_authors``: ``lmk_dlib68.npy`` (T, 68, 2) float32, the
         EAPC authors' dlib landmarks in each frame's 256 px face box (:mod:`pipeline.extract.dlib68`),
         and ``mfcc_authors.npy`` (T, 28, 12) float32, their MFCCs of each frame's own 40 ms
-        (:func:`pipeline.extract.audio.authors_mfcc`);
+        (:func:`pipeline.extract.audio.authors_mfcc`), and ``llf_authors.npy`` (T, 25) float32, their LLFs
+        (:func:`pipeline.extract.audio.authors_llf`);
         ``phones.npy`` (T, 40) float32 pocketsphinx phone occupancy
         (:mod:`pipeline.extract.phones`, with ``cfg.phones``); ``audio.wav`` (16-bit PCM, ``cfg.sample_rate``, mono,
         exactly T / fps seconds); ``meta.json``.
@@ -211,6 +212,7 @@ def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
             sample[f"{name}.npy"] = _npy(features[name])
         if cfg.eapc_authors:
             sample["mfcc_authors.npy"] = _npy(authors_mfcc(wav, n_frames, cfg.sample_rate, cfg.fps))
+            sample["llf_authors.npy"] = _npy(authors_llf(wav, n_frames, cfg.sample_rate, cfg.fps))
         sample["audio.wav"] = wav_to_bytes(wav, cfg.sample_rate)
         lap("audio")
         if cfg.phones:
