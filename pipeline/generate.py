@@ -170,7 +170,7 @@ def method_inputs(model, face: PreparedFace, wav: np.ndarray, job: Job,
     kwargs: dict = {"ref_lmk": torch.from_numpy(face.lmk)[None],
                     **{k: torch.from_numpy(features[k])[None] for k in ("mfcc", "llf") if k in takes}}
     if "intensity" in takes:
-        kwargs["intensity"] = torch.tensor([job.intensity or 0])
+        kwargs["intensity"] = torch.tensor([job.intensity or 0])  # 0: unspecified (the method's default)
     elif job.intensity:
         raise InputError("this method takes no --intensity")
     if "prompt" in takes:
@@ -203,12 +203,8 @@ def run_job(model, job: Job, cfg: GenerateConfig, log=print, lap=lambda step: No
     """
     from pipeline.extract.video import write_mp4
 
-    if (job.audio is None) == (job.text is None):
-        raise InputError("give exactly one of audio or text")
+    check_job(job)
     out = Path(job.out)
-    if out.suffix.lower() != ".mp4":
-        raise InputError(f"--out must end in .mp4, got {out.name}")
-    emotion_id(job.emotion)
     crop_size = int(model.net_cfg.crop_size)
     face = prepare_face(read_image(job.image, cfg.max_side), crop_size, cfg.lmk_size, cfg.face_scale)
     if face.faces_seen > 1:
@@ -233,32 +229,128 @@ def run_job(model, job: Job, cfg: GenerateConfig, log=print, lap=lambda step: No
     return out
 
 
-def read_jobs(path: Path, defaults: dict) -> list[Job]:
-    """Jobs of a CSV with a header: ``image``, ``audio`` or ``text``, ``emotion``, ``out`` and
-    optionally ``intensity``, ``prompt``; relative paths are relative to the CSV's folder.
+INTENSITIES = (1, 2, 3)
+"""Accepted ``--intensity`` values: 1 low, 2 medium, 3 high (CREMA-D's LO / MD / HI, MEAD's levels)."""
+
+
+def check_intensity(value) -> int | None:
+    """``None`` / empty -> None; ``"2"`` or 2 -> 2. Raises InputError naming the allowed values."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        level = int(str(value).strip())
+    except ValueError:
+        level = None
+    if level not in INTENSITIES:
+        raise InputError(f"intensity must be 1 (low), 2 (medium) or 3 (high), got {value!r}")
+    return level
+
+
+def check_out(out: Path, inputs: list[str | None]) -> None:
+    """Refuse an output that would destroy something or fail only after the render: not ``.mp4``,
+    an existing folder, a path under a file, an unwritable folder, or the same file as an input
+    (equal path, symlink or hard link).
 
     Raises:
-        InputError: missing file or columns, or a row without audio/text.
+        InputError: naming the option and the problem.
+    """
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"--out must end in .mp4, got {out.name!r}")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name ending in .mp4")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"--out {out}: the folder {parent} is not writable")
+    for given in inputs:
+        if given and out.exists() and Path(given).exists() and os.path.samefile(out, given):
+            raise InputError(f"--out {out} is the input {given}; choose another file name (it would be overwritten)")
+
+
+def check_job(job: Job, other_inputs: tuple[str, ...] = ()) -> None:
+    """Every check of one job that needs no model: audio xor text, emotion, intensity, output.
+
+    Raises:
+        InputError: the first problem, in one line.
+    """
+    if (job.audio is None) == (job.text is None):
+        raise InputError("give exactly one of audio or text")
+    emotion_id(job.emotion)
+    check_intensity(job.intensity)
+    check_out(Path(job.out), [job.image, job.audio, *other_inputs])
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One row of a jobs file: its job, or why it cannot run (``error``); ``line``: the CSV line."""
+
+    line: int
+    job: Job | None = None
+    error: str | None = None
+
+
+def read_jobs(path: Path, defaults: dict) -> list[JobRow]:
+    """Rows of a CSV with a header: ``image``, ``audio`` or ``text``, ``emotion``, ``out`` and
+    optionally ``intensity``, ``prompt``; relative paths are relative to the CSV's folder. A UTF-8
+    byte-order mark (Excel's "CSV UTF-8") is accepted.
+
+    Every row is checked before any work (:func:`check_job`): a bad row becomes a ``JobRow`` with its
+    ``error`` and the others still run. Rows that share an ``out``, or whose ``out`` is another
+    row's input, are all refused (one would overwrite the other).
+
+    Raises:
+        InputError: a missing or unreadable file, or a header without the needed columns.
     """
     if not path.is_file():
         raise InputError(f"jobs file not found: {path}")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path.name}: not a UTF-8 CSV file ({err})") from None
     need = {"image", "emotion", "out"}
     if not rows or not need <= set(rows[0]) or not ({"audio", "text"} & set(rows[0])):
         raise InputError(f"{path.name}: needs a header with image, audio or text, emotion, out")
     base = path.parent
 
     def rel(value: str | None) -> str | None:
+        value = (value or "").strip()
         return None if not value else str(value if Path(value).is_absolute() else base / value)
 
-    jobs = []
-    for row in rows:
-        intensity = row.get("intensity") or defaults.get("intensity")
-        jobs.append(Job(image=rel(row["image"]), emotion=row["emotion"], out=rel(row["out"]),
-                        audio=rel(row.get("audio")), text=row.get("text") or None,
-                        intensity=int(intensity) if intensity else None, prompt=row.get("prompt") or None))
-    return jobs
+    parsed: list[tuple[int, dict, Job | None, str | None]] = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            missing = [k for k in ("image", "emotion", "out") if not (row.get(k) or "").strip()]
+            if missing:
+                raise InputError(f"empty {', '.join(missing)}")
+            intensity = row.get("intensity") or defaults.get("intensity")
+            job = Job(image=rel(row["image"]), emotion=row["emotion"].strip(), out=rel(row["out"]),
+                      audio=rel(row.get("audio")), text=(row.get("text") or "").strip() or None,
+                      intensity=check_intensity(intensity), prompt=(row.get("prompt") or "").strip() or None)
+            parsed.append((line, row, job, None))
+        except InputError as err:
+            parsed.append((line, row, None, str(err)))
+    jobs = [job for _, _, job, _ in parsed if job is not None]
+    outs = [os.path.abspath(job.out) for job in jobs]
+    inputs = tuple(p for job in jobs for p in (job.image, job.audio) if p)
+    result = []
+    for line, _, job, error in parsed:
+        if job is not None:
+            out = os.path.abspath(job.out)
+            if outs.count(out) > 1:
+                error = f"out {job.out} is also the out of another row; each row needs its own file"
+            elif out in {os.path.abspath(p) for p in inputs}:
+                error = f"out {job.out} is an input of this jobs file; it would be overwritten"
+            else:
+                try:
+                    check_job(job, inputs)
+                except InputError as err:
+                    error = str(err)
+        result.append(JobRow(line, None if error else job, error))
+    return result
 
 
 def parser() -> argparse.ArgumentParser:
@@ -271,7 +363,7 @@ def parser() -> argparse.ArgumentParser:
     speech.add_argument("--audio")
     speech.add_argument("--text")
     p.add_argument("--emotion", default="neutral", help=f"one of: {', '.join(EMOTIONS)}")
-    p.add_argument("--intensity", type=int, help="1 low .. 3 high (methods that take one)")
+    p.add_argument("--intensity", help="1 low, 2 medium, 3 high (methods that take one)")
     p.add_argument("--prompt", help="free-text emotion prompt (methods that take one)")
     p.add_argument("--out")
     p.add_argument("--jobs", type=Path, help="CSV of jobs; the model is loaded once")
@@ -309,17 +401,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _config(args)
         if args.jobs:
-            jobs = read_jobs(args.jobs, {"intensity": args.intensity})
+            rows = read_jobs(args.jobs, {"intensity": args.intensity})
         else:
             if not (args.image and args.out and (args.audio or args.text)):
                 return fail("give --image, --audio or --text, and --out (or --jobs FILE)")
-            jobs = [Job(args.image, args.emotion, args.out, args.audio, args.text, args.intensity, args.prompt)]
-        for job in jobs:
-            emotion_id(job.emotion)  # an unknown emotion fails before the model is loaded
-        model = load_method(args.method, args.checkpoint or default_checkpoint(args.method, args.dataset))
+            job = Job(args.image, args.emotion, args.out, args.audio, args.text, check_intensity(args.intensity),
+                      args.prompt)
+            check_job(job)  # before the model is loaded
+            rows = [JobRow(0, job)]
+        jobs = [row.job for row in rows if row.job is not None]
+        for row in rows:
+            if row.error:
+                print(f"generate: error: {args.jobs.name} line {row.line}: {row.error}", file=sys.stderr)
+        if jobs:
+            model = load_method(args.method, args.checkpoint or default_checkpoint(args.method, args.dataset))
     except InputError as err:
         return fail(str(err))
-    failed = 0
+    failed = len(rows) - len(jobs)
     for i, job in enumerate(jobs, 1):
         start = time.perf_counter()
         label = f"[{i}/{len(jobs)}] {Path(job.out).name}"
@@ -330,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{out} ({time.perf_counter() - start:.1f} s)")
             except InputError as err:
                 failed += 1
-                tqdm.write(f"generate: error: {Path(job.image).name if job.image else label}: {err}", file=sys.stderr)
+                tqdm.write(f"generate: error: {label}: {err}", file=sys.stderr)
+    if args.jobs:
+        print(f"generate: {len(rows) - failed} done, {failed} failed of {len(rows)} jobs", file=sys.stderr)
     return 2 if failed else 0
 
 

@@ -93,7 +93,67 @@ def test_jobs_file_renders_good_jobs_and_reports_bad_ones(checkpoints, photo, sp
     code, lines, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--jobs", jobs)
     assert code == 2
     assert (tmp_path / "a.mp4").is_file() and (tmp_path / "c.mp4").is_file() and not (tmp_path / "b.mp4").exists()
-    assert len(lines) == 1 and "image not found" in lines[0]
+    assert len(lines) == 2 and "image not found" in lines[0]
+    assert lines[1] == "generate: 2 done, 1 failed of 3 jobs"
+
+
+def test_jobs_file_rows_are_checked_up_front_and_bad_rows_do_not_stop_good_ones(checkpoints, photo, speech,
+                                                                                 tmp_path, capsys):
+    """Excel's UTF-8 CSV (with a byte-order mark); a bad intensity, an empty out, an unknown emotion
+    and two rows with the same out are reported by line before any work; the good rows run."""
+    jobs = tmp_path / "jobs.csv"
+    rows = [["image", "audio", "emotion", "out", "intensity"],
+            [photo, speech, "angry", "good1.mp4", ""],                # line 2
+            [photo, speech, "sad", "bad_level.mp4", "high"],          # 3
+            [photo, speech, "sad", "", ""],                           # 4
+            [photo, speech, "ecstatic", "bad_emotion.mp4", ""],       # 5
+            [photo, speech, "happy", "same.mp4", ""],                 # 6
+            [photo, speech, "fear", "same.mp4", ""],                  # 7
+            [photo, speech, "disgust", str(speech), ""],              # 8: would overwrite an input
+            [photo, speech, "neutral", "good2.mp4", ""]]              # 9
+    with open(jobs, "w", newline="", encoding="utf-8-sig") as fh:
+        csv.writer(fh).writerows(rows)
+    before = Path(speech).read_bytes()
+    code, lines, _ = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--jobs", jobs)
+    assert code == 2
+    assert (tmp_path / "good1.mp4").is_file() and (tmp_path / "good2.mp4").is_file()
+    assert not any((tmp_path / n).exists() for n in ("bad_level.mp4", "bad_emotion.mp4", "same.mp4"))
+    assert Path(speech).read_bytes() == before
+    errors = {int(line.split(" line ")[1].split(":")[0]): line for line in lines if " line " in line}
+    assert sorted(errors) == [3, 4, 5, 6, 7, 8]
+    assert "intensity must be 1 (low), 2 (medium) or 3 (high), got 'high'" in errors[3]
+    assert "empty out" in errors[4] and "unknown emotion 'ecstatic'" in errors[5]
+    assert "also the out of another row" in errors[6] and "also the out of another row" in errors[7]
+    assert "an input of this jobs file" in errors[8]
+    assert lines[-1] == "generate: 2 done, 6 failed of 8 jobs"
+
+
+def test_out_never_overwrites_an_input_and_is_checked_before_the_render(checkpoints, photo, talking_clips,
+                                                                        tmp_path, capsys):
+    """`--audio clip.mp4 --out clip.mp4` (or a hard link of it), a folder, a path under a file, an
+    out-of-range intensity: one line, exit 2, the user's file untouched (the checkpoint is never read)."""
+    import os
+    import shutil
+
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(sorted(talking_clips.rglob("*.mp4"))[0], clip)
+    os.link(clip, tmp_path / "linked.mp4")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "folder.mp4").mkdir()
+    before = clip.read_bytes()
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    cases = {clip: "is the input", tmp_path / "linked.mp4": "is the input",
+             tmp_path / "folder.mp4": "is a folder", tmp_path / "notes.txt" / "out.mp4": "is a file, not a folder"}
+    for out, message in cases.items():
+        code, lines, _ = run(capsys, "--method", "cvae", "--checkpoint", garbage, "--image", photo, "--audio", clip,
+                             "--emotion", "happy", "--out", out)
+        assert code == 2 and len(lines) == 1 and message in lines[0], (out, lines)
+    assert clip.read_bytes() == before and (tmp_path / "notes.txt").read_text() == "mine"
+    for level in ("7", "-1", "high"):
+        code, lines, _ = run(capsys, "--method", "sinha", "--checkpoint", garbage, "--image", photo, "--audio", clip,
+                             "--emotion", "happy", "--intensity", level, "--out", tmp_path / "o.mp4")
+        assert code == 2 and lines == [f"generate: error: intensity must be 1 (low), 2 (medium) or 3 (high), got {level!r}"]
 
 
 def _blank(tmp_path):

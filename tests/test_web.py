@@ -113,6 +113,8 @@ def test_uploads_over_the_limit_or_of_the_wrong_type_are_refused(server, talking
     assert status == 400 and "cannot read" in body["error"]
     status, body = post(url, {"image": ("face.jpg", face), "audio": ("a.wav", speech)}, {**form, "emotion": "bored"})
     assert status == 400 and "unknown emotion" in body["error"]
+    status, body = post(url, {"image": ("face.jpg", face), "audio": ("a.wav", speech)}, {**form, "intensity": "7"})
+    assert status == 400 and body["error"] == "intensity must be 1 (low), 2 (medium) or 3 (high), got 7"
     status, body = post(url, {"image": ("face.jpg", face)}, {**form, "text": "Hello there, nice to meet you."})
     assert status == 200 and body["video"].endswith(".mp4")
 
