@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from pipeline.extract.clip import ClipResult, PreprocessConfig, process_clip
 from pipeline.extract.distribute import TaskError, make_distributor
-from pipeline.extract.shards import SPLITS, plan_shards, remove_stale_shards, shard_is_done, write_shard
+from pipeline.extract.shards import (
+    SPLITS, foreign_files, plan_shards, remove_stale_shards, shard_is_done, write_shard,
+)
 from pipeline.params import ParamsError, load_params
 
 
@@ -54,13 +56,24 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
         cfg: preprocessing parameters.
         serial: run in this process instead of Ray (tests, debugging).
 
+    Raises:
+        ValueError: ``out_dir`` is a file, or holds files this stage did not write (nothing is
+            changed), or a manifest row has an unknown split.
+
     Returns:
         Totals: ``{"splits": {split: {clips, frames, seconds, failures, shards}}, "failures": n,
         "reused_shards": n, "written_shards": n, "tasks_per_node": {ray node id: clips}}``.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     params_hash = cfg.content_hash()
     plans = plan_shards(rows, cfg.clips_per_shard)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    foreign = foreign_files(out_dir, plans)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"--out {out_dir} holds files this stage did not write ({shown}); give a new or empty "
+                         "folder (nothing there is changed)")
     remove_stale_shards(out_dir, plans)
     todo = [p for p in plans if not shard_is_done(out_dir, p, params_hash)]
     by_id = {str(r["id"]): r for r in rows}
@@ -147,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"manifest not found: {args.manifest} (run the manifest stage first)")
     rows = pd.read_parquet(args.manifest).to_dict("records")
     start = time.perf_counter()
-    summary = run_preprocess(rows, args.out, cfg, serial=args.serial)
+    try:
+        summary = run_preprocess(rows, args.out, cfg, serial=args.serial)
+    except ValueError as err:  # a folder of someone else's files, a manifest with an unknown split
+        raise SystemExit(f"preprocess: error: {err}") from None
     elapsed = time.perf_counter() - start
     clips = sum(s["clips"] for s in summary["splits"].values())
     print(f"{args.out}: {clips} clips in shards, {summary['failures']} failures "

@@ -192,3 +192,30 @@ def test_worker_failures_are_retried_on_the_next_run(tmp_path):
         result = ClipResult("a", failure={"id": "a", "step": step, "reason": "x"})
         write_shard(tmp_path, plan, [result], "hash", 25)
         assert shard_is_done(tmp_path, plan, "hash") is done, step
+
+
+def test_out_folder_of_other_files_is_refused_and_only_own_stale_shards_are_removed(tmp_path, rows):
+    """A mistyped --out holding the user's files (named like shards, too) is refused untouched; a
+    shard of an earlier, larger run is removed only because its stats JSON is the stage's own."""
+    user = tmp_path / "holiday"
+    user.mkdir()
+    (user / "vacation-000001.mp4").write_bytes(b"mine")
+    (user / "report-202401.pdf").write_bytes(b"also mine")
+    with pytest.raises(ValueError, match="holds files this stage did not write .report-202401.pdf, vacation-000001.mp4"):
+        run_preprocess(rows[:1], user, CFG, serial=True)
+    assert sorted(p.name for p in user.iterdir()) == ["report-202401.pdf", "vacation-000001.mp4"]
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run_preprocess(rows[:1], not_a_folder, CFG, serial=True)
+
+    out = tmp_path / "shards"
+    run_preprocess(rows, out, CFG, serial=True)  # train-000000, train-000001, val, test
+    assert (out / "train-000001.tar").is_file()
+    smaller = [r for r in rows if r["split"] != "train"] + [r for r in rows if r["split"] == "train"][:1]
+    run_preprocess(smaller, out, CFG, serial=True)
+    assert not (out / "train-000001.tar").exists() and not (out / "train-000001.json").exists()
+    (out / "train-000007.tar").write_bytes(b"not ours: no stats of ours beside it")
+    with pytest.raises(ValueError, match="train-000007.tar"):
+        run_preprocess(smaller, out, CFG, serial=True)
+    assert (out / "train-000007.tar").read_bytes().startswith(b"not ours")

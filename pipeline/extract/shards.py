@@ -106,12 +106,46 @@ def write_shard(out_dir: Path, plan: ShardPlan, results: list, params_hash: str,
     return stats
 
 
+SUMMARY_FILES = ("stats.json", "failures.jsonl")
+"""Folder-level files the preprocess stage writes beside the shards."""
+
+
+def _own_stats(path: Path) -> bool:
+    """A shard stats JSON this stage wrote (:func:`write_shard`): recognised by its content."""
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(stats, dict) and stats.get("shard") == path.stem and {"params_hash", "planned"} <= set(stats)
+
+
+def foreign_files(out_dir: Path, plans: list[ShardPlan]) -> list[str]:
+    """Names in ``out_dir`` that this stage did not write: anything but the summary files, a shard
+    whose stats JSON is one of ours (tar + JSON), and the tar / stats / ``.tar.tmp`` of a shard of
+    ``plans`` (a run killed half-way leaves those)."""
+    planned = {p.name for p in plans}
+    own = {p.stem for p in out_dir.glob("*.json") if _own_stats(p)}
+    foreign = []
+    for path in sorted(out_dir.iterdir()):
+        stem = path.name.split(".", 1)[0]
+        ours = path.name in SUMMARY_FILES or (
+            path.is_file() and (stem in own or stem in planned)
+            and path.name in (f"{stem}.tar", f"{stem}.json", f"{stem}.tar.tmp"))
+        if not ours:
+            foreign.append(path.name)
+    return foreign
+
+
 def remove_stale_shards(out_dir: Path, plans: list[ShardPlan]) -> list[str]:
-    """Delete shard files not in ``plans`` (left by a run with more clips); returns their names."""
+    """Delete the shards of an earlier run that ``plans`` no longer has (a manifest with fewer
+    clips): only a tar whose stats JSON this stage wrote (:func:`_own_stats`), never by name alone.
+    Returns the names removed."""
     keep = {p.name for p in plans}
     removed = []
-    for path in sorted(out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].*")):
-        if path.name.split(".")[0] not in keep:
-            path.unlink()
-            removed.append(path.name)
+    for stats in sorted(out_dir.glob("*.json")):
+        if stats.stem not in keep and _own_stats(stats):
+            for path in (out_dir / f"{stats.stem}.tar", out_dir / f"{stats.stem}.tar.tmp", stats):
+                if path.is_file():
+                    path.unlink()
+                    removed.append(path.name)
     return removed
