@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.eval_outputs import write_eval_outputs
-from pipeline.params import ParamsError
+from pipeline.params import ParamsError, error_line
 from pipeline.train import run_arg_parser, spec_from_args
 
 LANDMARK_EVALUATOR = ("mediapipe face mesh (478 -> 68 points) on aligned 256 px crops; per-frame similarity "
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = spec_from_args(args)
     except ParamsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line("evaluate", args.params, err), file=sys.stderr)
         return 2
     result = evaluate(spec, args.out or Path("eval") / args.method / args.dataset)
     print(json.dumps(result["metrics"], indent=1), file=sys.stderr)

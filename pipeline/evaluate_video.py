@@ -35,7 +35,7 @@ from datamodules.talking_face import (DataConfig, DecodeSample, ReadShards, Sele
                                       frame_reads, shard_urls)
 from pipeline.eval_outputs import CROSS_DATASET_MARK, write_eval_outputs
 from pipeline.evaluate import LANDMARK_EVALUATOR, predict_windows
-from pipeline.params import ParamsError, get, load_params
+from pipeline.params import ParamsError, error_line, get, load_params
 
 SYNC_EVALUATOR = "syncnet_eval"
 EMOTION_EVALUATOR = "emotion_classifier_eval"
@@ -646,11 +646,14 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     from pipeline.eval_ranks import eval_ranks
     from pipeline.real_stats import add_fid_states, load_real_stats
     from pipeline.extract.video import write_mp4
+    from pipeline.train import run_spec
 
+    train_dataset = train_dataset or dataset
+    if method in get(params, "train.methods", dict, default={}):  # the same checks as its training, before any work
+        run_spec(params, method, train_dataset, require_shards=False)
     ranks = eval_ranks(get(params, "evaluate.device", str, default="auto"))
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
-    train_dataset = train_dataset or dataset
     generator = load_generator(method, train_dataset)
     # each method at the crop it was trained on (baselines: evaluate.crop_size); evaluators resize
     crop_size = getattr(getattr(generator, "net_cfg", None), "crop_size", None) or \
@@ -805,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_video(args.method, args.dataset, load_params(args.params),
                                 Path("eval") / args.method / folder, train_dataset=args.train_dataset)
     except (ParamsError, EvaluatorLeakError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line("evaluate_video", args.params, err), file=sys.stderr)
         return 2
     print(json.dumps(result["metrics"], indent=1), file=sys.stderr)
     for name, reason in result["missing"].items():

@@ -107,10 +107,15 @@ def load_method(method: str, checkpoint: Path):
         trained = json.loads(config.read_text()).get("method")
         if trained and trained != method:
             raise InputError(f"{checkpoint} is a {trained} checkpoint, not {method}")
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(checkpoint):  # torch.save's format since PyTorch 1.6
+        raise InputError(f"{checkpoint.name} is not a PyTorch checkpoint (a truncated or foreign file)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = METHODS[method].load_from_checkpoint(checkpoint, map_location=device)
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+    except (RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{checkpoint} is not a {method} checkpoint ({first[:200]})") from None
     return model.eval()
@@ -376,17 +381,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace) -> GenerateConfig:
-    face_scale, lmk_size = 0.6, 256
-    if args.params.is_file():
-        import yaml
+def crop_geometry(params_path: Path) -> dict:
+    """``{"face_scale", "lmk_size"}``: the crop geometry the models were trained with, from the params
+    file's ``preprocess`` section (``crop_face_scale``, ``max(crop_sizes)``); defaults without a file.
 
-        pre = (yaml.safe_load(args.params.read_text()) or {}).get("preprocess") or {}
-        face_scale = float(pre.get("crop_face_scale", face_scale))
-        lmk_size = int(max(pre.get("crop_sizes", [lmk_size])))
+    Raises:
+        ParamsError: a params file that is not valid YAML, or a malformed ``preprocess`` (key named).
+    """
+    if not Path(params_path).is_file():
+        return {"face_scale": 0.6, "lmk_size": 256}
+    from pipeline.extract.clip import PreprocessConfig
+    from pipeline.params import ParamsError, get, load_params
+    from primitives.config import typed_config
+
+    try:
+        pre = typed_config(PreprocessConfig, get(load_params(params_path), "preprocess", dict, default={}), "preprocess")
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    return {"face_scale": pre.crop_face_scale, "lmk_size": max(pre.crop_sizes)}
+
+
+def _config(args: argparse.Namespace) -> GenerateConfig:
+    """Raises: ParamsError: see :func:`crop_geometry`."""
     return GenerateConfig(max_seconds=args.max_seconds, crop_only=args.crop_only,
                           replace_background=not args.keep_background, tts_engine=args.tts_engine,
-                          face_scale=face_scale, lmk_size=lmk_size)
+                          **crop_geometry(args.params))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,8 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generate: error: {message}", file=sys.stderr)
         return 2
 
+    from pipeline.params import ParamsError, error_line
+
     try:
         cfg = _config(args)
+    except ParamsError as err:
+        print(error_line("generate", args.params, err), file=sys.stderr)
+        return 2
+    try:
         if args.jobs:
             rows = read_jobs(args.jobs, {"intensity": args.intensity})
         else:
@@ -428,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{out} ({time.perf_counter() - start:.1f} s)")
             except InputError as err:
                 failed += 1
-                tqdm.write(f"generate: error: {label}: {err}", file=sys.stderr)
+                tqdm.write(f"generate: error: {label}: {err}" if args.jobs else f"generate: error: {err}", file=sys.stderr)
     if args.jobs:
         print(f"generate: {len(rows) - failed} done, {failed} failed of {len(rows)} jobs", file=sys.stderr)
     return 2 if failed else 0

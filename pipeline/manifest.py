@@ -32,7 +32,7 @@ from pipeline.datasets import ClipRow, ManifestIssue
 from pipeline.datasets.crema_d import CROWD_FILTERS, read_crema_d
 from pipeline.datasets.csv_list import read_csv_list
 from pipeline.datasets.mead import read_mead
-from pipeline.params import ParamsError, get, load_params
+from pipeline.params import ParamsError, error_line, get, load_params
 from pipeline.splits import (SPLITS, assign_listed_splits, assign_sentence_splits, assign_speaker_splits,
                              eapc_authors_crema_d_lists, read_split_lists, validate_fractions)
 
@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("data/manifest") / f"{args.dataset}.parquet"
     try:
         config = dataset_config(load_params(args.params), args.dataset)
+    except ParamsError as err:
+        raise SystemExit(error_line("manifest", args.params, err)) from None
+    try:
         rows, issues = build_manifest(config)
         summary = summarize(rows, issues, config)
         train = summary["clips_per_split"]["train"]

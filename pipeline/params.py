@@ -19,6 +19,13 @@ class ParamsError(ValueError):
     """A missing or invalid parameter; the message starts with the dotted key (or the file)."""
 
 
+def error_line(stage: str, path: str | Path, err: Exception) -> str:
+    """The one line a stage CLI prints for a bad params file: ``<stage>: error: <file>: <key>: ...``
+    (the file named once, also when the message already starts with it)."""
+    message = str(err)
+    return f"{stage}: error: {message}" if message.startswith(str(path)) else f"{stage}: error: {path}: {message}"
+
+
 _REQUIRED = object()
 
 
@@ -39,8 +46,10 @@ def load_params(path: str | Path) -> dict:
         raise ParamsError(f"{path}: params file not found")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    except yaml.YAMLError as err:  # one line: where and what
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

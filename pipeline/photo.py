@@ -47,16 +47,32 @@ class PreparedFace:
     faces_seen: int
 
 
+MAX_PIXELS = 50_000_000
+"""Largest photo decoded (50 MP: a 1.7 MB PNG of 20000 x 20000 px would take gigabytes)."""
+
+
 def read_image(path: str | Path, max_side: int = 1920) -> np.ndarray:
     """Read a photo as (H, W, 3) uint8 RGB: grey and alpha images converted, downscaled so the long
     side is at most ``max_side``, cropped by a pixel where needed so H and W are even (H.264).
 
     Raises:
-        InputError: missing file, or not an image OpenCV can decode, or smaller than 32 px.
+        InputError: missing file, more than :data:`MAX_PIXELS` pixels (read from the header, before
+            decoding), not an image OpenCV can decode, or smaller than 32 px.
     """
+    from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
+    try:
+        with Image.open(path) as header:  # lazy: reads the size, decodes nothing
+            width, height = header.size
+    except Image.DecompressionBombError:
+        width, height = MAX_PIXELS, 2
+    except (OSError, ValueError, Image.UnidentifiedImageError):
+        width = height = 0  # a format Pillow does not know: OpenCV decides below
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{path.name} is {width}x{height} px; at most {MAX_PIXELS / 1e6:g} megapixels are read")
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None  # BGR, alpha dropped, grey -> 3 ch
     if image is None:

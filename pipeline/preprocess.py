@@ -10,7 +10,6 @@ are reused when the stage is re-run after an interruption.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -21,11 +20,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.extract.clip import ClipResult, PreprocessConfig, process_clip
+from primitives.config import typed_config
 from pipeline.extract.distribute import TaskError, make_distributor
 from pipeline.extract.shards import (
     SPLITS, foreign_files, plan_shards, remove_stale_shards, shard_is_done, write_shard,
 )
-from pipeline.params import ParamsError, load_params
+from pipeline.params import ParamsError, error_line, load_params
 
 
 def preprocess_config(params: dict) -> PreprocessConfig:
@@ -37,12 +37,8 @@ def preprocess_config(params: dict) -> PreprocessConfig:
     section = params.get("preprocess")
     if not isinstance(section, dict):
         raise ParamsError("params.yaml: missing mapping 'preprocess'")
-    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ParamsError(f"preprocess.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
     try:
-        return PreprocessConfig(**section)
+        return typed_config(PreprocessConfig, section, "preprocess")
     except (TypeError, ValueError) as err:
         raise ParamsError(str(err)) from err
 
@@ -155,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial", action="store_true", help="no Ray: process clips in this process")
     args = parser.parse_args(argv)
 
-    cfg = preprocess_config(load_params(args.params))
+    try:
+        cfg = preprocess_config(load_params(args.params))
+    except ParamsError as err:
+        raise SystemExit(error_line("preprocess", args.params, err)) from None
     if not args.manifest.is_file():
         raise SystemExit(f"manifest not found: {args.manifest} (run the manifest stage first)")
     rows = pd.read_parquet(args.manifest).to_dict("records")

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
-from pipeline.params import ParamsError, get, load_params, set_dotted
+from pipeline.params import ParamsError, error_line, get, load_params, set_dotted
 
 TRAINER_KEYS = {"max_epochs": int, "max_steps": int, "max_time": (str, dict), "accelerator": str,
                 "devices": (int, str, list), "num_nodes": int, "strategy": str, "precision": (str, int),
@@ -131,6 +131,7 @@ def run_spec(params: dict, method: str, dataset: str, require_shards: bool = Tru
     """
     from datamodules.talking_face import DataConfig
     from lightning_modules import METHODS
+    from primitives.config import check_types
 
     if method not in METHODS:
         raise ParamsError(f"train.methods: unknown method {method!r} (registered: {', '.join(sorted(METHODS))})")
@@ -149,6 +150,11 @@ def run_spec(params: dict, method: str, dataset: str, require_shards: bool = Tru
     _check_trainer(trainer)
     shard_dir = Path("shards") / dataset
     data = method_data(params, method)
+    try:
+        for section in ("train.data", f"train.methods.{method}.data"):  # unknown keys, types: named where they are
+            check_types(DataConfig, get(params, section, dict, default={}), section, fixed=("shard_dir", "keys"))
+    except ValueError as err:
+        raise ParamsError(str(err)) from err
     try:
         DataConfig(shard_dir=str(shard_dir), **data)
     except (TypeError, ValueError) as err:
@@ -445,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = spec_from_args(args)
     except ParamsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line("train", args.params, err), file=sys.stderr)
         return 2
     try:
         config = train(spec)

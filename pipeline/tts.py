@@ -13,6 +13,7 @@ Both return mono float32 at the project's 16 kHz (resampled with soxr through li
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,7 +67,8 @@ def synthesize(text: str, engine: str = "hibari", sample_rate: int = 16000) -> n
         (hibari runs with seed 0).
 
     Raises:
-        ValueError: empty or over-long text, unknown engine.
+        ValueError: empty or over-long text, text without an English (Latin-letter) word (the voices
+            speak English only: Chinese or emoji text is refused, not rendered as silence), unknown engine.
         TTSError: the engine is not installed or failed.
     """
     import librosa
@@ -76,6 +78,8 @@ def synthesize(text: str, engine: str = "hibari", sample_rate: int = 16000) -> n
     text = " ".join(str(text).split())
     if not text:
         raise ValueError("the text is empty")
+    if not re.search(r"[A-Za-z0-9]", text):
+        raise ValueError(f"the text {text[:40]!r} has no English word to speak (the voice speaks English only)")
     if len(text) > MAX_CHARACTERS:
         raise ValueError(f"the text has {len(text)} characters; at most {MAX_CHARACTERS}")
     if engine == "hibari":

@@ -194,7 +194,22 @@ BAD = {  # case -> (argument overrides, expected words in the one error line)
     "unknown emotion": (lambda tmp, photo, speech: {"--emotion": "ecstatic"}, "unknown emotion"),
     "other method's checkpoint": (lambda tmp, photo, speech: {"--method": "sinha"}, "not a sinha checkpoint"),
     "not a video method": (lambda tmp, photo, speech: {"--method": "syncnet"}, "not a video-generating method"),
+    "garbage checkpoint": (lambda tmp, photo, speech: {"--checkpoint": _text_file(tmp, "model.ckpt")},
+                           "model.ckpt is not a PyTorch checkpoint"),
+    "punctuation-only text": (lambda tmp, photo, speech: {"--audio": None, "--text": "!!! ... ?"}, "no English word"),
+    "Chinese text": (lambda tmp, photo, speech: {"--audio": None, "--text": "你好，世界"}, "speaks English only"),
+    "emoji text": (lambda tmp, photo, speech: {"--audio": None, "--text": "\U0001F600 \U0001F622"}, "speaks English only"),
+    "decompression bomb": (lambda tmp, photo, speech: {"--image": _huge_png(tmp)}, "at most 50 megapixels"),
 }
+
+
+def _huge_png(tmp_path):
+    """A small file of a 7200 x 7200 px (51.8 MP) image: refused from its header, never decoded."""
+    from PIL import Image
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (7200, 7200)).save(path, optimize=False)
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -202,7 +217,7 @@ def test_bad_input_is_one_line_and_no_file(case, checkpoints, photo, speech, tmp
     overrides, words = BAD[case]
     args = {"--method": "cvae", "--checkpoint": checkpoints["cvae"], "--image": photo, "--audio": speech,
             "--emotion": "happy", "--out": tmp_path / "out.mp4", **overrides(tmp_path, photo, speech)}
-    code, lines, err = run(capsys, *[x for kv in args.items() for x in kv])
+    code, lines, err = run(capsys, *[x for kv in args.items() if kv[1] is not None for x in kv])
     assert code == 2 and len(lines) == 1 and words in lines[0], err
     assert "Traceback" not in err and not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*partial*"))
 

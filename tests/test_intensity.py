@@ -21,6 +21,9 @@ def test_clauses_split_at_with_and_but_commas():
     assert split_clauses("very angry and disgusted") == ["very angry", "disgusted"]
     assert split_clauses("glad but also a bit shocked") == ["glad", "a bit shocked"]
     assert split_clauses("calm, not sad") == ["calm", "not sad"]
+    for wordless in ("!!! ...", " , ", "?! and ..."):
+        with pytest.raises(ValueError, match="empty emotion prompt"):
+            split_clauses(wordless)
     assert split_clauses("surprised") == ["surprised"]
     with pytest.raises(ValueError, match="empty"):
         split_clauses("  ")

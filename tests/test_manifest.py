@@ -219,6 +219,22 @@ def test_csv_list(tmp_path: Path) -> None:
     })
 
 
+def test_csv_list_ids_of_non_latin_names_stay_distinct(tmp_path: Path) -> None:
+    """Names that differ only in characters an id cannot hold (CJK, emoji) keep one clip each; an
+    accent alone is transliterated and adds no hash."""
+    names = ["Grüße 你好 clip.mp4", "Grüße 世界 clip.mp4", "😀 take.mp4", "😢 take.mp4", "café.mp4"]
+    for name in names:
+        _touch(tmp_path / "clips" / name)
+    listing = tmp_path / "list.csv"
+    listing.write_text("video_path,speaker,emotion,intensity\n" + "".join(f"clips/{n},s1,sad,1\n" for n in names),
+                       encoding="utf-8")
+    rows, issues = read_csv_list(listing, dataset="mine")
+    assert len(rows) == 5 and not [i for i in issues if not i.kept], issues
+    ids = sorted(r.id for r in rows)
+    assert "s1_cafe" in ids and all(r.id.startswith("s1_Gr") for r in rows if "Gr" in r.video_path)
+    assert len({r.id for r in rows}) == 5
+
+
 def test_csv_list_missing_column(tmp_path: Path) -> None:
     listing = tmp_path / "list.csv"
     listing.write_text("video_path,speaker,intensity\nclips/a.mp4,s1,1\n")

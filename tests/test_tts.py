@@ -28,5 +28,8 @@ def test_hibari_is_deterministic_and_bad_text_is_refused():
     assert np.array_equal(synthesize("Hello there.", "hibari"), synthesize("Hello there.", "hibari"))
     with pytest.raises(ValueError, match="empty"):
         synthesize("   ")
+    for text in ("!!! ... ?", "你好，世界", "\U0001F600\U0001F622"):  # nothing an English voice can say
+        with pytest.raises(ValueError, match="no English word to speak .the voice speaks English only"):
+            synthesize(text)
     with pytest.raises(ValueError, match="unknown TTS engine"):
         synthesize("Hello", "festival")

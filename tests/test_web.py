@@ -114,9 +114,70 @@ def test_uploads_over_the_limit_or_of_the_wrong_type_are_refused(server, talking
     status, body = post(url, {"image": ("face.jpg", face), "audio": ("a.wav", speech)}, {**form, "emotion": "bored"})
     assert status == 400 and "unknown emotion" in body["error"]
     status, body = post(url, {"image": ("face.jpg", face), "audio": ("a.wav", speech)}, {**form, "intensity": "7"})
-    assert status == 400 and body["error"] == "intensity must be 1 (low), 2 (medium) or 3 (high), got 7"
+    assert status == 400 and body["error"] == "intensity must be 1 (low), 2 (medium) or 3 (high), got '7'"
     status, body = post(url, {"image": ("face.jpg", face)}, {**form, "text": "Hello there, nice to meet you."})
     assert status == 200 and body["video"].endswith(".mp4")
+
+
+def test_request_size_is_capped_while_receiving_and_errors_are_json_without_server_paths(server, talking_clips):
+    """A Content-Length over the cap is refused before the body; a chunked body (no length) is cut
+    off as it streams past the cap; a missing field is ``{"error": ...}``, not FastAPI's 422 detail
+    list; no error names a server path."""
+    import http.client
+    import json
+    import tempfile
+    from urllib.parse import urlparse
+
+    host = urlparse(server)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    conn.putrequest("POST", "/api/generate")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(10 * 2**30))  # claims 10 GB, sends nothing
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    conn.close()
+
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    conn.putrequest("POST", "/api/generate")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    try:
+        conn.send(b"%x\r\n%s\r\n" % (len(head), head))
+        for _ in range(40):  # a 40 MB file part; the cap is 2 x 1 MB + 1 MB
+            block = b"\0" * 2**20
+            conn.send(b"%x\r\n%s\r\n" % (len(block), block))
+        conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server stopped reading: what is wanted
+    response = conn.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    conn.close()
+
+    face = (talking_clips / "pcavs/Input/517600055/000000.jpg").read_bytes()
+    status, body = post(server + "/api/generate", {}, {"method": "cvae"})
+    assert status == 422 and body == {"error": "missing or invalid form field(s): image"}
+    for files, fields in (({"image": ("face.jpg", b"not a jpeg")}, {"method": "cvae", "text": "Hello there."}),
+                          ({"image": ("face.jpg", face)}, {"method": "cvae", "text": "!!!"})):
+        status, body = post(server + "/api/generate", files, fields)
+        assert status == 400 and tempfile.gettempdir() not in body["error"], body
+
+
+def test_only_the_newest_rendered_videos_are_kept(tmp_path):
+    """keep_videos: older videos the server wrote (16 hex digits) go; anything else stays."""
+    import os
+
+    from pipeline.web import _prune
+
+    names = [f"{i:016x}.mp4" for i in range(4)]
+    for age, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"v")
+        os.utime(tmp_path / name, (1000 - age, 1000 - age))  # names[0] newest
+    (tmp_path / "mine.mp4").write_bytes(b"user")
+    _prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[1], "mine.mp4"])
 
 
 def test_binds_to_localhost_by_default_and_needs_a_model(tmp_path):

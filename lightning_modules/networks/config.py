@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
+
+from primitives.config import typed_config
 
 
 def config_from_dict(cls, d: dict, where: str):
-    """``cls(**d)`` for a config dataclass, refusing keys that are not fields (typos in params.yaml).
+    """``cls(**d)`` for a config dataclass, refusing keys that are not fields (typos in params.yaml)
+    and values of the wrong type (:func:`primitives.config.typed_config`).
 
     Args:
         cls: the dataclass.
@@ -14,13 +17,10 @@ def config_from_dict(cls, d: dict, where: str):
         where: the params section named in the error, e.g. ``"cvae.net"``.
 
     Raises:
-        ValueError: an unknown key (named, with the known ones), or what ``cls`` raises for a bad value.
+        ValueError: an unknown key (named, with the known ones), a wrong type (named), or what ``cls``
+            raises for a bad value.
     """
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
-    return cls(**d)
+    return typed_config(cls, d, where)
 
 
 def config_to_dict(cfg) -> dict:

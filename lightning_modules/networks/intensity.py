@@ -35,7 +35,7 @@ _SPLIT = re.compile(r"\s*(?:,|\bwith\b|\band\b|\bbut also\b|\bbut\b)\s*")
 def split_clauses(prompt: str) -> list[str]:
     """``"fearful with a little sad"`` -> ``["fearful", "a little sad"]``; a prompt without a
     separator is one clause. Raises ``ValueError`` for a prompt with no words."""
-    clauses = [c for c in _SPLIT.split(prompt.strip().lower()) if c]
+    clauses = [c for c in _SPLIT.split(prompt.strip().lower()) if re.search(r"\w", c)]
     if not clauses:
         raise ValueError(f"empty emotion prompt {prompt!r}")
     return clauses

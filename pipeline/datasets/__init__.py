@@ -27,8 +27,20 @@ def is_valid_id(value: str) -> bool:
 
 
 def sanitize_id(value: str) -> str:
-    """Turn ``value`` into a valid id by replacing every other character run with ``_`` ("" if nothing is left)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", value).strip("_")
+    """Turn ``value`` into a valid id: accents dropped (``é`` -> ``e``), every other run of
+    characters outside ``[A-Za-z0-9_-]`` replaced with ``_``. When a non-ASCII character other than
+    an accent was lost that way (``ß``, CJK, emoji, ...), ``_`` + 8 hex digits of the SHA-256 of
+    ``value`` are appended, so names that differ only there keep distinct ids (``Grüße 你好 clip`` /
+    ``Grüße 世界 clip``). Deterministic; "" only for an empty ``value``."""
+    import hashlib
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", value)
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", decomposed.encode("ascii", "ignore").decode()).strip("_")
+    lost = any(not c.isascii() and not unicodedata.category(c).startswith("M") for c in decomposed)  # M: accents
+    if lost:
+        clean = f"{clean}_{hashlib.sha256(value.encode()).hexdigest()[:8]}".strip("_")
+    return clean
 
 
 def is_ignorable(path: Path) -> bool:
