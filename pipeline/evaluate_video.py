@@ -646,9 +646,11 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     from pipeline.eval_ranks import eval_ranks
     from pipeline.real_stats import add_fid_states, load_real_stats
     from pipeline.extract.video import write_mp4
+    from pipeline.evaluate_settings import check_evaluate_section
     from pipeline.train import run_spec
 
     train_dataset = train_dataset or dataset
+    check_evaluate_section(params)
     if method in get(params, "train.methods", dict, default={}):  # the same checks as its training, before any work
         run_spec(params, method, train_dataset, require_shards=False)
     ranks = eval_ranks(get(params, "evaluate.device", str, default="auto"))

@@ -443,9 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         return fail(str(err))
     failed = len(rows) - len(jobs)
-    for i, job in enumerate(jobs, 1):
-        start = time.perf_counter()
-        label = f"[{i}/{len(jobs)}] {Path(job.out).name}"
+    for row in (row for row in rows if row.job is not None):
+        job, start = row.job, time.perf_counter()
+        label = f"{args.jobs.name} line {row.line}" if args.jobs else Path(job.out).name
         with tqdm(total=1, desc=label, disable=len(jobs) == 1 and not sys.stderr.isatty(), file=sys.stderr) as bar:
             try:
                 out = run_job(model, job, cfg, log=lambda m: tqdm.write(f"generate: note: {m}", file=sys.stderr))

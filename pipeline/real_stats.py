@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.params import ParamsError, get, load_params
+from pipeline.evaluate_settings import check_evaluate_section
+from pipeline.params import ParamsError, error_line, get, load_params
 
 FID_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
@@ -109,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        check_evaluate_section(params)
         stats = compute_real_stats(params, args.dataset)
     except ParamsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line("real_stats", args.params, err), file=sys.stderr)
         return 2
     path = real_stats_path(args.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="crema_d")
     p.add_argument("--max-upload-mb", type=float, default=20.0)
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest accepted audio")
+    p.add_argument("--keep-videos", type=int, default=20, help="newest rendered videos kept (older ones removed)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="preprocess.crop_face_scale / crop_sizes")
     return p
 
@@ -260,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(error_line("talking-face-demo", args.params, err), file=sys.stderr)
         return 2
+    if args.keep_videos < 1:
+        print(f"talking-face-demo: error: --keep-videos must be >= 1, got {args.keep_videos}", file=sys.stderr)
+        return 2
     cfg = WebConfig(models_dir=args.models_dir, dataset=args.dataset, max_upload_mb=args.max_upload_mb,
-                    generate=GenerateConfig(max_seconds=args.max_seconds, **geometry))
+                    keep_videos=args.keep_videos, generate=GenerateConfig(max_seconds=args.max_seconds, **geometry))
     if not available_methods(cfg):
         print(f"talking-face-demo: error: no trained video method under {cfg.models_dir}/*/{cfg.dataset}/ (run dvc repro)")
         return 2

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from bad_inputs import CORPUS, text_file, tone_wav
 from pipeline.generate import main
 
 
@@ -156,12 +157,6 @@ def test_out_never_overwrites_an_input_and_is_checked_before_the_render(checkpoi
         assert code == 2 and lines == [f"generate: error: intensity must be 1 (low), 2 (medium) or 3 (high), got {level!r}"]
 
 
-def _blank(tmp_path):
-    path = tmp_path / "wall.png"
-    cv2.imwrite(str(path), np.full((240, 320, 3), 128, np.uint8))
-    return path
-
-
 def _two_faces(tmp_path, photo):
     """The 224 px face beside a smaller (140 px) face of another VoxCeleb2 speaker, on grey."""
     canvas = np.full((224, 384, 3), 128, np.uint8)
@@ -172,48 +167,56 @@ def _two_faces(tmp_path, photo):
     return path
 
 
-def _text_file(tmp_path, name):
-    path = tmp_path / name
-    path.write_text("not media")
-    return path
-
-
-def _wav(tmp_path, name, seconds, amplitude):
-    path = tmp_path / name
-    t = np.arange(int(16000 * seconds)) / 16000
-    soundfile.write(path, (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    return path
-
-
-BAD = {  # case -> (argument overrides, expected words in the one error line)
-    "no face": (lambda tmp, photo, speech: {"--image": _blank(tmp)}, "no face"),
-    "unreadable image": (lambda tmp, photo, speech: {"--image": _text_file(tmp, "face.jpg")}, "cannot read face.jpg"),
-    "unreadable audio": (lambda tmp, photo, speech: {"--audio": _text_file(tmp, "speech.wav")}, "unreadable audio"),
-    "silent audio": (lambda tmp, photo, speech: {"--audio": _wav(tmp, "silent.wav", 2.0, 0.0)}, "silent"),
-    "too long": (lambda tmp, photo, speech: {"--audio": _wav(tmp, "long.wav", 3.0, 0.3), "--max-seconds": 2}, "limit"),
-    "unknown emotion": (lambda tmp, photo, speech: {"--emotion": "ecstatic"}, "unknown emotion"),
+BAD = {  # command-line-only cases -> (argument overrides, expected words in the one error line)
+    "too long": (lambda tmp, photo, speech: {"--audio": tone_wav(tmp, "long.wav", 3.0, 0.3), "--max-seconds": 2}, "limit"),
     "other method's checkpoint": (lambda tmp, photo, speech: {"--method": "sinha"}, "not a sinha checkpoint"),
     "not a video method": (lambda tmp, photo, speech: {"--method": "syncnet"}, "not a video-generating method"),
-    "garbage checkpoint": (lambda tmp, photo, speech: {"--checkpoint": _text_file(tmp, "model.ckpt")},
+    "garbage checkpoint": (lambda tmp, photo, speech: {"--checkpoint": text_file(tmp, "model.ckpt")},
                            "model.ckpt is not a PyTorch checkpoint"),
-    "punctuation-only text": (lambda tmp, photo, speech: {"--audio": None, "--text": "!!! ... ?"}, "no English word"),
-    "Chinese text": (lambda tmp, photo, speech: {"--audio": None, "--text": "你好，世界"}, "speaks English only"),
-    "emoji text": (lambda tmp, photo, speech: {"--audio": None, "--text": "\U0001F600 \U0001F622"}, "speaks English only"),
-    "decompression bomb": (lambda tmp, photo, speech: {"--image": _huge_png(tmp)}, "at most 50 megapixels"),
 }
 
 
-def _huge_png(tmp_path):
-    """A small file of a 7200 x 7200 px (51.8 MP) image: refused from its header, never decoded."""
-    from PIL import Image
+def _cli_args(inputs: dict) -> dict:
+    """A corpus entry (tests/bad_inputs.py) as generate's options."""
+    return {f"--{k}": v for k, v in inputs.items() if v is not None}
 
-    path = tmp_path / "huge.png"
-    Image.new("L", (7200, 7200)).save(path, optimize=False)
-    return path
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_bad_input_corpus_on_the_command_line(case, checkpoints, photo, speech, tmp_path, capsys):
+    make, words = CORPUS[case]
+    args = {"--method": "cvae", "--checkpoint": checkpoints["cvae"], **_cli_args(make(tmp_path, photo, speech)),
+            "--out": tmp_path / "out.mp4"}
+    code, lines, err = run(capsys, *[x for kv in args.items() for x in kv])
+    assert code == 2 and len(lines) == 1 and words in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_bad_input_corpus_in_one_jobs_file(checkpoints, photo, speech, tmp_path, capsys):
+    """Every corpus entry as a row of one jobs file: each fails with its words, naming its line; the
+    good row between them runs."""
+    cases = sorted(CORPUS)
+    rows = [{**CORPUS[c][0](tmp_path, photo, speech), "out": f"{i}.mp4"} for i, c in enumerate(cases)]
+    rows.insert(3, {"image": photo, "audio": speech, "text": None, "emotion": "sad", "intensity": None, "out": "good.mp4"})
+    jobs = tmp_path / "jobs.csv"
+    with open(jobs, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, ["image", "audio", "text", "emotion", "intensity", "out"])
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    code, lines, err = run(capsys, "--method", "cvae", "--checkpoint", checkpoints["cvae"], "--jobs", jobs)
+    assert code == 2 and (tmp_path / "good.mp4").is_file() and "Traceback" not in err
+    by_line = {int(line.split(" line ")[1].split(":")[0]): line for line in lines if " line " in line}
+    for position, row in enumerate(rows):
+        if row["out"] == "good.mp4":
+            assert position + 2 not in by_line
+            continue
+        case = cases[int(row["out"].split(".")[0])]
+        assert CORPUS[case][1] in by_line[position + 2], (case, by_line.get(position + 2))
+        assert not (tmp_path / row["out"]).exists()
+    assert lines[-1] == f"generate: 1 done, {len(cases)} failed of {len(rows)} jobs"
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_one_line_and_no_file(case, checkpoints, photo, speech, tmp_path, capsys):
+def test_bad_command_line_options_are_one_line_and_no_file(case, checkpoints, photo, speech, tmp_path, capsys):
     overrides, words = BAD[case]
     args = {"--method": "cvae", "--checkpoint": checkpoints["cvae"], "--image": photo, "--audio": speech,
             "--emotion": "happy", "--out": tmp_path / "out.mp4", **overrides(tmp_path, photo, speech)}

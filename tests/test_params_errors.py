@@ -22,6 +22,9 @@ MALFORMED = {
     "preprocess": [("preprocess.bogus", 1, "preprocess.bogus: unknown key"),
                    ("preprocess.fps", "fast", "preprocess.fps: must be int, got 'fast'"),
                    ("preprocess.fps", -1, "preprocess.fps: invalid value -1")],
+    "evaluate": [("evaluate.crop_sise", 128, "evaluate.crop_sise: unknown key"),
+                 ("evaluate.crop_size", "big", "evaluate.crop_size: must be int, got 'big'"),
+                 ("evaluate.arcface_arch", "r7", "evaluate.arcface_arch: must be one of")],
     "train": [("train.data.bogus", 1, "train.data.bogus: unknown key"),
               ("train.data.batch_size", "eight", "train.data.batch_size: must be int, got 'eight'"),
               ("train.methods.{method}.optim.lr", -1.0, "train.methods.{method}"),
@@ -44,13 +47,15 @@ def _cli(name: str, params: Path, tmp: Path) -> list[str]:
         "generate": ["pipeline.generate", "--method", "cvae", "--image", tmp / "face.jpg", "--audio", tmp / "a.wav",
                      "--out", tmp / "o.mp4", "--params", params],
         "web": ["pipeline.web", "--models-dir", tmp, "--params", params],
+        "real_stats": ["pipeline.real_stats", "--dataset", "crema_d", "--params", params],
     }[name]
 
 
 SECTION_OF = {"manifest": "manifest", "preprocess": "preprocess", "train": "train", "evaluate": "train",
-              "evaluate_video": "train", "generate": "preprocess", "web": "preprocess"}
+              "evaluate_video": "train", "generate": "preprocess", "web": "preprocess", "real_stats": "evaluate"}
 CASES = [(cli, *case) for cli, section in SECTION_OF.items() for case in
          [(None, None, "not valid YAML at line 3")] + MALFORMED[section]]
+CASES += [("evaluate_video", *case) for case in MALFORMED["evaluate"]]
 
 
 @pytest.mark.parametrize("cli,key,value,expected", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]!r}" for c in CASES])

@@ -219,3 +219,16 @@ def test_out_folder_of_other_files_is_refused_and_only_own_stale_shards_are_remo
     with pytest.raises(ValueError, match="train-000007.tar"):
         run_preprocess(smaller, out, CFG, serial=True)
     assert (out / "train-000007.tar").read_bytes().startswith(b"not ours")
+
+
+@pytest.mark.parametrize("case", ["unreadable audio", "silent audio", "too short audio", "unreadable image"])
+def test_bad_input_corpus_in_a_dataset_is_a_recorded_failure(case, tmp_path, rows):
+    """The corpus's bad speech (tests/bad_inputs.py) as a clip's audio track, and its unreadable
+    "image" as a clip's video: each a recorded per-clip failure, never a crash."""
+    from bad_inputs import CORPUS
+
+    inputs = CORPUS[case][0](tmp_path, None, rows[0]["audio_path"])
+    video = inputs["image"] if case == "unreadable image" else rows[0]["video_path"]
+    result = process_clip(_row("corpus", video, inputs["audio"]), CFG)
+    expected_step = "decode" if case == "unreadable image" else "audio"
+    assert result.sample is None and result.failure["step"] == expected_step, result.failure

@@ -14,6 +14,7 @@ import av
 import pytest
 import soundfile
 
+from bad_inputs import CORPUS
 from pipeline.generate import GenerateConfig
 from pipeline.web import WebConfig, create_app
 
@@ -117,6 +118,18 @@ def test_uploads_over_the_limit_or_of_the_wrong_type_are_refused(server, talking
     assert status == 400 and body["error"] == "intensity must be 1 (low), 2 (medium) or 3 (high), got '7'"
     status, body = post(url, {"image": ("face.jpg", face)}, {**form, "text": "Hello there, nice to meet you."})
     assert status == 200 and body["video"].endswith(".mp4")
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_bad_input_corpus_on_the_web_endpoint(case, server, talking_clips, shared_datasets, tmp_path):
+    """Every corpus entry (tests/bad_inputs.py) as an upload: 400 with the same words, as JSON."""
+    photo = talking_clips / "pcavs/Input/517600055/000000.jpg"
+    speech = shared_datasets / "crema-d-real/AudioWAV/1001_DFA_HAP_XX.wav"
+    inputs, words = CORPUS[case][0](tmp_path, photo, speech), CORPUS[case][1]
+    files = {k: (Path(inputs[k]).name, Path(inputs[k]).read_bytes()) for k in ("image", "audio") if inputs[k]}
+    fields = {"method": "cvae", "emotion": inputs["emotion"], **{k: inputs[k] for k in ("text", "intensity") if inputs[k]}}
+    status, body = post(server + "/api/generate", files, fields)
+    assert status == 400 and words in body["error"], body
 
 
 def test_request_size_is_capped_while_receiving_and_errors_are_json_without_server_paths(server, talking_clips):

@@ -67,6 +67,8 @@ def probe_video(path: str | Path) -> VideoProbe:
             if not container.streams.video:
                 raise ClipFailure("decode", f"no video stream in {path}")
             stream = container.streams.video[0]
+            if not (stream.codec_context.width > 0 and stream.codec_context.height > 0):  # e.g. a text file
+                raise ClipFailure("decode", f"no decodable video in {path} (frames of 0 x 0 px)")
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
