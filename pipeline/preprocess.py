@@ -10,10 +10,12 @@ are reused when the stage is re-run after an interruption.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -79,13 +81,14 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
     waiting = {i: len(p.clip_ids) for i, p in enumerate(todo)}
     results: dict[int, list[ClipResult]] = defaultdict(list)
     n_failed = 0
-    distributor = make_distributor(cfg.ray_address, cfg.num_workers, cfg.max_retries, serial=serial) if items else None
+    distributor = make_distributor(cfg.ray_address, cfg.num_workers, cfg.max_retries, serial=serial,
+                                   timeout_s=cfg.clip_timeout_s, memory_mb=cfg.task_memory_mb) if items else None
     progress = _Progress(len(items), f"preprocess {out_dir.name}")
     try:
-        for item_index, result in (distributor.imap_unordered(process_clip, items, cfg) if items else ()):
+        for item_index, result in (distributor.imap_unordered(process_clip, items, cfg, os.getcwd()) if items else ()):
             plan_index, key = plan_of[item_index], str(items[item_index]["id"])
             if isinstance(result, TaskError):
-                result = ClipResult(key, failure={"id": key, "step": "worker", "reason": result.message})
+                result = ClipResult(key, failure={"id": key, "step": result.step, "reason": result.message})
             n_failed += result.failure is not None
             results[plan_index].append(result)
             waiting[plan_index] -= 1
@@ -149,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="shard folder, e.g. shards/crema_d")
     parser.add_argument("--params", default="params.yaml", type=Path)
     parser.add_argument("--serial", action="store_true", help="no Ray: process clips in this process")
+    parser.add_argument("--ray-address", default=None, help="overrides preprocess.ray_address (cluster/preprocess.slurm)")
+    parser.add_argument("--num-workers", type=int, default=None, help="overrides preprocess.num_workers")
     args = parser.parse_args(argv)
 
     try:
         cfg = preprocess_config(load_params(args.params))
-    except ParamsError as err:
+        run = {"ray_address": args.ray_address, "num_workers": args.num_workers}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in run.items() if v is not None})  # not in the params hash
+    except (ParamsError, ValueError) as err:
         raise SystemExit(error_line("preprocess", args.params, err)) from None
     if not args.manifest.is_file():
         raise SystemExit(f"manifest not found: {args.manifest} (run the manifest stage first)")
@@ -168,8 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.out}: {clips} clips in shards, {summary['failures']} failures "
           f"(see {args.out / 'failures.jsonl'}), {summary['reused_shards']} shards reused, "
           f"{elapsed:.1f} s", file=sys.stderr)
-    if clips == 0:
-        raise SystemExit(f"every clip failed; see {args.out / 'failures.jsonl'}")
+    failed_share = summary["failures"] / max(len(rows), 1)
+    if clips == 0 or failed_share > cfg.max_failure_fraction:
+        steps = Counter(json.loads(line)["step"] for line in (args.out / "failures.jsonl").read_text().splitlines())
+        raise SystemExit(f"preprocess: error: {summary['failures']} of {len(rows)} clips failed ({failed_share:.0%}; "
+                         f"by step: {', '.join(f'{k} {v}' for k, v in steps.most_common())}), above "
+                         f"preprocess.max_failure_fraction={cfg.max_failure_fraction:g}; see {args.out / 'failures.jsonl'} "
+                         "(the shards stay: fix the inputs and re-run to resume)")
     return 0
 
 

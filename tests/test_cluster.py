@@ -75,6 +75,53 @@ def _kill_node_while_it_runs_a_task(cluster, node, killed: dict, timeout: float 
         time.sleep(0.1)
 
 
+@pytest.fixture
+def cluster_in_other_folders(tmp_path, monkeypatch):
+    """`ray start` of a head and a worker node, each from its own temporary folder (as on a cluster,
+    where nodes start wherever their job script runs): their workers' working directories differ
+    from this process's. Yields the head's address; `ray stop` afterwards."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    import ray
+
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a local test cluster: no token
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    for name, args in (("head", ["--head", "--port", str(port), "--include-dashboard", "false"]),
+                       ("worker", ["--address", address])):
+        folder = tmp_path / name
+        folder.mkdir()
+        subprocess.run([ray_cli, "start", *args, "--num-cpus", "1", "--disable-usage-stats"], cwd=folder, env=env,
+                       check=True, capture_output=True, timeout=180)
+    yield address
+    ray.shutdown()
+    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_nodes_started_in_other_folders_find_relative_clip_paths(cluster_in_other_folders, shared_datasets, tmp_path):
+    """Manifest paths relative to the driver's folder (params.yaml's `root: ../shared/datasets`) are
+    found by workers whose working directory is another folder: no clip fails, both nodes work."""
+    import os
+
+    rows = [{**row, "video_path": os.path.relpath(row["video_path"]),
+             "audio_path": os.path.relpath(row["audio_path"]) if row["audio_path"] else ""}
+            for row in _rows(shared_datasets)]
+    assert not os.path.isabs(rows[0]["video_path"])
+    summary = run_preprocess(rows, tmp_path / "shards",
+                             dataclasses.replace(CFG, ray_address=cluster_in_other_folders, task_memory_mb=256))
+    assert summary["failures"] == 0, (tmp_path / "shards/failures.jsonl").read_text()
+    assert len(summary["tasks_per_node"]) == 2 and sum(summary["tasks_per_node"].values()) == 6
+
+
 @pytest.mark.slow
 def test_killed_node_loses_no_clip(two_node_cluster, shared_datasets, serial_shards, tmp_path):
     """The worker node dies while it runs a clip (seen in Ray's state API): Ray re-runs its tasks on
@@ -164,3 +211,48 @@ def test_slurm_script_srun_line_under_a_slurm_environment(gan_workdir, slurm_env
     config = _finished(gan_workdir, world=2)
     assert config["trainer"]["devices"] == 2 and config["data"]["num_workers"] == 0
     assert config["trainer"]["checkpoint_every_n_steps"] == 1000
+
+
+FAKE_SRUN_ONE = """#!/bin/bash
+# srun stand-in: drop srun's options (-w takes a value), run the command here
+while [[ $# -gt 0 && $1 == -* ]]; do [[ $1 == -w ]] && shift; shift; done
+exec "$@"
+"""
+
+
+@pytest.mark.slow
+def test_preprocess_slurm_script_starts_ray_runs_the_stage_and_stops(shared_datasets, tmp_path):
+    """cluster/preprocess.slurm under a one-node SLURM environment (srun runs its command here):
+    Ray's head starts with --block, the stage preprocesses the manifest through it, and the Ray
+    node is gone when the job ends."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN_ONE)
+    (bin_dir / "srun").chmod(0o755)
+    job = tmp_path / "job"
+    (job / "data/manifest").mkdir(parents=True)
+    pd.DataFrame(_rows(shared_datasets)).to_parquet(job / "data/manifest/sample.parquet")
+    (job / "params.yaml").write_text(yaml.safe_dump({"preprocess": {"clips_per_shard": 2, "crop_sizes": [64],
+                                                                    "decode_max_side": 360}}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO), "VENV": sys.prefix, "SLURM_SUBMIT_DIR": str(job), "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_CPUS_PER_TASK": "2", "RAY_HEAD_IP": "127.0.0.1", "RAY_PORT": str(port), "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(["bash", str(REPO / "cluster/preprocess.slurm"), "sample"], cwd=job, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "ray: 1 of 1 nodes, 2 CPUs" in proc.stderr
+    stats = json.loads((job / "shards/sample/stats.json").read_text())
+    assert stats["failures"] == 0 and sum(s["clips"] for s in stats["splits"].values()) == 6
+    status = subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, timeout=120)
+    assert status.returncode != 0  # the job's Ray node stopped with it

@@ -232,3 +232,79 @@ def test_bad_input_corpus_in_a_dataset_is_a_recorded_failure(case, tmp_path, row
     result = process_clip(_row("corpus", video, inputs["audio"]), CFG)
     expected_step = "decode" if case == "unreadable image" else "audio"
     assert result.sample is None and result.failure["step"] == expected_step, result.failure
+
+
+def test_failure_fraction_above_the_limit_fails_the_stage_and_keeps_the_shards(tmp_path, rows, monkeypatch):
+    """preprocess.max_failure_fraction: 1 broken file of 3 clips (33 %) passes under 0.5 with the
+    failure recorded, and fails the stage under 0.25 with a summary by step; the shards stay and are
+    reused (the fraction is not part of the params hash)."""
+    import pandas as pd
+    import yaml
+
+    from pipeline.preprocess import main
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    good = [dict(r) for r in rows if r["id"] in ("9901_IEO_SAD_HI", "9903_DFA_NEU_XX")]
+    for r in good:
+        r["split"] = "train"
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame(good + [_row("broken", broken)]).to_parquet(manifest)
+    out = tmp_path / "shards"
+    section = {"num_workers": 1, "clips_per_shard": 2, "crop_sizes": [64], "decode_max_side": 360}
+
+    def run(fraction):
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump({"preprocess": {**section, "max_failure_fraction": fraction}}))
+        return main(["--manifest", str(manifest), "--out", str(out), "--params", str(params), "--serial"])
+
+    assert run(0.5) == 0
+    assert [json.loads(line)["id"] for line in (out / "failures.jsonl").read_text().splitlines()] == ["broken"]
+    tars = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    with pytest.raises(SystemExit, match=r"1 of 3 clips failed \(33%; by step: audio 1\), above "
+                                         r"preprocess.max_failure_fraction=0.25"):
+        run(0.25)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == tars and len(tars) == 2
+
+
+def test_a_wedged_task_is_cancelled_as_a_timeout_and_the_others_finish():
+    """RayDistributor(timeout_s): a task that never returns is cancelled and yields
+    TaskError(step="timeout"); the other items' results arrive."""
+    from pipeline.extract.distribute import RayDistributor, TaskError
+
+    def slow_on_one(item):  # local: Ray ships it by value
+        import time
+
+        if item == 1:
+            time.sleep(600)
+        return item * 10
+
+    distributor = RayDistributor(num_workers=2, timeout_s=8.0, memory_mb=64)
+    try:
+        results = dict(distributor.imap_unordered(slow_on_one, [0, 1, 2, 3]))
+    finally:
+        distributor.close()
+    assert {k: v for k, v in results.items() if k != 1} == {0: 0, 2: 20, 3: 30}
+    assert isinstance(results[1], TaskError) and results[1].step == "timeout"
+
+
+def test_shards_mix_speakers_and_emotions_and_plans_are_stable():
+    """Hash membership: shards of 8 drawn from 4 speakers x 4 emotions x 8 clips hold several of
+    each (sorted ids put one speaker's one emotion in a shard); the plan does not depend on row order."""
+    import random
+
+    from pipeline.extract.shards import plan_shards
+
+    rows = [{"id": f"S{s}_{e}_{c:03d}", "split": "train"} for s in range(4) for e in ("ang", "hap", "sad", "neu")
+            for c in range(8)]
+    plans = plan_shards(rows, 8)
+    assert len(plans) == 16 and sorted(c for p in plans for c in p.clip_ids) == sorted(r["id"] for r in rows)
+    speakers = [len({c.split("_")[0] for c in p.clip_ids}) for p in plans]
+    emotions = [len({c.split("_")[1] for c in p.clip_ids}) for p in plans]
+    assert min(speakers) >= 2 and sum(speakers) / 16 >= 3 and min(emotions) >= 2, (speakers, emotions)
+    by_id = [len({c.split("_")[0] for c in p.clip_ids}) for p in plan_shards(rows, 8, order="id")]
+    assert by_id == [1] * 16  # the old layout: one speaker (and emotion) per shard
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    assert plan_shards(shuffled, 8) == plans
+    assert all(list(p.clip_ids) == sorted(p.clip_ids) for p in plans)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -35,6 +37,10 @@ PREPROCESS_VERSION = "5"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
 
 
+RUN_KEYS = ("ray_address", "num_workers", "max_retries", "clip_timeout_s", "task_memory_mb", "max_failure_fraction")
+"""Settings of how the stage runs, not of what a sample holds: outside ``content_hash``."""
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The ``preprocess`` section of ``params.yaml`` (see the comments there for each field)."""
@@ -42,6 +48,9 @@ class PreprocessConfig:
     ray_address: str | None = None
     num_workers: int = 2
     max_retries: int = 3
+    clip_timeout_s: float = 600.0
+    task_memory_mb: int = 1024
+    max_failure_fraction: float = 0.05
     clips_per_shard: int = 8
     fps: int = 25
     decode_max_side: int = 720
@@ -77,6 +86,9 @@ class PreprocessConfig:
             "jpeg_quality": 1 <= self.jpeg_quality <= 100,
             "phones": isinstance(self.phones, bool),
             "eapc_authors": isinstance(self.eapc_authors, bool),
+            "clip_timeout_s": self.clip_timeout_s > 0,
+            "task_memory_mb": self.task_memory_mb >= 0,
+            "max_failure_fraction": 0 <= self.max_failure_fraction <= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -91,7 +103,7 @@ class PreprocessConfig:
 
     def content_hash(self) -> str:
         """Hash of everything that changes sample bytes (not Ray placement or shard sizes)."""
-        content = {k: v for k, v in asdict(self).items() if k not in ("ray_address", "num_workers", "max_retries")}
+        content = {k: v for k, v in asdict(self).items() if k not in RUN_KEYS}
         if not self.eapc_authors:  # off: the hash of shards made before the option existed
             content.pop("eapc_authors")
         content["version"] = PREPROCESS_VERSION
@@ -123,13 +135,17 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
+def process_clip(row: dict[str, Any], cfg: PreprocessConfig, base_dir: str | None = None) -> ClipResult:
     """Turn one manifest row into a WebDataset sample.
 
     Args:
         row: a manifest row (``id, dataset, video_path, audio_path, speaker, sex, emotion,
             intensity, sentence, split``); an empty ``audio_path`` means "use the video's track".
         cfg: preprocessing parameters.
+        base_dir: the folder relative paths of ``row`` are relative to: the driver's working
+            directory, since a Ray worker's is the folder its node was started in; None: this
+            process's. The sample's ``meta.json`` keeps the row's paths as written (same bytes on
+            every machine).
 
     Returns:
         A ``ClipResult``; its sample holds, for T frames at ``cfg.fps``:
@@ -148,8 +164,9 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
     """
     # one BLAS/OpenMP thread: a worker owns one CPU, and reductions then sum in the same order in
     # every process (Ray worker or not), so samples are byte-identical wherever they are made
+    cv2.setNumThreads(1)  # OpenCV's own pool: one worker, one CPU (Ray tasks request one each)
     with threadpool_limits(limits=1):
-        return _process_clip(row, cfg)
+        return _process_clip(row, cfg, base_dir)
 
 
 class _Laps:
@@ -165,18 +182,23 @@ class _Laps:
         self._clock = now
 
 
-def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
+def _process_clip(row: dict[str, Any], cfg: PreprocessConfig, base_dir: str | None) -> ClipResult:
     lap = _Laps()
     timings = lap.timings
     key = str(row["id"])
-    audio_source = row.get("audio_path") or row["video_path"]
+
+    def located(path: str) -> str:
+        return path if base_dir is None or os.path.isabs(path) else os.path.join(base_dir, path)
+
+    video_path = located(row["video_path"])
+    audio_source = located(row.get("audio_path") or row["video_path"])
     try:
         # audio first: it is cheap, and a clip without usable audio fails before the costly steps
         wav, original_rate = load_audio(audio_source, cfg.sample_rate)
         rms_dbfs = check_not_silent(wav, cfg.silence_dbfs)
         lap("audio")
 
-        video = decode_video(row["video_path"], cfg.fps, cfg.decode_max_side, cfg.max_seconds)
+        video = decode_video(video_path, cfg.fps, cfg.decode_max_side, cfg.max_seconds)
         frames = video.frames  # (T, H, W, 3)
         n_frames = len(frames)
         lap("decode")

@@ -8,6 +8,7 @@ since bad input fails the same way every time (the per-clip job returns failures
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TaskError:
-    """Yielded in place of a result when a task failed for good (e.g. its worker kept dying)."""
+    """Yielded in place of a result when a task failed for good: ``step`` ``worker`` (its worker
+    kept dying, or it raised) or ``timeout`` (cancelled after the distributor's timeout)."""
 
     message: str
+    step: str = "worker"
 
 
 def _on_node(fn: Callable, item: Any, *args: Any) -> tuple[str, Any]:
@@ -54,16 +57,23 @@ class RayDistributor:
             its nodes).
         num_workers: tasks in flight at once (one CPU each).
         max_retries: how often Ray re-runs a task whose worker process died (or whose node was lost).
+        timeout_s: a task not finished this long after it was submitted (at most one more task is
+            queued per worker, so this bounds queueing plus running) is cancelled (force: its worker
+            is killed) and yields ``TaskError(step="timeout")``; None: no limit.
+        memory_mb: Ray memory request per task (the scheduler places no more tasks on a node than
+            its memory holds); 0: none.
 
     Attributes:
         tasks_per_node: Ray node id -> tasks that finished there (for checks and logs).
     """
 
-    def __init__(self, address: str | None = None, num_workers: int = 2, max_retries: int = 3):
+    def __init__(self, address: str | None = None, num_workers: int = 2, max_retries: int = 3,
+                 timeout_s: float | None = None, memory_mb: int = 0):
         import ray
 
         self.num_workers = num_workers
         self.max_retries = max_retries
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
         self.tasks_per_node: Counter = Counter()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
@@ -73,18 +83,27 @@ class RayDistributor:
     def imap_unordered(self, fn: Callable, items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_on_node)
+        options = {"num_cpus": 1, "max_retries": self.max_retries}
+        if self.memory_mb:
+            options["memory"] = self.memory_mb * 2**20
+        remote = ray.remote(**options)(_on_node)
         fn_ref, shared_args = ray.put(fn), [ray.put(a) for a in args]
-        pending: dict[Any, int] = {}
+        pending: dict[Any, tuple[int, float]] = {}  # ref -> (item index, submitted at)
         next_item = 0
         window = 2 * self.num_workers
         while next_item < len(items) or pending:
             while next_item < len(items) and len(pending) < window:
-                pending[remote.remote(fn_ref, items[next_item], *shared_args)] = next_item
+                pending[remote.remote(fn_ref, items[next_item], *shared_args)] = (next_item, time.monotonic())
                 next_item += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=None if self.timeout_s is None else 1.0)
+            if self.timeout_s is not None:
+                now = time.monotonic()
+                for ref in [r for r, (_, since) in pending.items() if r not in done and now - since > self.timeout_s]:
+                    index, _ = pending.pop(ref)
+                    ray.cancel(ref, force=True)
+                    yield index, TaskError(f"no result after {self.timeout_s:g} s: cancelled", step="timeout")
             for ref in done:
-                index = pending.pop(ref)
+                index, _ = pending.pop(ref)
                 try:
                     node, result = ray.get(ref)
                 except Exception as err:  # RayTaskError, WorkerCrashedError after max_retries, ...
@@ -101,6 +120,7 @@ class RayDistributor:
             ray.shutdown()
 
 
-def make_distributor(address: str | None, num_workers: int, max_retries: int, serial: bool = False):
-    """``SerialDistributor`` when ``serial``, else a ``RayDistributor``."""
-    return SerialDistributor() if serial else RayDistributor(address, num_workers, max_retries)
+def make_distributor(address: str | None, num_workers: int, max_retries: int, serial: bool = False,
+                     timeout_s: float | None = None, memory_mb: int = 0):
+    """``SerialDistributor`` when ``serial`` (no timeout: it runs in this process), else a ``RayDistributor``."""
+    return SerialDistributor() if serial else RayDistributor(address, num_workers, max_retries, timeout_s, memory_mb)

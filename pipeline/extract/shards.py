@@ -1,13 +1,17 @@
 """Shard planning, atomic shard writing, per-shard stats and resume.
 
-Shard ids are stable: within a split, clips are sorted by id and cut into chunks of
-``clips_per_shard``; chunk k is ``<split>-<k:06d>.tar``. A shard is written to a temporary file and
+Shard ids are stable: within a split, clips are ordered by a hash of their id (:func:`shard_order`)
+and cut into chunks of ``clips_per_shard``; chunk k is ``<split>-<k:06d>.tar``. The hash mixes
+speakers, emotions and levels into every shard (ids sort by speaker and emotion: shards of
+consecutive ids each held one speaker's one emotion, and a shuffle buffer cannot undo that), and
+it depends on the id alone, so plans are the same on every run and an interrupted run resumes. A shard is written to a temporary file and
 renamed, then its stats JSON is written; a shard whose stats JSON exists and matches the current
 params hash and clip list is reused as is, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -35,17 +39,30 @@ class ShardPlan:
     clip_ids: tuple[str, ...]
 
 
-def plan_shards(rows: list[dict], clips_per_shard: int) -> list[ShardPlan]:
+def shard_order(clip_id: str) -> str:
+    """The key clips are ordered by before chunking: SHA-256 of the id (stable, well mixed)."""
+    return hashlib.sha256(f"shard-order:{clip_id}".encode()).hexdigest()
+
+
+def plan_shards(rows: list[dict], clips_per_shard: int, order: str = "hash") -> list[ShardPlan]:
     """Cut manifest rows into shards per split (stable ids; see module docstring).
 
+    Args:
+        rows: manifest rows (``id``, ``split``).
+        clips_per_shard: clips per shard (the last of a split may hold fewer).
+        order: ``"hash"`` (:func:`shard_order`, mixed shards) or ``"id"`` (sorted ids: the layout
+            before mixing, kept for ``benchmarks/shard_mix.py``).
+
     Raises:
-        ValueError: a row whose split is not train/val/test.
+        ValueError: a row whose split is not train/val/test, or an unknown ``order``.
     """
+    if order not in ("hash", "id"):
+        raise ValueError(f"order must be 'hash' or 'id', got {order!r}")
     plans = []
     for split in SPLITS:
-        ids = sorted(str(r["id"]) for r in rows if r["split"] == split)
+        ids = sorted((str(r["id"]) for r in rows if r["split"] == split), key=shard_order if order == "hash" else None)
         for k, start in enumerate(range(0, len(ids), clips_per_shard)):
-            plans.append(ShardPlan(f"{split}-{k:06d}", split, tuple(ids[start:start + clips_per_shard])))
+            plans.append(ShardPlan(f"{split}-{k:06d}", split, tuple(sorted(ids[start:start + clips_per_shard]))))
     unknown = {r["split"] for r in rows} - set(SPLITS)
     if unknown:
         raise ValueError(f"manifest has rows with unknown split(s) {sorted(unknown)}; expected {SPLITS}")
@@ -54,7 +71,7 @@ def plan_shards(rows: list[dict], clips_per_shard: int) -> list[ShardPlan]:
 
 def shard_is_done(out_dir: Path, plan: ShardPlan, params_hash: str) -> bool:
     """True when ``plan``'s tar and stats exist, were made from the same clips and params, and no
-    clip of it failed for an infrastructure reason (step ``worker``: its task or node died), which
+    clip of it failed for an infrastructure reason (step ``worker``: its task or node died; ``timeout``), which
     the next run retries; bad input fails the same way every time and is not retried."""
     stats_path = out_dir / f"{plan.name}.json"
     if not (out_dir / f"{plan.name}.tar").is_file() or not stats_path.is_file():
@@ -63,7 +80,7 @@ def shard_is_done(out_dir: Path, plan: ShardPlan, params_hash: str) -> bool:
         stats = json.loads(stats_path.read_text())
     except json.JSONDecodeError:
         return False
-    if any(f.get("step") == "worker" for f in stats.get("failed", ())):
+    if any(f.get("step") in ("worker", "timeout") for f in stats.get("failed", ())):
         return False
     return stats.get("params_hash") == params_hash and tuple(stats.get("planned", ())) == plan.clip_ids
 
