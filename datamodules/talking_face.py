@@ -135,13 +135,17 @@ def log_and_continue(err: Exception) -> bool:
 @dataclass(frozen=True)
 class SelectMembers:
     """Tar member filter: only ``meta.json``, the requested ``<key>.npy`` (frames: ``<key>.jpgs`` or
-    ``<key>.npy``) and the ``extra`` members (e.g. ``"audio.wav"``) are read into memory."""
+    ``<key>.npy``) and the ``extra`` members (e.g. ``"audio.wav"``) are read into memory; with
+    ``clip_keys``, only of those clips."""
 
     keys: tuple[str, ...]
     extra: tuple[str, ...] = ()
+    clip_keys: frozenset[str] | None = None  # only these clips' members (None: every clip)
 
     def __call__(self, name: str) -> bool:
-        suffix = name.split(".", 1)[-1]
+        key, _, suffix = name.partition(".")
+        if self.clip_keys is not None and key not in self.clip_keys:
+            return False
         wanted = {f"{k}.{ext}" for k in self.keys for ext in ("npy", "jpgs")}
         return suffix == "meta.json" or suffix in self.extra or suffix in wanted
 
@@ -473,16 +477,39 @@ class TalkingFaceDataModule(L.LightningDataModule):
         """Every test window (``stride``: one every ``stride`` frames; None: non-overlapping)."""
         return self._loader(self._eval_pipeline("test", stride), min(self.cfg.num_workers, len(self.urls("test"))))
 
+    def _training_clip_ids(self) -> dict[str, list[str]] | None:
+        """Training shard URL -> the clips it holds (its stats JSON's ``planned`` minus ``failed``);
+        None when a shard has no stats file (shards made elsewhere)."""
+        held = {}
+        for url in self.urls("train"):
+            stats = Path(url).with_suffix(".json")
+            if not stats.is_file():
+                return None
+            data = json.loads(stats.read_text())
+            failed = {f["id"] for f in data.get("failed", ())}
+            held[url] = [i for i in data.get("planned", ()) if i not in failed]
+        return held
+
     def training_clips(self, keys: tuple[str, ...], max_clips: int = 256) -> list[dict]:
-        """The first ``max_clips`` whole training clips in shard order (``DecodeSample`` dicts with
-        ``key``, ``meta`` and ``keys``): deterministic, so every DDP rank derives the same statistics.
+        """A sample of ``max_clips`` whole training clips drawn from the whole training split with
+        ``cfg.seed`` (``DecodeSample`` dicts with ``key``, ``meta`` and ``keys``), for input
+        statistics and backdrops: deterministic, so every DDP rank derives the same ones, and
+        spread over speakers and emotions (the first clips in shard order were one corner of the
+        data). Without shard stats files: the first ``max_clips`` in shard order.
 
         Raises:
             FileNotFoundError: no readable training clip.
         """
         decode = frame_reads(tuple(keys), self.cfg.shard_dir)
-        pipeline = wds.DataPipeline(wds.SimpleShardList(self.urls("train")),
-                                    ReadShards(SelectMembers(decode.keys)),
+        urls, keep = self.urls("train"), None
+        held = self._training_clip_ids()
+        if held is not None:
+            ids = sorted(i for clip_ids in held.values() for i in clip_ids)
+            keep = frozenset(random.Random(self.cfg.seed).sample(ids, min(max_clips, len(ids))))
+            urls = [url for url in urls if keep.intersection(held[url])]
+        pipeline = wds.DataPipeline(wds.SimpleShardList(urls),
+                                    ReadShards(SelectMembers(decode.keys, clip_keys=keep)),
+                                    wds.select(lambda sample: keep is None or sample["__key__"] in keep),
                                     wds.map(decode, handler=log_and_continue))
         clips = [clip for _, clip in zip(range(max_clips), pipeline)]
         if not clips:

@@ -281,7 +281,10 @@ class CVAEModule(L.LightningModule):
         return self.gamma, self.delta
 
     def _pick(self, frames: Tensor, train: bool, k: int) -> tuple[Tensor, Tensor]:
-        """Target frame indices ``(B, k)`` (k = 5 with the sync loss, else 1) and reference indices ``(B,)``."""
+        """Target frame indices ``(B, k)`` (k = 5 with the sync loss, else 1) and reference indices
+        ``(B,)``: with ``reference: random``, any frame outside the k targets (as Wav2Lip draws its
+        reference away from the target window: a reference among the targets is the answer to copy);
+        a window of exactly k frames has none, and the first frame is used."""
         b, t_len = frames.shape[:2]
         if t_len < k:
             raise ValueError(f"windows of {t_len} frames are shorter than the {k} frames needed")
@@ -290,9 +293,9 @@ class CVAEModule(L.LightningModule):
             start = torch.randint(0, t_len - k + 1, (b,), device=dev)
         else:
             start = torch.full((b,), (t_len - k) // 2, device=dev, dtype=torch.long)
-        if self.optim_cfg.reference == "random" and train and t_len > 1:
-            ref = torch.randint(0, t_len - 1, (b,), device=dev)
-            ref = ref + (ref >= start).long()  # any frame but the (first) target
+        if self.optim_cfg.reference == "random" and train and t_len > k:
+            ref = torch.randint(0, t_len - k, (b,), device=dev)
+            ref = ref + k * (ref >= start).long()  # skip the k target frames
         else:
             ref = torch.zeros(b, dtype=torch.long, device=dev)
         return start[:, None] + torch.arange(k, device=dev), ref

@@ -57,7 +57,9 @@ class EmoTalkerTrainConfig:
         autoencoder_ckpt: ``AutoencoderModule`` checkpoint (``train@autoencoder``), or
         autoencoder_path + autoencoder_scaling: a pretrained diffusers ``AutoencoderKL`` directory
             (e.g. an LDM f4 converted to diffusers) and its latent scaling factor (1 / std).
-        intensity_block: directory of the trained block (``train_intensity``).
+        intensity_block: directory of the trained block (``train_intensity``); required: without it the
+            emotion condition would be zero. ``"untrained"``: a block of zeros, said explicitly (tests,
+            cost counts); a missing directory is a ``FileNotFoundError`` naming the stage.
         emotion_ckpt: the loss-side ``EmotionClassifierModule`` checkpoint (None: no eq. 4, recorded).
         ema_decay: exponential moving average of the weights (LDM / DiffTalk: 0.9999), updated after
             every optimiser step by Lightning's ``WeightAveraging`` callback (``pipeline.train``); the
@@ -86,6 +88,10 @@ class EmoTalkerTrainConfig:
             raise ValueError(f"{p}: give exactly one of autoencoder_ckpt (train@autoencoder) and autoencoder_path")
         if self.autoencoder_path is not None and not self.autoencoder_scaling:
             raise ValueError(f"{p}.autoencoder_scaling: a pretrained autoencoder needs its latent scaling factor")
+        if not self.intensity_block:
+            raise ValueError(f"{p}.intensity_block is required: the emotion condition comes from the trained Emotion "
+                             "Intensity Block (models/intensity_block: `dvc repro train_intensity`); 'untrained' for "
+                             "a block of zeros")
 
 
 @dataclass
@@ -139,8 +145,8 @@ class EmoTalkerModule(L.LightningModule):
         if self.autoencoder.net_cfg.image_size != self.net_cfg.crop_size:
             raise ValueError(f"autoencoder image_size {self.autoencoder.net_cfg.image_size} != emotalker crop_size "
                              f"{self.net_cfg.crop_size}")
-        self.intensity_block = (EmotionIntensityBlock() if from_checkpoint or self.optim_cfg.intensity_block is None
-                                else load_intensity_block(self.optim_cfg.intensity_block))
+        self.intensity_block = (EmotionIntensityBlock() if from_checkpoint or self.optim_cfg.intensity_block == "untrained"
+                                else load_intensity_block(self.optim_cfg.intensity_block))  # checkpoint: its buffers
         self.intensity_block.requires_grad_(False)
         self.frames_key = f"frames_{self.net_cfg.crop_size}"
         self.data_keys = (self.frames_key, "lmk", "phones")

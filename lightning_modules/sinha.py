@@ -296,7 +296,7 @@ class SinhaModule(L.LightningModule):
         net = dict(net or {})
         unknown = sorted(set(net) - {"landmark", "texture"})
         if unknown:
-            raise ValueError(f"unknown sinha.net keys {unknown}; known: landmark, texture")
+            raise ValueError(f"sinha.net.{unknown[0]}: unknown key (known: landmark, texture)")
         optim_cfg = SinhaTrainConfig(**(optim or {}))
         feature_dim = SPEECH_DIMS[optim_cfg.speech_feature]
         graph_cfg = SinhaGraphConfig.from_dict({"feature_dim": feature_dim, **net.get("landmark", {})})

@@ -141,6 +141,9 @@ class TwoStageModule(L.LightningModule):
         self.lipsync, self.quality = LipSyncGenerator(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
         self.sync_on = False
         self._edit_counts = torch.zeros(2, self.editor_cfg.n_emotions)  # validation edit hits, targets per emotion
+        # the emotions the training data holds (CREMA-D: 6 of the 8): validation edits target only these
+        self.register_buffer("seen_emotions", torch.zeros(self.editor_cfg.n_emotions, dtype=torch.bool))
+        self._targets_seen: torch.Tensor | None = None  # seen_emotions of every rank, per validation epoch
         self._expert: tuple = ()  # (SyncNet,): a tuple keeps the frozen loss network out of checkpoints
         if self.optim_cfg.syncnet_ckpt is not None:
             from lightning_modules.syncnet import SyncNetModule
@@ -160,7 +163,7 @@ class TwoStageModule(L.LightningModule):
         net = dict(net or {})
         unknown = sorted(set(net) - {"crop_size", "editor", "lipsync"})
         if unknown:
-            raise ValueError(f"unknown two_stage.net keys {unknown}; known: crop_size, editor, lipsync")
+            raise ValueError(f"two_stage.net.{unknown[0]}: unknown key (known: crop_size, editor, lipsync)")
         s = int(net.get("crop_size", 64))
         return (TwoStageTrainConfig(**(optim or {})), EditorConfig.from_dict({"image_size": s, **net.get("editor", {})}),
                 LipSyncConfig.from_dict({"image_size": s, **net.get("lipsync", {})}))
@@ -286,6 +289,7 @@ class TwoStageModule(L.LightningModule):
         opt_g1, opt_d1, opt_g2, opt_d2 = self.optimizers()
         frames, mel, label = batch[self.frames_key], batch["mel"].float(), batch["emotion"]
         b, t_len = frames.shape[:2]
+        self.seen_emotions[label] = True
         # stage 1: one random frame per window; targets = the batch's labels shuffled (StarGAN)
         pick = torch.randint(0, t_len, (b,), device=frames.device)
         x = to_tanh(frames[torch.arange(b, device=frames.device), pick])
@@ -335,10 +339,12 @@ class TwoStageModule(L.LightningModule):
         sync = self.sync_term(gen, mel, start)
         if sync is not None:
             logs["val/sync"] = sync
-        x = to_tanh(frames[:, 0])
-        target = (label + 1) % self.editor_cfg.n_emotions
-        hit = (self.critic(self.editor(x, target))[1].argmax(1) == target).float()
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=b)
+        target = self.edit_targets(label)
+        if target is None:  # fewer than two emotions seen in training: no edit to score
+            return
+        x = to_tanh(frames[:, 0])
+        hit = (self.critic(self.editor(x, target))[1].argmax(1) == target).float()
         # edit accuracy per target emotion from counts, summed over ranks at epoch end (every rank logs
         # the same keys: a per-rank mean of the emotions one rank happened to see would pair values by order)
         counts = torch.zeros(2, self.editor_cfg.n_emotions, device=hit.device)
@@ -346,8 +352,21 @@ class TwoStageModule(L.LightningModule):
         counts[1].index_add_(0, target, torch.ones_like(hit))
         self._edit_counts += counts
 
+    def edit_targets(self, label: torch.Tensor) -> torch.Tensor | None:
+        """Validation edit target per clip: the next emotion after its own, cyclically, among the
+        emotions of the training data (``seen_emotions``, merged over ranks at epoch start); (B,)
+        int64, or None when fewer than two were seen. (The old ``(label + 1) % 8`` targeted contempt
+        and surprised on CREMA-D, which has neither.)"""
+        seen = self._targets_seen if self._targets_seen is not None else self.seen_emotions
+        ids = torch.nonzero(seen).flatten().to(label.device)
+        if len(ids) < 2:
+            return None
+        return ids[torch.searchsorted(ids, label, right=True) % len(ids)]
+
     def on_validation_epoch_start(self) -> None:
         self._edit_counts = torch.zeros(2, self.editor_cfg.n_emotions, device=self.device)
+        seen = self.all_gather(self.seen_emotions)  # (world, n) under DDP, (n,) alone
+        self._targets_seen = seen.reshape(-1, self.editor_cfg.n_emotions).any(dim=0)
 
     def on_validation_epoch_end(self) -> None:
         hits, totals = self.trainer.strategy.reduce(self._edit_counts, reduce_op="sum")  # (n_emotions,) each

@@ -278,7 +278,9 @@ def without_input_files(params: dict, method: str) -> dict:
     ``intensity_block`` null, emotalker's autoencoder a placeholder path (never read when the
     network is built from ``train.methods.autoencoder.net``, :func:`build_method`)."""
     optim = params["train"]["methods"][method].get("optim", {})
-    files = {f"train.methods.{method}.optim.{k}": None for k in optim if k.endswith("_ckpt") or k == "intensity_block"}
+    files = {f"train.methods.{method}.optim.{k}": None for k in optim if k.endswith("_ckpt")}
+    if "intensity_block" in optim:
+        files[f"train.methods.{method}.optim.intensity_block"] = "untrained"
     if method == "emotalker":
         files.update({"train.methods.emotalker.optim.autoencoder_ckpt": "models/autoencoder/unused.ckpt",
                       "train.methods.emotalker.optim.autoencoder_path": None})

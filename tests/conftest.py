@@ -140,7 +140,7 @@ TINY_NETS = {  # untrained, tiny: what `generate` and the web demo need to run e
     "two_stage": ({"crop_size": 64, "editor": {"g_conv_dim": 8, "g_repeat": 1, "d_conv_dim": 8, "d_repeat": 4},
                    "lipsync": {"widths": [8, 8, 8, 16, 16, 16, 16], "audio_widths": [8, 16], "d_widths": [8]}}, {}),
     "emotalker": ({"crop_size": 64, "block_out_channels": [8, 16], "norm_num_groups": 8, "cross_attention_dim": 16},
-                  {"autoencoder_path": "unused", "autoencoder_scaling": 1.0}),
+                  {"autoencoder_path": "unused", "autoencoder_scaling": 1.0, "intensity_block": "untrained"}),
     "eapc_vid2vid": ({"crop_size": 64, "widths": [8, 16, 16], "label_channels": 8, "flow_widths": [8, 8]},
                      {"stage1_ckpt": None, "vgg16_weights": None, "d_widths": [8]}),
 }

@@ -43,7 +43,7 @@ TINY = {  # (net, optim) per method: seconds per step on one CPU
     "eapc_vid2vid": ({"crop_size": S, "lmk_size": S, "widths": [8, 16, 16], "label_channels": 8, "flow_widths": [8, 8]},
                      {"vgg16_weights": None, "d_widths": [8], "temporal_start_epoch": 1, "finetune_epochs": 1}),
     "emotalker": ({"crop_size": S, "block_out_channels": [8, 16], "norm_num_groups": 8, "cross_attention_dim": 16},
-                  {"intensity_block": None, "emotion_max_t": 1000}),
+                  {"intensity_block": "untrained", "emotion_max_t": 1000}),
 }
 
 

@@ -46,7 +46,7 @@ def test_forward_shapes_and_range():
     assert float(out.recon.detach().min()) >= 0 and float(out.recon.detach().max()) <= 1
     with pytest.raises(ValueError, match="crop_size"):
         CVAEConfig(crop_size=60, widths=(16, 32, 64))
-    with pytest.raises(ValueError, match="unknown cvae.net keys"):
+    with pytest.raises(ValueError, match=r"cvae\.net\.\w+: unknown key"):
         CVAEConfig.from_dict({"crop": 64})
 
 
@@ -239,6 +239,19 @@ def test_short_lightning_fit_reduces_recon(crema_shards):
     assert len(rec.recon) == 3 and all(math.isfinite(r) for r in rec.recon)
     assert rec.recon[-1] < 0.7 * rec.recon[0], rec.recon
     assert "val/loss" in trainer.callback_metrics
+
+
+def test_random_reference_is_never_one_of_the_target_frames():
+    """reference: random with the sync loss's 5 targets: over many draws the reference falls on
+    frames outside the targets and never inside (the old draw excluded only the first target)."""
+    model = CVAEModule(net=NET, optim={"reference": "random"})
+    frames = torch.zeros(4096, 8, 1, 1, 3)
+    idx, ref = model._pick(frames, True, 5)
+    inside = (ref[:, None] == idx).any(dim=1)
+    assert not inside.any()
+    assert idx.shape == (4096, 5) and set(ref.tolist()) == {0, 1, 2, 5, 6, 7}  # 3 and 4: always targets
+    _, ref_first = model._pick(frames[:, :5], True, 5)  # no frame outside the targets: the first
+    assert (ref_first == 0).all()
 
 
 def test_augmentation_same_parameters_for_reference_and_target():

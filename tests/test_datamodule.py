@@ -202,7 +202,11 @@ def test_broken_and_missing_shards(crema_shards, tmp_path, caplog):
     dm = TalkingFaceDataModule(DataConfig(shard_dir=str(shard_dir), keys=("lmk", "mfcc", "llf"), batch_size=2))
     with caplog.at_level(logging.WARNING):
         keys = [k for b in dm.test_dataloader() for k in b["key"]]
-    assert keys and all(k.startswith("9903_DFA_NEU_XX@") for k in keys)  # the good shard's windows
+    import tarfile
+
+    with tarfile.open(crema_shards / "shards/crema_d/train-000000.tar") as tar:
+        clip = tar.getnames()[0].split(".")[0]
+    assert keys and all(k.startswith(f"{clip}@") for k in keys)  # the good shard's windows
     assert len(keys) == len(set(keys))
     logged = caplog.text
     assert "test-000001.tar" in logged and "test-000002.tar" in logged
@@ -218,3 +222,38 @@ def test_config_validation():
         DataConfig(shard_dir="x", window=0)
     with pytest.raises(ValueError, match="'lmk'"):
         DataConfig(shard_dir="x", keys=("mfcc",))
+
+
+def test_input_statistics_sample_the_whole_training_split(tmp_path):
+    """training_clips draws a seeded sample over every training shard (its stats JSON lists its
+    clips; failed ones are left out), not the first clips of the first shard: speakers sorted by id
+    all reach the statistics. Same seed, same clips (every DDP rank agrees)."""
+    import io
+    import json
+    import tarfile
+
+    def npy(array):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    for k, speaker in enumerate(("1001", "1002", "1003", "1004")):  # one speaker per shard, as sorted ids gave
+        ids = [f"{speaker}_clip{c}" for c in range(4)]
+        with tarfile.open(tmp_path / f"train-{k:06d}.tar", "w") as tar:
+            for clip_id in ids[:3]:  # the fourth failed in preprocessing
+                for suffix, data in (("llf.npy", npy(np.full((5, 25), k, np.float32))),
+                                     ("meta.json", json.dumps({"id": clip_id, "speaker": speaker}).encode())):
+                    info = tarfile.TarInfo(f"{clip_id}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        (tmp_path / f"train-{k:06d}.json").write_text(json.dumps(
+            {"planned": ids, "failed": [{"id": ids[3], "step": "audio"}], "frames": 15}))
+    dm = TalkingFaceDataModule(DataConfig(shard_dir=str(tmp_path), keys=("lmk", "llf"), seed=3))
+    clips = dm.training_clips(("llf",), max_clips=6)
+    keys = [c["key"] for c in clips]
+    assert len(keys) == 6 and len({k.split("_")[0] for k in keys}) >= 3, keys  # not shard 0's three clips
+    assert not any(k.endswith("clip3") for k in keys)  # failed clips are not in the shards
+    assert [c["key"] for c in dm.training_clips(("llf",), max_clips=6)] == keys
+    other = TalkingFaceDataModule(DataConfig(shard_dir=str(tmp_path), keys=("lmk", "llf"), seed=4))
+    assert [c["key"] for c in other.training_clips(("llf",), max_clips=6)] != keys
+    assert dm.training_arrays("llf", max_clips=6).shape == (30, 25)

@@ -73,6 +73,13 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
         f"1002_DFA_{e}_XX.wav" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")]
     failures = [json.loads(line) for line in (shards / "failures.jsonl").read_text().splitlines()]
     assert sorted(f["id"] for f in failures) == ["9902_IWL_SAD_XX", "9902_TIE_DIS_XX"]  # the silent clips
+    # the shards are hashed by DVC but not copied into its cache (cache: false): no second copy on disk
+    import hashlib
+
+    cached = {p.parent.name + p.name for p in (repo_copy / ".dvc/cache/files/md5").glob("*/*")}
+    for tar in shards.glob("*.tar"):
+        assert hashlib.md5(tar.read_bytes()).hexdigest() not in cached
+    assert "shards/crema_d" in (repo_copy / "dvc.lock").read_text()
     assert all("silent" in f["reason"] for f in failures)
 
     for split in ("train", "val", "test"):

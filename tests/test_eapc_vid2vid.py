@@ -142,7 +142,7 @@ def test_config_errors_name_the_parameter():
         Vid2VidConfig(crop_size=100)
     with pytest.raises(ValueError, match="widths"):
         Vid2VidConfig(crop_size=32, widths=(8, 8, 8, 8))
-    with pytest.raises(ValueError, match="unknown eapc_vid2vid.net keys"):
+    with pytest.raises(ValueError, match=r"eapc_vid2vid\.net\.\w+: unknown key"):
         Vid2VidConfig.from_dict({"width": [8]})
     with pytest.raises(ValueError, match="retarget"):
         Vid2VidTrainConfig(retarget="procrustes")

@@ -129,7 +129,8 @@ def emotalker(crema_shards, tmp_path_factory):
     assert float(ae.scaling_factor) != 1.0  # measured at the end of fit, not SD's constant
     ae_ckpt = work / "autoencoder.ckpt"
     trainer.save_checkpoint(ae_ckpt)
-    model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(ae_ckpt), "lambda_emo": 0.0})
+    model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(ae_ckpt), "lambda_emo": 0.0,
+                                            "intensity_block": "untrained"})
     trainer = L.Trainer(max_epochs=1, logger=False, default_root_dir=work, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=1, accelerator="cpu")
     trainer.fit(model, datamodule=dm)
@@ -170,7 +171,8 @@ def test_ema_checkpoint_holds_the_average(emotalker):
 
     def fit(steps: int, decay: float | None) -> dict:
         L.seed_everything(1)  # the same initial weights every time (the autoencoder built from its config)
-        model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": "unused", "lambda_emo": 0.0, "ema_decay": decay},
+        model = EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": "unused", "lambda_emo": 0.0, "ema_decay": decay,
+                                                "intensity_block": "untrained"},
                                 autoencoder_net=AE_NET)
         trainer = L.Trainer(max_steps=steps, logger=False, default_root_dir=work, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, accelerator="cpu",
@@ -206,11 +208,17 @@ def test_bad_params_name_the_fix(tmp_path):
 
     with pytest.raises(ValueError, match="exactly one of autoencoder_ckpt"):
         EmoTalkerModule.validate_params(NET, {})
+    with pytest.raises(ValueError, match=r"intensity_block is required.*dvc repro train_intensity"):
+        EmoTalkerModule.validate_params(NET, {"autoencoder_ckpt": "x"})  # no silent all-zero emotion condition
+    from lightning_modules.networks.intensity import load_intensity_block
+
+    with pytest.raises(FileNotFoundError, match="no Emotion Intensity Block at .*train_intensity"):
+        load_intensity_block(tmp_path / "gone")  # what a configured but missing block gives
     with pytest.raises(ValueError, match="autoencoder_scaling"):
         EmoTalkerModule.validate_params(NET, {"autoencoder_path": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="train@autoencoder"):
-        EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(tmp_path / "none.ckpt")})
-    with pytest.raises(ValueError, match="unknown emotalker.net keys"):
+        EmoTalkerModule(net=NET, optim={"autoencoder_ckpt": str(tmp_path / "none.ckpt"), "intensity_block": "untrained"})
+    with pytest.raises(ValueError, match=r"emotalker\.net\.\w+: unknown key"):
         EmoTalkerModule.validate_params({"crop": 64}, {"autoencoder_ckpt": "x"})
 
 
