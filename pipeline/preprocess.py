@@ -1,4 +1,5 @@
-"""DVC stage ``preprocess``: manifest -> WebDataset shards, one Ray task per clip.
+"""DVC stage ``preprocess``: manifest -> WebDataset shards, one Ray task per shard that processes
+its clips and writes the shard itself (the driver only collects statistics and failures).
 
     python -m pipeline.preprocess --manifest data/manifest/crema_d.parquet --out shards/crema_d
 
@@ -15,17 +16,17 @@ import json
 import os
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.extract.clip import ClipResult, PreprocessConfig, process_clip
+from pipeline.extract.clip import ClipResult, PreprocessConfig
 from primitives.config import typed_config
 from pipeline.extract.distribute import TaskError, make_distributor
 from pipeline.extract.shards import (
-    SPLITS, foreign_files, plan_shards, remove_stale_shards, shard_is_done, write_shard,
+    SPLITS, foreign_files, plan_shards, process_shard, remove_stale_shards, shard_is_done, write_shard,
 )
 from pipeline.params import ParamsError, error_line, load_params
 
@@ -60,7 +61,7 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
 
     Returns:
         Totals: ``{"splits": {split: {clips, frames, seconds, failures, shards}}, "failures": n,
-        "reused_shards": n, "written_shards": n, "tasks_per_node": {ray node id: clips}}``.
+        "reused_shards": n, "written_shards": n, "tasks_per_node": {ray node id: shards written there}}``.
     """
     params_hash = cfg.content_hash()
     plans = plan_shards(rows, cfg.clips_per_shard)
@@ -75,26 +76,22 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
     remove_stale_shards(out_dir, plans)
     todo = [p for p in plans if not shard_is_done(out_dir, p, params_hash)]
     by_id = {str(r["id"]): r for r in rows}
-    plan_of = [i for i, plan in enumerate(todo) for _ in plan.clip_ids]
-    items = [by_id[clip_id] for plan in todo for clip_id in plan.clip_ids]
+    jobs = [(plan, [by_id[clip_id] for clip_id in plan.clip_ids]) for plan in todo]  # one task per shard
 
-    waiting = {i: len(p.clip_ids) for i, p in enumerate(todo)}
-    results: dict[int, list[ClipResult]] = defaultdict(list)
     n_failed = 0
     distributor = make_distributor(cfg.ray_address, cfg.num_workers, cfg.max_retries, serial=serial,
-                                   timeout_s=cfg.clip_timeout_s, memory_mb=cfg.task_memory_mb) if items else None
-    progress = _Progress(len(items), f"preprocess {out_dir.name}")
+                                   timeout_s=cfg.clip_timeout_s * cfg.clips_per_shard,
+                                   memory_mb=cfg.task_memory_mb) if jobs else None
+    progress = _Progress(sum(len(p.clip_ids) for p in todo), f"preprocess {out_dir.name}")
     try:
-        for item_index, result in (distributor.imap_unordered(process_clip, items, cfg, os.getcwd()) if items else ()):
-            plan_index, key = plan_of[item_index], str(items[item_index]["id"])
-            if isinstance(result, TaskError):
-                result = ClipResult(key, failure={"id": key, "step": result.step, "reason": result.message})
-            n_failed += result.failure is not None
-            results[plan_index].append(result)
-            waiting[plan_index] -= 1
-            if waiting[plan_index] == 0:
-                write_shard(out_dir, todo[plan_index], results.pop(plan_index), params_hash, cfg.fps)
-            progress.update(n_failed)
+        shared = (cfg, os.getcwd(), str(out_dir.resolve()), params_hash)  # relative clip paths: the driver's folder
+        for index, stats in (distributor.imap_unordered(process_shard, jobs, *shared) if jobs else ()):
+            plan = todo[index]
+            if isinstance(stats, TaskError):  # the task died for good or timed out: every clip of it, recorded
+                lost = [ClipResult(c, failure={"id": c, "step": stats.step, "reason": stats.message}) for c in plan.clip_ids]
+                stats = write_shard(out_dir, plan, lost, params_hash, cfg.fps)
+            n_failed += stats["failures"]
+            progress.update(n_failed, clips=len(plan.clip_ids))
     finally:
         progress.close()
         if distributor is not None:
@@ -110,12 +107,12 @@ class _Progress:
         self.total, self.desc, self.done = total, desc, 0
         self.bar = tqdm(total=total, unit="clip", desc=desc, file=sys.stderr) if total and sys.stderr.isatty() else None
 
-    def update(self, failures: int) -> None:
-        self.done += 1
+    def update(self, failures: int, clips: int = 1) -> None:
+        self.done += clips
         if self.bar is not None:
-            self.bar.update()
+            self.bar.update(clips)
             self.bar.set_postfix(failures=failures)
-        elif self.done == self.total or self.done * 4 // self.total > (self.done - 1) * 4 // self.total:
+        elif self.done == self.total or self.done * 4 // self.total > (self.done - clips) * 4 // self.total:
             print(f"{self.desc}: {self.done}/{self.total} clips, {failures} failed", file=sys.stderr, flush=True)
 
     def close(self) -> None:

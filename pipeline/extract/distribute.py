@@ -77,8 +77,10 @@ class RayDistributor:
         self.tasks_per_node: Counter = Counter()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            # address None: always a new local instance ("local"), never a cluster a stale
+            # /tmp/ray/ray_current_cluster file points to
             local = {"num_cpus": num_workers, "include_dashboard": False} if address is None else {}
-            ray.init(address=address, log_to_driver=False, configure_logging=False, **local)
+            ray.init(address=address or "local", log_to_driver=False, configure_logging=False, **local)
 
     def imap_unordered(self, fn: Callable, items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
         import ray
@@ -87,7 +89,9 @@ class RayDistributor:
         if self.memory_mb:
             options["memory"] = self.memory_mb * 2**20
         remote = ray.remote(**options)(_on_node)
-        fn_ref, shared_args = ray.put(fn), [ray.put(a) for a in args]
+        # fn and args travel inside each task spec (small: a config, paths), not as ray.put objects
+        # owned by this driver, which a process that ran an earlier Ray session can fail to serve
+        fn_ref, shared_args = fn, list(args)
         pending: dict[Any, tuple[int, float]] = {}  # ref -> (item index, submitted at)
         next_item = 0
         window = 2 * self.num_workers

@@ -153,6 +153,24 @@ def foreign_files(out_dir: Path, plans: list[ShardPlan]) -> list[str]:
     return foreign
 
 
+def process_shard(job: tuple[ShardPlan, list[dict]], cfg, base_dir: str | None, out_dir: str,
+                  params_hash: str) -> dict:
+    """One Ray task (or serial step) per shard: process every clip of ``job = (plan, manifest rows)``
+    (:func:`pipeline.extract.clip.process_clip`, one after another on this worker's CPU) and write
+    the shard's tar and stats JSON into ``out_dir`` from this worker. Only the stats (counts and
+    failures, a few hundred bytes) go back to the driver, so no sample's bytes pass through one
+    process; ``out_dir`` must be storage every node sees (as the dataset is).
+
+    Returns:
+        :func:`write_shard`'s stats dict.
+    """
+    from pipeline.extract.clip import process_clip
+
+    plan, rows = job
+    results = [process_clip(row, cfg, base_dir) for row in rows]
+    return write_shard(Path(out_dir), plan, results, params_hash, cfg.fps)
+
+
 def remove_stale_shards(out_dir: Path, plans: list[ShardPlan]) -> list[str]:
     """Delete the shards of an earlier run that ``plans`` no longer has (a manifest with fewer
     clips): only a tar whose stats JSON this stage wrote (:func:`_own_stats`), never by name alone.
