@@ -7,6 +7,7 @@ and the file (``evaluate.crop_sise: unknown key``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pipeline.params import ParamsError, get
@@ -41,10 +42,10 @@ class EvaluateSettings:
     def __post_init__(self) -> None:
         from eval_metrics.arcface import ARCHS
 
-        choices = {"device": ("auto", "cpu", "cuda"), "arcface_arch": ARCHS}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"evaluate.{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"evaluate.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.arcface_arch not in ARCHS:
+            raise ValueError(f"evaluate.arcface_arch: must be one of {', '.join(ARCHS)}, got {self.arcface_arch!r}")
         for key, least in (("crop_size", 16), ("clips_per_forward", 1), ("n_videos", 0)):
             if getattr(self, key) < least:
                 raise ValueError(f"evaluate.{key}: must be >= {least}, got {getattr(self, key)}")

@@ -26,7 +26,8 @@ from ddp_worker import TINY
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ["syncnet", "syncnet_eval", "emotion_classifier", "emotion_classifier_eval", "autoencoder", "eapc", "cvae",
          "sinha", "two_stage", "eapc_vid2vid", "emotalker"]  # loss networks before the generators that load them
-VAL_EMOTIONS = (3, 5)  # the two val shards' labels (happy, sad): one per rank
+VAL_EMOTIONS = (3, 5)  # the two val shards' labels (disgusted, happy): one per rank
+TRAIN_EMOTIONS = (1, 5)  # the two train shards' labels (angry, happy): each rank may see only one
 
 
 def test_every_trainable_method_is_covered():
@@ -51,12 +52,14 @@ def _relabelled(src: Path, dst: Path, emotion_id: int) -> None:
 
 
 def _workdir(crema_shards: Path, root: Path) -> Path:
-    """The fixture's train shards plus two val shards of one clip with different emotions."""
+    """The fixture's train shards relabelled one emotion each (TRAIN_EMOTIONS: two_stage's edits
+    target emotions of the training data) plus two val shards of one clip with different emotions."""
     shards = root / "shards" / "crema_d"
     shards.mkdir(parents=True)
     src = crema_shards / "shards" / "crema_d"
-    for path in src.glob("train-*"):
-        shutil.copy(path, shards / path.name)
+    for path, emotion_id in zip(sorted(src.glob("train-*.tar")), TRAIN_EMOTIONS, strict=True):
+        _relabelled(path, shards / path.name, emotion_id)
+        shutil.copy(path.with_suffix(".json"), shards / path.with_suffix(".json").name)
     for i, emotion_id in enumerate(VAL_EMOTIONS):
         _relabelled(src / "val-000000.tar", shards / f"val-00000{i}.tar", emotion_id)
     return root
@@ -117,7 +120,9 @@ def test_two_stage_per_emotion_validation_keys_equal_one_process(ddp_run, monkey
     run = [r for r in client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
            if r.info.run_name == "two_stage-crema_d"][0]
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("val/edit_acc")}
-    targets = {EMOTIONS[(e + 1) % 8] for e in VAL_EMOTIONS}
+    seen = sorted(TRAIN_EMOTIONS)  # merged over the ranks: the next of these after each val label
+    targets = {EMOTIONS[next((s for s in seen if s > e), seen[0])] for e in VAL_EMOTIONS}
+    assert targets == {"happy", "angry"}
     assert set(logged) == {"val/edit_acc"} | {f"val/edit_acc_{name}" for name in targets}
 
     monkeypatch.chdir(ddp_run)  # the checkpoint names its loss networks relative to the working directory
