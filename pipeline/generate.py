@@ -23,8 +23,11 @@ import csv
 import inspect
 import json
 import os
+import pickle
 import sys
 import time
+import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,9 +110,6 @@ def load_method(method: str, checkpoint: Path):
         trained = json.loads(config.read_text()).get("method")
         if trained and trained != method:
             raise InputError(f"{checkpoint} is a {trained} checkpoint, not {method}")
-    import pickle
-    import zipfile
-
     if not zipfile.is_zipfile(checkpoint):  # torch.save's format since PyTorch 1.6
         raise InputError(f"{checkpoint.name} is not a PyTorch checkpoint (a truncated or foreign file)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -325,7 +325,7 @@ def read_jobs(path: Path, defaults: dict) -> list[JobRow]:
         value = (value or "").strip()
         return None if not value else str(value if Path(value).is_absolute() else base / value)
 
-    parsed: list[tuple[int, dict, Job | None, str | None]] = []
+    parsed: list[tuple[int, Job | None, str | None]] = []
     for line, row in enumerate(rows, start=2):
         try:
             missing = [k for k in ("image", "emotion", "out") if not (row.get(k) or "").strip()]
@@ -335,19 +335,20 @@ def read_jobs(path: Path, defaults: dict) -> list[JobRow]:
             job = Job(image=rel(row["image"]), emotion=row["emotion"].strip(), out=rel(row["out"]),
                       audio=rel(row.get("audio")), text=(row.get("text") or "").strip() or None,
                       intensity=check_intensity(intensity), prompt=(row.get("prompt") or "").strip() or None)
-            parsed.append((line, row, job, None))
+            parsed.append((line, job, None))
         except InputError as err:
-            parsed.append((line, row, None, str(err)))
-    jobs = [job for _, _, job, _ in parsed if job is not None]
-    outs = [os.path.abspath(job.out) for job in jobs]
+            parsed.append((line, None, str(err)))
+    jobs = [job for _, job, _ in parsed if job is not None]
+    outs = Counter(os.path.abspath(job.out) for job in jobs)
     inputs = tuple(p for job in jobs for p in (job.image, job.audio) if p)
+    input_paths = {os.path.abspath(p) for p in inputs}
     result = []
-    for line, _, job, error in parsed:
+    for line, job, error in parsed:
         if job is not None:
             out = os.path.abspath(job.out)
-            if outs.count(out) > 1:
+            if outs[out] > 1:
                 error = f"out {job.out} is also the out of another row; each row needs its own file"
-            elif out in {os.path.abspath(p) for p in inputs}:
+            elif out in input_paths:
                 error = f"out {job.out} is an input of this jobs file; it would be overwritten"
             else:
                 try:
@@ -390,14 +391,10 @@ def crop_geometry(params_path: Path) -> dict:
     """
     if not Path(params_path).is_file():
         return {"face_scale": 0.6, "lmk_size": 256}
-    from pipeline.extract.clip import PreprocessConfig
-    from pipeline.params import ParamsError, get, load_params
-    from primitives.config import typed_config
+    from pipeline.params import get, load_params
+    from pipeline.preprocess import preprocess_config  # the stage's own check of the section
 
-    try:
-        pre = typed_config(PreprocessConfig, get(load_params(params_path), "preprocess", dict, default={}), "preprocess")
-    except ValueError as err:
-        raise ParamsError(str(err)) from None
+    pre = preprocess_config({"preprocess": get(load_params(params_path), "preprocess", dict, default={})})
     return {"face_scale": pre.crop_face_scale, "lmk_size": max(pre.crop_sizes)}
 
 

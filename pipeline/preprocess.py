@@ -23,12 +23,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.extract.clip import ClipResult, PreprocessConfig
-from primitives.config import typed_config
 from pipeline.extract.distribute import TaskError, make_distributor
 from pipeline.extract.shards import (
     SPLITS, foreign_files, plan_shards, process_shard, remove_stale_shards, shard_is_done, write_shard,
 )
 from pipeline.params import ParamsError, error_line, load_params
+from primitives.config import typed_config
 
 
 def preprocess_config(params: dict) -> PreprocessConfig:
@@ -122,7 +122,8 @@ class _Progress:
 
 def _summarise(out_dir: Path, plans: list, reused: int) -> dict:
     """Merge per-shard stats into ``stats.json`` and ``failures.jsonl``; the returned summary adds
-    this run's ``reused_shards`` / ``written_shards``, which stay out of ``stats.json`` so that a
+    this run's ``reused_shards`` / ``written_shards`` and ``failures_by_step`` (step -> clips), which
+    stay out of ``stats.json`` so that a
     resumed run leaves the shard folder (a DVC output) byte-identical and retrains nothing."""
     totals = {s: {"clips": 0, "frames": 0, "seconds": 0.0, "failures": 0, "shards": 0} for s in SPLITS}
     failures = []
@@ -140,7 +141,8 @@ def _summarise(out_dir: Path, plans: list, reused: int) -> dict:
         fh.writelines(json.dumps(f, sort_keys=True) + "\n" for f in failures)
     summary = {"splits": totals, "failures": len(failures)}
     (out_dir / "stats.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-    return {**summary, "reused_shards": reused, "written_shards": len(plans) - reused}
+    return {**summary, "reused_shards": reused, "written_shards": len(plans) - reused,
+            "failures_by_step": Counter(f["step"] for f in failures)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{elapsed:.1f} s", file=sys.stderr)
     failed_share = summary["failures"] / max(len(rows), 1)
     if clips == 0 or failed_share > cfg.max_failure_fraction:
-        steps = Counter(json.loads(line)["step"] for line in (args.out / "failures.jsonl").read_text().splitlines())
+        steps = summary["failures_by_step"]
         raise SystemExit(f"preprocess: error: {summary['failures']} of {len(rows)} clips failed ({failed_share:.0%}; "
                          f"by step: {', '.join(f'{k} {v}' for k, v in steps.most_common())}), above "
                          f"preprocess.max_failure_fraction={cfg.max_failure_fraction:g}; see {args.out / 'failures.jsonl'} "

@@ -89,15 +89,14 @@ class RayDistributor:
         if self.memory_mb:
             options["memory"] = self.memory_mb * 2**20
         remote = ray.remote(**options)(_on_node)
-        # fn and args travel inside each task spec (small: a config, paths), not as ray.put objects
-        # owned by this driver, which a process that ran an earlier Ray session can fail to serve
-        fn_ref, shared_args = fn, list(args)
         pending: dict[Any, tuple[int, float]] = {}  # ref -> (item index, submitted at)
         next_item = 0
         window = 2 * self.num_workers
         while next_item < len(items) or pending:
             while next_item < len(items) and len(pending) < window:
-                pending[remote.remote(fn_ref, items[next_item], *shared_args)] = (next_item, time.monotonic())
+                # fn and args travel inside each task spec (small: a config, paths), not as ray.put objects
+                # owned by this driver, which a process that ran an earlier Ray session can fail to serve
+                pending[remote.remote(fn, items[next_item], *args)] = (next_item, time.monotonic())
                 next_item += 1
             done, _ = ray.wait(list(pending), num_returns=1, timeout=None if self.timeout_s is None else 1.0)
             if self.timeout_s is not None:

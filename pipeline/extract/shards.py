@@ -4,8 +4,8 @@ Shard ids are stable: within a split, clips are ordered by a hash of their id (:
 and cut into chunks of ``clips_per_shard``; chunk k is ``<split>-<k:06d>.tar``. The hash mixes
 speakers, emotions and levels into every shard (ids sort by speaker and emotion: shards of
 consecutive ids each held one speaker's one emotion, and a shuffle buffer cannot undo that), and
-it depends on the id alone, so plans are the same on every run and an interrupted run resumes. A shard is written to a temporary file and
-renamed, then its stats JSON is written; a shard whose stats JSON exists and matches the current
+it depends on the id alone, so plans are the same on every run. A shard is written to a temporary
+file and renamed, then its stats JSON is written; a shard whose stats JSON exists and matches the current
 params hash and clip list is reused as is, so an interrupted run resumes where it stopped.
 """
 
