@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pipeline.extract.clip import ClipResult, PreprocessConfig
 from pipeline.extract.distribute import TaskError, make_distributor
 from pipeline.extract.shards import (
-    SPLITS, foreign_files, plan_shards, process_shard, remove_stale_shards, shard_is_done, write_shard,
+    SPLITS, foreign_files, plan_shards, process_shard, remove_stale_shards, shard_is_done, size_shards, write_shard,
 )
 from pipeline.params import ParamsError, error_line, load_params
 from primitives.config import typed_config
@@ -60,11 +60,12 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
             changed), or a manifest row has an unknown split.
 
     Returns:
-        Totals: ``{"splits": {split: {clips, frames, seconds, failures, shards}}, "failures": n,
+        Totals: ``{"splits": {split: {clips, frames, seconds, failures, shards, mb}}, "failures": n,
         "reused_shards": n, "written_shards": n, "tasks_per_node": {ray node id: shards written there}}``.
     """
     params_hash = cfg.content_hash()
-    plans = plan_shards(rows, cfg.clips_per_shard)
+    clips_per_shard = size_shards(rows, cfg)
+    plans = plan_shards(rows, clips_per_shard)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +81,7 @@ def run_preprocess(rows: list[dict], out_dir: Path, cfg: PreprocessConfig, seria
 
     n_failed = 0
     distributor = make_distributor(cfg.ray_address, cfg.num_workers, cfg.max_retries, serial=serial,
-                                   timeout_s=cfg.clip_timeout_s * cfg.clips_per_shard,
+                                   timeout_s=cfg.clip_timeout_s * clips_per_shard,
                                    memory_mb=cfg.task_memory_mb) if jobs else None
     progress = _Progress(sum(len(p.clip_ids) for p in todo), f"preprocess {out_dir.name}")
     try:
@@ -125,17 +126,18 @@ def _summarise(out_dir: Path, plans: list, reused: int) -> dict:
     this run's ``reused_shards`` / ``written_shards`` and ``failures_by_step`` (step -> clips), which
     stay out of ``stats.json`` so that a
     resumed run leaves the shard folder (a DVC output) byte-identical and retrains nothing."""
-    totals = {s: {"clips": 0, "frames": 0, "seconds": 0.0, "failures": 0, "shards": 0} for s in SPLITS}
+    totals = {s: {"clips": 0, "frames": 0, "seconds": 0.0, "failures": 0, "shards": 0, "mb": 0.0} for s in SPLITS}
     failures = []
     for plan in plans:
         stats = json.loads((out_dir / f"{plan.name}.json").read_text())
         split = totals[stats["split"]]
         split["shards"] += 1
+        split["mb"] += (out_dir / f"{plan.name}.tar").stat().st_size / 1e6
         for key in ("clips", "frames", "seconds", "failures"):
             split[key] += stats[key]
         failures.extend(stats["failed"])
     for split in totals.values():
-        split["seconds"] = round(split["seconds"], 3)
+        split["seconds"], split["mb"] = round(split["seconds"], 3), round(split["mb"], 2)
     failures.sort(key=lambda f: f["id"])
     with open(out_dir / "failures.jsonl", "w") as fh:
         fh.writelines(json.dumps(f, sort_keys=True) + "\n" for f in failures)
@@ -170,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a folder of someone else's files, a manifest with an unknown split
         raise SystemExit(f"preprocess: error: {err}") from None
     elapsed = time.perf_counter() - start
-    clips = sum(s["clips"] for s in summary["splits"].values())
-    print(f"{args.out}: {clips} clips in shards, {summary['failures']} failures "
+    splits = summary["splits"].values()
+    clips, shards, mb = (sum(s[k] for s in splits) for k in ("clips", "shards", "mb"))
+    kb_per_frame = 1000 * mb / max(sum(s["frames"] for s in splits), 1)
+    print(f"{args.out}: {clips} clips in {shards} shards ({mb / max(shards, 1):.1f} MB each, {kb_per_frame:.1f} KB "
+          f"per frame), {summary['failures']} failures "
           f"(see {args.out / 'failures.jsonl'}), {summary['reused_shards']} shards reused, "
           f"{elapsed:.1f} s", file=sys.stderr)
     failed_share = summary["failures"] / max(len(rows), 1)

@@ -217,7 +217,7 @@ def build(spec: RunSpec):
     return model, datamodule
 
 
-def state_signature(model: torch.nn.Module) -> str:
+def state_signature(model: L.LightningModule) -> str:
     """16 hex digits of sha256 over the model's state_dict names, shapes and dtypes: a checkpoint
     resumes only into a model with the same ones (params equal but code changed can differ)."""
     entries = [f"{name}:{tuple(t.shape)}:{t.dtype}" for name, t in model.state_dict().items()]

@@ -48,3 +48,21 @@ def test_decodes_the_sentence_and_is_deterministic_across_clips():
 def test_rejects_stereo():
     with pytest.raises(ValueError, match="1-D"):
         decode_phones(np.zeros((2, 1600), np.float32), 16000)
+
+
+def test_dictionary_free_decoder_gives_the_default_configurations_phones():
+    # _decoder skips the word dictionary (12x faster set-up); the phones must not change
+    from pocketsphinx import Decoder, get_model_path
+
+    model = get_model_path()
+    default = Decoder(hmm=os.path.join(model, "en-us", "en-us"), allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
+                      lw=2.0, beam=1e-20, pbeam=1e-20, loglevel="FATAL")
+    assert default.config["dict"]  # the default configuration names CMUdict
+    for path in sorted(WAVS.glob("*.wav"))[:3]:
+        wav = load_audio(path, 16000)[0]
+        default.reinit()  # a fresh state per clip, as decode_phones has
+        default.start_utt()
+        default.process_raw((np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+        default.end_utt()
+        expected = [(s.word if s.word in PHONE_INDEX else "SIL", s.start_frame, s.end_frame) for s in default.seg()]
+        assert [(s.phone, s.start, s.end) for s in decode_phones(wav, 16000)] == expected

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.extract.clip import PreprocessConfig, process_clip
 from pipeline.extract.distribute import RayDistributor, TaskError
+from pipeline.extract.video import probe_video
 from pipeline.preprocess import preprocess_config, run_preprocess
 from pipeline.params import ParamsError
 from primitives.frame_codec import decode_jpeg_frames, encode_jpeg_frames
@@ -110,7 +111,9 @@ def test_corrupt_and_missing_files_are_failures(tmp_path, rows):
 def test_serial_run_writes_shards_stats_failures_and_resumes(tmp_path, rows):
     out = tmp_path / "shards"
     summary = run_preprocess(rows, out, CFG, serial=True)
+    train_mb = summary["splits"]["train"].pop("mb")
     assert summary["splits"]["train"] == {"clips": 1, "failures": 2, "frames": 93, "seconds": 3.72, "shards": 2}
+    assert train_mb == round(sum(p.stat().st_size for p in out.glob("train-*.tar")) / 1e6, 2)
     assert summary["splits"]["test"]["clips"] == 1 and summary["splits"]["val"]["failures"] == 1
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert {f["id"]: f["step"] for f in failures} == {"eamm_happy": "audio", "eamm_sad": "decode",
@@ -308,3 +311,25 @@ def test_shards_mix_speakers_and_emotions_and_plans_are_stable():
     random.Random(1).shuffle(shuffled)
     assert plan_shards(shuffled, 8) == plans
     assert all(list(p.clip_ids) == sorted(p.clip_ids) for p in plans)
+
+
+def test_shards_are_cut_to_the_target_size(tmp_path, shared_datasets):
+    """``shard_target_mb``: clips per shard from the probed clip length x the estimated bytes per
+    frame; the written tars land near the target (the estimate is checked against real shards)."""
+    from pipeline.extract.shards import size_shards
+
+    real = shared_datasets / "crema-d-real"
+    rows = [_row(p.stem, p, real / "AudioWAV" / f"{p.stem}.wav", emotion="angry" if "ANG" in p.stem else "neutral")
+            for p in sorted((real / "VideoFlash").glob("*.flv"))]
+    cfg = PreprocessConfig(crop_sizes=(128, 64), decode_max_side=480, shard_target_mb=1.0)
+    seconds = [probe_video(r["video_path"]).duration_s for r in rows]
+    clip_mb = sum(seconds) / len(seconds) * 25 * cfg.frame_bytes() / 1e6
+    target = dataclasses.replace(cfg, shard_target_mb=round(2 * clip_mb, 3))
+    assert size_shards(rows, target) == 2 and size_shards(rows, dataclasses.replace(target, clips_per_shard=5)) == 5
+    missing = [{**r, "video_path": str(tmp_path / "gone.flv")} for r in rows]  # nothing to probe: 3 s assumed
+    assert size_shards(missing, dataclasses.replace(cfg, shard_target_mb=4 * 3 * 25 * cfg.frame_bytes() / 1e6)) == 4
+
+    summary = run_preprocess(rows, tmp_path / "shards", target, serial=True)
+    assert summary["failures"] == 0 and summary["splits"]["train"]["shards"] == 3
+    sizes = [p.stat().st_size / 1e6 for p in sorted((tmp_path / "shards").glob("train-*.tar"))]
+    assert all(0.7 * target.shard_target_mb < mb < 1.3 * target.shard_target_mb for mb in sizes), (sizes, target)

@@ -37,8 +37,17 @@ PREPROCESS_VERSION = "5"
 """Bump when the sample format or an extraction step changes meaning (it enters ``params_hash``)."""
 
 
-RUN_KEYS = ("ray_address", "num_workers", "max_retries", "clip_timeout_s", "task_memory_mb", "max_failure_fraction")
-"""Settings of how the stage runs, not of what a sample holds: outside ``content_hash``."""
+RUN_KEYS = ("ray_address", "num_workers", "max_retries", "clip_timeout_s", "task_memory_mb", "max_failure_fraction",
+            "shard_target_mb", "clips_per_shard")
+"""Settings of how the stage runs and cuts shards, not of what a sample holds: outside ``content_hash``
+(a changed shard size changes the shards' clip lists, which the resume check compares by itself)."""
+
+ARRAY_BYTES_PER_FRAME = {"lmk478": 478 * 3 * 4, "lmk": 68 * 2 * 4, "mel": 1023, "mfcc": 1345, "llf": 101}
+"""Bytes per video frame of the float32 arrays in a sample (mel: 80 bins x 3.2 rows, mfcc and llf as
+``pipeline.extract.audio`` makes them; measured in the sample's shards)."""
+JPEG_BYTES_PER_PIXEL = 0.25
+"""Face crops at ``jpeg_quality`` 90, 4:4:4: 0.20 (256 px) - 0.32 (128 px) bytes per pixel on the
+sample's CREMA-D crops (``benchmarks/shard_size.py``); used only to size shards."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,8 @@ class PreprocessConfig:
     clip_timeout_s: float = 600.0
     task_memory_mb: int = 1024
     max_failure_fraction: float = 0.05
-    clips_per_shard: int = 8
+    shard_target_mb: float = 16.0
+    clips_per_shard: int | None = None
     fps: int = 25
     decode_max_side: int = 720
     max_seconds: float = 20.0
@@ -72,7 +82,8 @@ class PreprocessConfig:
         checks = {
             "num_workers": self.num_workers >= 1,
             "max_retries": self.max_retries >= 0,
-            "clips_per_shard": self.clips_per_shard >= 1,
+            "shard_target_mb": self.shard_target_mb > 0,
+            "clips_per_shard": self.clips_per_shard is None or self.clips_per_shard >= 1,
             "fps": self.fps > 0,
             "decode_max_side": self.decode_max_side >= 64,
             "max_seconds": self.max_seconds > 0,
@@ -100,6 +111,15 @@ class PreprocessConfig:
             sample_rate=self.sample_rate, fps=self.fps, silence_dbfs=self.silence_dbfs,
             max_av_mismatch_s=self.max_av_mismatch_s,
         )
+
+    def frame_bytes(self) -> float:
+        """Estimated bytes one video frame adds to a shard: the crops (JPEG estimate or raw
+        uint8), the arrays (:data:`ARRAY_BYTES_PER_FRAME`, phones' 40 float32), 16-bit audio.
+        At the defaults 30.7 KB, 7 % above the 28.8 KB per frame of the sample's CREMA-D shards."""
+        per_pixel = JPEG_BYTES_PER_PIXEL if self.frames_format == "jpeg" else 3
+        crops = sum(per_pixel * s * s for s in self.crop_sizes)
+        arrays = sum(ARRAY_BYTES_PER_FRAME.values()) + (40 * 4 if self.phones else 0)
+        return crops + arrays + 2 * self.sample_rate / self.fps
 
     def content_hash(self) -> str:
         """Hash of everything that changes sample bytes (not Ray placement or shard sizes)."""

@@ -37,14 +37,18 @@ class PhoneSegment:
 
 
 def _decoder(lw: float, beam: float, pbeam: float):
-    """A fresh pocketsphinx decoder (~0.08 s): a reused one carries its noise and CMN estimates
-    into the next utterance, so the same clip would decode differently after another one."""
-    from pocketsphinx import Decoder, get_model_path
+    """A fresh pocketsphinx decoder (~7 ms): a reused one carries its noise and CMN estimates
+    into the next utterance, so the same clip would decode differently after another one. The
+    allphone search needs no word dictionary: not loading the 134k-word CMUdict that the default
+    configuration names makes set-up ~12x faster (82 -> 7 ms) with identical phones (tested)."""
+    from pocketsphinx import Config, Decoder, get_model_path
 
     model = get_model_path()
-    return Decoder(hmm=os.path.join(model, "en-us", "en-us"),
-                   allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
-                   lw=lw, beam=beam, pbeam=pbeam, loglevel="FATAL")
+    config = Config(hmm=os.path.join(model, "en-us", "en-us"),
+                    allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
+                    lw=lw, beam=beam, pbeam=pbeam, loglevel="FATAL")
+    config["dict"] = None
+    return Decoder(config)
 
 
 def decode_phones(wav: np.ndarray, sample_rate: int, lw: float = 2.0, beam: float = 1e-20,
@@ -55,7 +59,7 @@ def decode_phones(wav: np.ndarray, sample_rate: int, lw: float = 2.0, beam: floa
         wav: float ``(N,)`` mono in [-1, 1]; resampled to 16 kHz when ``sample_rate`` differs.
         sample_rate: Hz.
         lw, beam, pbeam: language-model weight and beams (pocketsphinx's documented allphone
-            settings; ~0.16 s per 2 s CREMA-D clip on one core, decoder set-up included).
+            settings; ~0.05 s per second of speech on one core, decoder set-up included).
 
     Returns:
         Segments in time order covering the decoded utterance; noise units are mapped to ``SIL``.

@@ -1,7 +1,7 @@
 """Shard planning, atomic shard writing, per-shard stats and resume.
 
 Shard ids are stable: within a split, clips are ordered by a hash of their id (:func:`shard_order`)
-and cut into chunks of ``clips_per_shard``; chunk k is ``<split>-<k:06d>.tar``. The hash mixes
+and cut into chunks of ``clips_per_shard`` (by default sized to ``shard_target_mb``: :func:`size_shards`); chunk k is ``<split>-<k:06d>.tar``. The hash mixes
 speakers, emotions and levels into every shard (ids sort by speaker and emotion: shards of
 consecutive ids each held one speaker's one emotion, and a shuffle buffer cannot undo that), and
 it depends on the id alone, so plans are the same on every run. A shard is written to a temporary
@@ -42,6 +42,40 @@ class ShardPlan:
 def shard_order(clip_id: str) -> str:
     """The key clips are ordered by before chunking: SHA-256 of the id (stable, well mixed)."""
     return hashlib.sha256(f"shard-order:{clip_id}".encode()).hexdigest()
+
+
+def size_shards(rows: list[dict], cfg, base_dir: str | None = None, probes: int = 16) -> int:
+    """Clips per shard for shards of about ``cfg.shard_target_mb`` (``cfg.clips_per_shard`` when set).
+
+    The mean clip length comes from the container headers of the first ``probes`` clips in
+    :func:`shard_order` (a seeded sample across speakers and emotions, the same on every run);
+    clips that cannot be probed are left out (they become recorded failures later), and with none
+    left 3 s is assumed. A clip's size is ``seconds x fps x cfg.frame_bytes()``.
+
+    Args:
+        rows: manifest rows (``id``, ``video_path``).
+        cfg: :class:`pipeline.extract.clip.PreprocessConfig`.
+        base_dir: folder relative ``video_path`` values are relative to (None: the working directory).
+
+    Returns:
+        clips per shard, >= 1.
+    """
+    if cfg.clips_per_shard is not None:
+        return cfg.clips_per_shard
+    from pipeline.extract.errors import ClipFailure
+    from pipeline.extract.video import probe_video
+
+    seconds = []
+    for row in sorted(rows, key=lambda r: shard_order(str(r["id"])))[:probes]:
+        path = str(row["video_path"])
+        try:
+            probe = probe_video(path if base_dir is None else os.path.join(base_dir, path))
+        except ClipFailure:
+            continue
+        if probe.duration_s > 0:
+            seconds.append(min(probe.duration_s, cfg.max_seconds))
+    clip_mb = (sum(seconds) / len(seconds) if seconds else 3.0) * cfg.fps * cfg.frame_bytes() / 1e6
+    return max(1, round(cfg.shard_target_mb / clip_mb))
 
 
 def plan_shards(rows: list[dict], clips_per_shard: int, order: str = "hash") -> list[ShardPlan]:
