@@ -33,6 +33,7 @@ import logging
 import math
 import random
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -490,20 +491,17 @@ class TalkingFaceDataModule(L.LightningDataModule):
             held[url] = [i for i in data.get("planned", ()) if i not in failed]
         return held
 
-    def training_clips(self, keys: tuple[str, ...], max_clips: int = 256) -> list[dict]:
-        """A sample of ``max_clips`` whole training clips drawn from the whole training split with
-        ``cfg.seed`` (``DecodeSample`` dicts with ``key``, ``meta`` and ``keys``), for input
-        statistics and backdrops: deterministic, so every DDP rank derives the same ones, and
-        spread over speakers and emotions (the first clips in shard order were one corner of the
-        data). Without shard stats files: the first ``max_clips`` in shard order.
-
-        Raises:
-            FileNotFoundError: no readable training clip.
-        """
+    def iter_training_clips(self, keys: tuple[str, ...], max_clips: int | None = 256) -> Iterator[dict]:
+        """Whole training clips, streamed (``DecodeSample`` dicts with ``key``, ``meta`` and
+        ``keys``): a sample of ``max_clips`` drawn from the whole training split with ``cfg.seed``
+        (deterministic, so every DDP rank derives the same ones, and spread over speakers and
+        emotions: the first clips in shard order were one corner of the data), or every training
+        clip with ``max_clips=None``. Without shard stats files: the first ``max_clips`` in shard order.
+        Only ``keys``' members are read (the rest of each tar is skipped by seeking)."""
         decode = frame_reads(tuple(keys), self.cfg.shard_dir)
         urls, keep = self.urls("train"), None
         held = self._training_clip_ids()
-        if held is not None:
+        if held is not None and max_clips is not None:
             ids = sorted(i for clip_ids in held.values() for i in clip_ids)
             keep = frozenset(random.Random(self.cfg.seed).sample(ids, min(max_clips, len(ids))))
             urls = [url for url in urls if keep.intersection(held[url])]
@@ -511,7 +509,15 @@ class TalkingFaceDataModule(L.LightningDataModule):
                                     ReadShards(SelectMembers(decode.keys, clip_keys=keep)),
                                     wds.select(lambda sample: keep is None or sample["__key__"] in keep),
                                     wds.map(decode, handler=log_and_continue))
-        clips = [clip for _, clip in zip(range(max_clips), pipeline)]
+        yield from (pipeline if max_clips is None else itertools.islice(pipeline, max_clips))
+
+    def training_clips(self, keys: tuple[str, ...], max_clips: int = 256) -> list[dict]:
+        """:meth:`iter_training_clips` as a list (``max_clips`` of them, for input statistics and backdrops).
+
+        Raises:
+            FileNotFoundError: no readable training clip.
+        """
+        clips = list(self.iter_training_clips(keys, max_clips))
         if not clips:
             raise FileNotFoundError(f"no readable training clips in {self.cfg.shard_dir}")
         return clips

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -314,10 +315,17 @@ class SinhaModule(L.LightningModule):
         if self.background_rgb is None:
             self.fit_background(self.trainer.datamodule.training_clips((self.frames_key,), max_clips=32))
         if self.optim_cfg.neutral == "speaker" and not self.neutral_lmk:
-            self.fit_neutral_landmarks(self.trainer.datamodule.training_clips(("lmk",)))
+            self.fit_speaker_neutrals(self.trainer.datamodule)
 
-    def fit_neutral_landmarks(self, clips: list[dict]) -> None:
-        """Per speaker, the canonical landmarks of its most closed-mouth neutral frame (module docstring).
+    def fit_speaker_neutrals(self, datamodule) -> None:
+        """:meth:`fit_neutral_landmarks` over every training clip (landmarks and meta only, streamed),
+        so every training speaker gets its table entry; a seeded sample of clips would leave MEAD's
+        speakers whose neutral clips it missed to the fallback."""
+        self.fit_neutral_landmarks(datamodule.iter_training_clips(("lmk",), max_clips=None))
+
+    def fit_neutral_landmarks(self, clips: Iterable[dict]) -> None:
+        """Per speaker, the canonical landmarks of its most closed-mouth neutral frame (module docstring);
+        ``neutral_fallbacks`` counts the speakers without a neutral clip (their most closed frame of any emotion).
 
         Args:
             clips: whole clips with ``meta`` (``speaker``, ``emotion``, ``lmk_crop_size``) and ``lmk`` (T, 68, 2).

@@ -120,6 +120,17 @@ def test_nodes_started_in_other_folders_find_relative_clip_paths(cluster_in_othe
                              dataclasses.replace(CFG, ray_address=cluster_in_other_folders, task_memory_mb=256))
     assert summary["failures"] == 0, (tmp_path / "shards/failures.jsonl").read_text()
     assert len(summary["tasks_per_node"]) == 2 and sum(summary["tasks_per_node"].values()) == 3
+    # the samples keep the manifest's paths as written: the same bytes from any clone's folder
+    metas = [json.loads(m) for m in _members(tmp_path / "shards", ".meta.json")]
+    assert {m["source_audio"] for m in metas} == {r["audio_path"] or r["video_path"] for r in rows}
+
+
+def _members(shard_dir, suffix):
+    import tarfile
+
+    for tar_path in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            yield from (tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(suffix))
 
 
 @pytest.mark.slow

@@ -258,3 +258,39 @@ def test_video_protocol_scores_landmarks_too_and_labels_a_cross_dataset_run(trai
 
     grid = cv2.imread(str(out / "emotion_grid.png"))
     assert grid.shape == (6 * 2 * S, 6 * S, 3)  # six emotions x intensities low / high, every 4th of 24 frames
+
+
+def test_speaker_neutrals_cover_every_training_speaker(tmp_path, crema_shards):
+    """optim.neutral = speaker reads every training clip: a speaker whose only neutral clip lies
+    outside the 256-clip seeded sample (statistics' sample) still gets its neutral face."""
+    from pipeline.extract.clip import ClipResult
+    from pipeline.extract.shards import ShardPlan, write_shard
+
+    real = TalkingFaceDataModule(DataConfig(shard_dir=str(crema_shards / "shards/crema_d"), keys=("lmk",)))
+    lmk = real.training_clips(("lmk",), max_clips=1)[0]["lmk"][:3]  # (3, 68, 2) real landmarks
+    ids = [f"{s}_{i:03d}" for s in ("A", "B", "C") for i in range(200)]
+
+    def write(neutral_ids):
+        for k in range(0, len(ids), 100):
+            chunk = ids[k:k + 100]
+            results = [ClipResult(i, n_frames=3, sample={"lmk.npy": _npy(lmk), "meta.json": json.dumps({
+                "speaker": i[0], "emotion": "neutral" if i in neutral_ids else "angry", "lmk_crop_size": 256,
+                "n_frames": 3}).encode()}) for i in chunk]
+            write_shard(tmp_path, ShardPlan(f"train-{k // 100:06d}", "train", tuple(chunk)), results, "h", 25)
+        return TalkingFaceDataModule(DataConfig(shard_dir=str(tmp_path), keys=("lmk",), seed=0))
+
+    sampled = {c["key"] for c in write(()).training_clips(("lmk",))}  # the seeded 256-clip sample
+    unsampled_c = next(i for i in ids if i.startswith("C") and i not in sampled)
+    dm = write(("A_000", "B_000", unsampled_c))  # C's only neutral clip lies outside that sample
+
+    model = SinhaModule(net={**NET, "texture": {**NET.get("texture", {}), "lmk_size": 256}}, optim={"neutral": "speaker"})
+    model.fit_speaker_neutrals(dm)
+    assert set(model.neutral_lmk) == {"A", "B", "C"} and model.neutral_fallbacks == 0
+
+
+def _npy(array):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32))
+    return buf.getvalue()

@@ -8,6 +8,7 @@ the same params gives byte-identical samples.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -185,8 +186,8 @@ def process_clip(row: dict[str, Any], cfg: PreprocessConfig, base_dir: str | Non
     # one BLAS/OpenMP thread: a worker owns one CPU, and reductions then sum in the same order in
     # every process (Ray worker or not), so samples are byte-identical wherever they are made
     cv2.setNumThreads(1)  # OpenCV's own pool: one worker, one CPU (Ray tasks request one each)
-    with threadpool_limits(limits=1):
-        return _process_clip(row, cfg, base_dir)
+    with threadpool_limits(limits=1), contextlib.chdir(base_dir or os.curdir):  # a worker runs one task at a time
+        return _process_clip(row, cfg)
 
 
 class _Laps:
@@ -202,16 +203,13 @@ class _Laps:
         self._clock = now
 
 
-def _process_clip(row: dict[str, Any], cfg: PreprocessConfig, base_dir: str | None) -> ClipResult:
+def _process_clip(row: dict[str, Any], cfg: PreprocessConfig) -> ClipResult:
     lap = _Laps()
     timings = lap.timings
     key = str(row["id"])
 
-    def located(path: str) -> str:
-        return path if base_dir is None or os.path.isabs(path) else os.path.join(base_dir, path)
-
-    video_path = located(row["video_path"])
-    audio_source = located(row.get("audio_path") or row["video_path"])
+    video_path = row["video_path"]
+    audio_source = row.get("audio_path") or row["video_path"]
     try:
         # audio first: it is cheap, and a clip without usable audio fails before the costly steps
         wav, original_rate = load_audio(audio_source, cfg.sample_rate)
