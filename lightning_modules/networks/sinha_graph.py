@@ -330,3 +330,20 @@ def lsgan_d_loss(real_score: Tensor, fake_score: Tensor) -> Tensor:
 def lsgan_g_loss(fake_score: Tensor) -> Tensor:
     """Paper 002 eq. 3 (generator): ``E[(D(fake) - 1)^2] / 2``."""
     return (fake_score - 1).pow(2).mean() / 2
+
+
+def log_gan_d_loss(real_score: Tensor, fake_score: Tensor) -> Tensor:
+    """Paper 002 eq. 8 (discriminator), the log-loss GAN: ``-E[log s(D(real))] - E[log(1 - s(D(fake)))]``
+    with ``s`` the sigmoid of the raw scores (logits, any shape). Eq. 8 prints the two expectations
+    with real and generated swapped; we read it as the standard GAN objective (real -> 1)."""
+    return (F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score))
+            + F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score)))
+
+
+def log_gan_g_loss(fake_score: Tensor) -> Tensor:
+    """Paper 002 eq. 8 (generator), non-saturating form: ``-E[log s(D(fake))]``."""
+    return F.binary_cross_entropy_with_logits(fake_score, torch.ones_like(fake_score))
+
+
+GAN_LOSSES = {"lsgan": (lsgan_d_loss, lsgan_g_loss), "log": (log_gan_d_loss, log_gan_g_loss)}
+"""``frame_gan`` name -> (discriminator loss, generator loss)."""
