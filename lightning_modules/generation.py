@@ -22,6 +22,10 @@ class VideoGenerator(Protocol):
     back to its own length. The evaluation then renders ``evaluate.clips_per_forward`` clips per
     call. Methods whose frames depend on the clip's length (a window clamped at the clip's end, a
     clip-level statistic, one-shot tuning per reference) leave it unset: one clip per call.
+
+    A generator whose frames do not depend on ``emotion`` sets ``takes_emotion = False`` (and may
+    say where its emotion comes from in ``emotion_source``): the evaluation then draws no emotion
+    grid for it (``pipeline.evaluate_video.emotion_grid``).
     """
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
@@ -62,6 +66,8 @@ class CopyReference(nn.Module):
     """
 
     batch_clips = True
+    takes_emotion = False
+    emotion_source = "the reference frame's own expression"
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,
                  n_frames: int, ref_lmk: torch.Tensor | None = None) -> torch.Tensor:

@@ -611,10 +611,19 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
                  intensities: tuple[int, ...] = (1, 3)) -> Path:
     """Emotion control (paper 000 Fig. 2, paper 002 Fig. 5): the clip's reference and audio rendered
     with each of CREMA-D's six emotions; rows = emotions (x ``intensities``, low / high, when the
-    generator's ``generate`` takes an ``intensity``), columns = every 4th frame. Saved as a PNG."""
+    generator's ``generate`` takes an ``intensity``), columns = every 4th frame. Saved as a PNG.
+    A generator with ``takes_emotion = False`` (its frames do not depend on ``emotion``) gets
+    ``<path stem>.txt`` saying so instead of a grid of identical rows; that path is returned."""
     import inspect
 
     import cv2
+
+    if not getattr(generator, "takes_emotion", True):
+        note = path.with_suffix(".txt")
+        note.write_text(f"No emotion grid: {type(generator).__name__}.generate ignores the target emotion "
+                        f"({getattr(generator, 'emotion_source', 'it has no emotion input')}), so every row "
+                        "would be the same video.\n")
+        return note
 
     from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 

@@ -220,3 +220,26 @@ def test_clips_batched_in_one_generate_call_render_as_alone(tiny_models):
     cvae = METHODS["cvae"].load_from_checkpoint(tiny_models / "cvae/crema_d/last.ckpt", map_location="cpu")
     with pytest.raises(ValueError, match="one clip per generate call"):
         render_clips(cvae, [short, long], "frames_64")
+
+
+def test_emotion_grid_only_for_generators_that_take_an_emotion(tmp_path):
+    """A generator whose frames ignore the emotion (EAPC: stage 1 reads it from the audio) gets a
+    note, not six identical rows; one that uses it gets one row per emotion."""
+    import cv2
+
+    from lightning_modules.eapc_vid2vid import EAPCVid2VidModule
+    from pipeline.evaluate_video import emotion_grid
+
+    class Tinted(CopyReference):  # its frames depend on the emotion: one grey level per label
+        takes_emotion = True
+
+        def generate(self, reference, mel, emotion, n_frames, ref_lmk=None):
+            return (emotion.view(-1, 1, 1, 1, 1) * 30).byte().expand(-1, n_frames, *reference.shape[1:]).contiguous()
+
+    clip = _synthetic_clip(24, 0, seed=0)
+    note = emotion_grid(CopyReference(), clip, "frames_64", tmp_path / "emotion_grid.png")
+    assert note.suffix == ".txt" and "ignores the target emotion" in note.read_text()
+    assert not (tmp_path / "emotion_grid.png").exists()
+    assert EAPCVid2VidModule.takes_emotion is False and "audio" in EAPCVid2VidModule.emotion_source
+    grid = cv2.imread(str(emotion_grid(Tinted(), clip, "frames_64", tmp_path / "emotion_grid.png")))
+    assert grid.shape == (6 * 64, 6 * 64, 3) and len({int(grid[r * 64 + 32, 32, 0]) for r in range(6)}) == 6
