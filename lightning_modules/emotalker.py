@@ -19,7 +19,10 @@ Readings (ours where the paper and DiffTalk leave it open; parameters where it m
 * Sampling (``sampling``, set from ``evaluate.sampling.emotalker``): DDIM ``ddim_steps`` (25),
   eq. 6 with a = ``preserve_ratio`` 0.3 until K = ``preserve_until`` 0.65 T; one noise draw per
   clip shared by its frames (so frames differ only by their conditions: no per-frame flicker);
-  the still's masked upper half is every frame's masked target, the still its reference and eq. 6's source.
+  the still is every frame's reference and eq. 6's source (and, with ``net.masked_input: target``,
+  its masked upper half every frame's masked target).
+* Masked input (``net.masked_input``): zeros by default, where DiffTalk gives the target's upper
+  face; see :class:`~lightning_modules.networks.emotalker.DenoiserConfig`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch import Tensor
 from lightning_modules.generation import chw_to_frames, frames_to_chw
 from lightning_modules.networks.config import config_to_dict
 from lightning_modules.networks.emotalker import (ConditionEncoder, DenoiserConfig, build_unet, identity_preserving_ddim,
-                                                  ldm_scheduler, lower_face_mask, predicted_x0, speech_windows)
+                                                  ldm_scheduler, masked_input, predicted_x0, speech_windows)
 from lightning_modules.networks.intensity import EmotionIntensityBlock, embed_prompts, load_intensity_block
 
 
@@ -248,7 +251,7 @@ class EmoTalkerModule(L.LightningModule):
         image = frames_to_chw(frames[rows, target])  # (B, 3, S, S)
         with torch.no_grad():
             z0 = self.autoencoder.encode(image)
-            z_masked = self.autoencoder.encode(lower_face_mask(image, self.net_cfg.mask_top))
+            z_masked = self.autoencoder.encode(masked_input(image, self.net_cfg))
             z_ref = self.autoencoder.encode(frames_to_chw(frames[rows, ref]))
             e_emo = self.intensity_block.label_e_emo(batch["emotion"], intensity_strength(batch["intensity"]))
         cond = self.conditions(speech_windows(phones, target[:, None], self.net_cfg.audio_window)[:, 0], lmk[rows, ref], e_emo)
@@ -310,7 +313,7 @@ class EmoTalkerModule(L.LightningModule):
         dev, s = self.device, self.sampling
         ref = frames_to_chw(reference.to(dev))  # (B, 3, S, S)
         z_ref = self.autoencoder.encode(ref)
-        z_masked = self.autoencoder.encode(lower_face_mask(ref, self.net_cfg.mask_top))
+        z_masked = self.autoencoder.encode(masked_input(ref, self.net_cfg))
         if prompt is not None:
             e_emo = self.prompt_e_emo([prompt]).expand(len(ref), -1)
         else:

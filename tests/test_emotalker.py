@@ -259,3 +259,41 @@ def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards
     assert {"psnr", "ssim", "ae_psnr"} <= set(result["metrics"])
     assert "'ddim_steps': 2" in json.loads((out / "provenance.json").read_text())["protocol"]["sampling"]
     assert cv2.imread(str(out / "prompt_grid.png")).shape == (S, 3 * S, 3)  # reference + two strengths
+
+
+def test_masked_input_never_shows_the_target_by_default(emotalker, monkeypatch):
+    """net.masked_input: "none" gives the UNet a blank masked image in training and at inference (no
+    upper face of the target to copy); "target" (DiffTalk) gives the target's upper face in training."""
+    import copy
+    import dataclasses
+
+    from lightning_modules.networks.emotalker import lower_face_mask
+
+    model, dm, *_ = emotalker
+    batch = next(iter(dm.train_dataloader()))
+    seen = {}
+
+    def capture(name, module):
+        def denoise(z_t, t, z_masked, z_ref, cond, strength=None):
+            seen[name] = z_masked.detach()
+            return torch.zeros_like(z_t)
+        monkeypatch.setattr(module, "denoise", denoise)
+
+    diffdalk = copy.deepcopy(model)
+    diffdalk.net_cfg = dataclasses.replace(model.net_cfg, masked_input="target")
+    capture("none", model)
+    capture("target", diffdalk)
+    torch.manual_seed(0)
+    model._losses(batch)
+    torch.manual_seed(0)
+    targets, _ = diffdalk._pick_frames(len(batch["lmk"]), batch["lmk"].shape[1], "cpu")
+    torch.manual_seed(0)
+    diffdalk._losses(batch)
+    blank = model.autoencoder.encode(torch.zeros(1, 3, S, S))
+    assert torch.allclose(seen["none"], blank.expand_as(seen["none"]), atol=1e-2)  # batched conv rounding
+    assert torch.equal(seen["none"][0], seen["none"][1])  # nothing of any sample's own frames
+    image = batch[f"frames_{S}"][torch.arange(len(targets)), targets].permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(seen["target"], model.autoencoder.encode(lower_face_mask(image, model.net_cfg.mask_top)), atol=1e-2)
+    assert not torch.allclose(seen["target"][0], seen["target"][1], atol=0.1)
+    with pytest.raises(ValueError, match="masked_input"):
+        dataclasses.replace(model.net_cfg, masked_input="reference")

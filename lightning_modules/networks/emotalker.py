@@ -109,6 +109,13 @@ class DenoiserConfig:
         lmk_size: pixels of the crop the landmarks are given in (256: the shards' ``lmk``).
         emotion_dim: e_emo width (384: MiniLM).
         mask_top: rows >= mask_top * S of the masked target are zeroed (DiffTalk: below the nose).
+        masked_input: the UNet's masked-image channels (:func:`masked_input`). ``"none"``
+            (default, ours): an all-zero image, in training and at inference, so the denoiser must
+            render brows and eyes itself and the emotion condition reaches the whole face.
+            ``"target"`` (DiffTalk's reading): the target frame's upper face above ``mask_top`` in
+            training but the reference's at inference (there is no target then): the denoiser learns
+            to copy the upper face it is given, so from a neutral reference emotion only reaches
+            below the mask line.
     """
 
     crop_size: int = 128
@@ -124,9 +131,12 @@ class DenoiserConfig:
     lmk_size: int = 256
     emotion_dim: int = 384
     mask_top: float = 0.55
+    masked_input: str = "none"
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if self.masked_input not in MASKED_INPUTS:
+            raise ValueError(f"masked_input must be one of {MASKED_INPUTS}, got {self.masked_input!r}")
         if not 0 < self.mask_top < 1:
             raise ValueError(f"mask_top must be in (0, 1), got {self.mask_top}")
         if self.audio_window < 2:
@@ -223,6 +233,16 @@ class ConditionEncoder(nn.Module):
     def forward(self, speech: Tensor, ref_lmk: Tensor, e_emo: Tensor) -> Tensor:
         upper = (ref_lmk[:, UPPER_FACE].float() / self.cfg.lmk_size).flatten(1)  # (B, 62) in ~[0, 1]
         return torch.stack([self.audio(speech.float()), self.landmark(upper), self.emotion(e_emo.float())], dim=1)
+
+
+MASKED_INPUTS = ("none", "target")
+
+
+def masked_input(images: Tensor, cfg: DenoiserConfig) -> Tensor:
+    """The image behind the UNet's masked channels (``cfg.masked_input``): (..., 3, S, S) float ->
+    same shape, zeros (``"none"``) or :func:`lower_face_mask` of ``images`` (``"target"``; the
+    caller passes the target frame in training, the reference at inference)."""
+    return torch.zeros_like(images) if cfg.masked_input == "none" else lower_face_mask(images, cfg.mask_top)
 
 
 def lower_face_mask(images: Tensor, mask_top: float) -> Tensor:
