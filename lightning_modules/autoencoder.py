@@ -70,8 +70,15 @@ class AutoencoderModule(L.LightningModule):
 
     @staticmethod
     def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
-        """Check params without building the network; raises ``ValueError``."""
-        AutoencoderModule._configs(net, optim)
+        """Check params without building the network; raises ``ValueError`` (also for ``kind: vq``,
+        which is loaded pretrained, never trained here)."""
+        net_cfg, _ = AutoencoderModule._configs(net, optim)
+        if net_cfg.kind != "kl":
+            raise ValueError("train.methods.autoencoder.net.kind: train@autoencoder trains a KL autoencoder (kind: kl); "
+                             "a pretrained VQ-f4 goes to train.methods.emotalker.optim.autoencoder_path")
+
+    def on_fit_start(self) -> None:
+        self.validate_params(config_to_dict(self.net_cfg))
 
     def _frames(self, batch: dict) -> Tensor:
         """``frames_per_window`` random frames of every window -> (N, 3, S, S) in [0, 1]."""
@@ -81,10 +88,12 @@ class AutoencoderModule(L.LightningModule):
         return frames_to_chw(frames[torch.arange(b, device=frames.device)[:, None], pick]).flatten(0, 1)
 
     def encode(self, images: Tensor) -> Tensor:
-        return self.vae.encode(images * 2 - 1).latent_dist.mean * self.scaling_factor
+        encoded = self.vae.encode(images * 2 - 1)
+        latents = encoded.latents if self.net_cfg.kind == "vq" else encoded.latent_dist.mean  # VQ: before quantisation
+        return latents * self.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
-        return ((self.vae.decode(latents / self.scaling_factor).sample + 1) / 2).clamp(0, 1)
+        return ((self.vae.decode(latents / self.scaling_factor).sample + 1) / 2).clamp(0, 1)  # VQ: quantised here
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         x = self._frames(batch)

@@ -4,8 +4,9 @@ emotion embedding, trained with eq. 1 + eq. 4 (eq. 5), sampled with identity-pre
 
 Readings (ours where the paper and DiffTalk leave it open; parameters where it matters)
 ------------------------------------------------------------------------------------------
-* Frozen parts inside the checkpoint: the autoencoder (``train@autoencoder``; or a pretrained
-  diffusers ``AutoencoderKL`` directory, ``autoencoder_path`` + its measured ``autoencoder_scaling``)
+* Frozen parts inside the checkpoint: the autoencoder (``train@autoencoder``, a KL-f4 trained on the
+  training faces, ours; or a pretrained diffusers ``AutoencoderKL`` / ``VQModel`` directory, e.g.
+  LDM's VQ-f4 that DiffTalk and the paper use, ``autoencoder_path`` + its ``autoencoder_scaling``)
   and the Emotion Intensity Block's heads (``train_intensity``), so a checkpoint generates alone.
   The loss-side emotion classifier (eq. 4) is NOT stored: it is a loss, never the evaluator.
 * Training condition: hard labels (paper §2.3): ``e_emo = e_{emotion} * alpha(intensity)`` with
@@ -58,8 +59,9 @@ class EmoTalkerTrainConfig:
         lambda_emo, emotion_max_t: eq. 4's weight (>= 0) and the timesteps it applies below.
         reference_gap: reference at least this fraction of the window from the target, in [0, 1).
         autoencoder_ckpt: ``AutoencoderModule`` checkpoint (``train@autoencoder``), or
-        autoencoder_path + autoencoder_scaling: a pretrained diffusers ``AutoencoderKL`` directory
-            (e.g. an LDM f4 converted to diffusers) and its latent scaling factor (1 / std).
+        autoencoder_path + autoencoder_scaling: a pretrained diffusers ``AutoencoderKL`` or ``VQModel``
+            directory (LDM's KL-f4 or VQ-f4 converted to diffusers; DiffTalk, and so the paper, use
+            VQ-f4, our trained default is KL-f4) and its latent scaling factor (1 / std; VQ-f4: 1).
         intensity_block: directory of the trained block (``train_intensity``); required: without it the
             emotion condition would be zero. ``"untrained"``: a block of zeros, said explicitly (tests,
             cost counts); a missing directory is a ``FileNotFoundError`` naming the stage.
@@ -175,16 +177,30 @@ class EmoTalkerModule(L.LightningModule):
         return path
 
     def _pretrained_autoencoder(self):
-        """A diffusers ``AutoencoderKL`` directory wrapped as an ``AutoencoderModule`` (factor from its config)."""
-        from diffusers import AutoencoderKL
+        """A pretrained diffusers ``AutoencoderKL`` (LDM KL-f4) or ``VQModel`` (LDM VQ-f4, DiffTalk's)
+        directory (its ``config.json`` names the class) wrapped as an ``AutoencoderModule`` with
+        ``optim.autoencoder_scaling`` as its latent scale (LDM's VQ-f4: 1.0)."""
+        import json
+
+        from diffusers import AutoencoderKL, VQModel
 
         from lightning_modules.autoencoder import AutoencoderModule
 
-        vae = AutoencoderKL.from_pretrained(self._existing_dir(self.optim_cfg.autoencoder_path))
+        path = self._existing_dir(self.optim_cfg.autoencoder_path)
+        kinds = {"AutoencoderKL": ("kl", AutoencoderKL), "VQModel": ("vq", VQModel)}
+        class_name = json.loads(Path(path, "config.json").read_text()).get("_class_name")
+        if class_name not in kinds:
+            raise ValueError(f"train.methods.emotalker.optim.autoencoder_path: {path} holds a {class_name}, not one "
+                             f"of {sorted(kinds)}")
+        kind, cls = kinds[class_name]
+        vae = cls.from_pretrained(path)
         c = vae.config
-        module = AutoencoderModule(net={"image_size": self.net_cfg.crop_size, "block_out_channels": list(c.block_out_channels),
-                                        "latent_channels": c.latent_channels, "layers_per_block": c.layers_per_block,
-                                        "norm_num_groups": c.norm_num_groups})
+        net = {"image_size": self.net_cfg.crop_size, "block_out_channels": list(c.block_out_channels),
+               "latent_channels": c.latent_channels, "layers_per_block": c.layers_per_block,
+               "norm_num_groups": c.norm_num_groups, "mid_attention": c.mid_block_add_attention, "kind": kind}
+        if kind == "vq":
+            net.update(num_vq_embeddings=c.num_vq_embeddings, vq_embed_dim=c.vq_embed_dim)
+        module = AutoencoderModule(net=net)
         module.vae.load_state_dict(vae.state_dict())
         module.scaling_factor.fill_(float(self.optim_cfg.autoencoder_scaling))
         return module
@@ -192,8 +208,8 @@ class EmoTalkerModule(L.LightningModule):
     @staticmethod
     def _existing_dir(path: str) -> str:
         if not Path(path, "config.json").is_file():
-            raise FileNotFoundError(f"train.methods.emotalker.optim.autoencoder_path: no diffusers AutoencoderKL "
-                                    f"directory (config.json + weights) at {path}")
+            raise FileNotFoundError(f"train.methods.emotalker.optim.autoencoder_path: no diffusers AutoencoderKL / "
+                                    f"VQModel directory (config.json + weights) at {path}")
         return path
 
     @staticmethod

@@ -297,3 +297,34 @@ def test_masked_input_never_shows_the_target_by_default(emotalker, monkeypatch):
     assert not torch.allclose(seen["target"][0], seen["target"][1], atol=0.1)
     with pytest.raises(ValueError, match="masked_input"):
         dataclasses.replace(model.net_cfg, masked_input="reference")
+
+
+def test_pretrained_vq_f4_autoencoder_directory(tmp_path):
+    """optim.autoencoder_path takes a diffusers VQModel (LDM's VQ-f4, the paper's) as well as an
+    AutoencoderKL: latents before quantisation, decoder quantises; a checkpoint rebuilds it alone."""
+    from diffusers import VQModel
+
+    from lightning_modules.autoencoder import AutoencoderModule
+    from lightning_modules.emotalker import EmoTalkerModule
+
+    torch.manual_seed(0)
+    vq = VQModel(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8, num_vq_embeddings=16,
+                 latent_channels=3, sample_size=S, scaling_factor=1.0).eval()
+    vq.save_pretrained(tmp_path / "vq-f4")
+    optim = {"autoencoder_path": str(tmp_path / "vq-f4"), "autoencoder_scaling": 1.0, "intensity_block": "untrained"}
+    model = EmoTalkerModule(net=NET, optim=optim)
+    assert model.autoencoder.net_cfg.kind == "vq" and model.latent_size == S // 4
+    x = torch.rand(2, 3, S, S)
+    with torch.no_grad():
+        z = model.autoencoder.encode(x)
+        assert torch.allclose(z, vq.encode(x * 2 - 1).latents, atol=1e-6)
+        assert torch.allclose(model.autoencoder.decode(z), ((vq.decode(z).sample + 1) / 2).clamp(0, 1), atol=1e-4)
+        quantised = vq.quantize(z)[0]
+        assert torch.allclose(model.autoencoder.decode(z), model.autoencoder.decode(quantised), atol=1e-4)
+    again = EmoTalkerModule(net=NET, optim=optim, autoencoder_net=model.hparams["autoencoder_net"])
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert again.autoencoder.net_cfg.kind == "vq" and torch.equal(again.autoencoder.encode(x), z)
+    with pytest.raises(ValueError, match="trains a KL autoencoder"):
+        AutoencoderModule.validate_params({"kind": "vq"})

@@ -45,7 +45,7 @@ EMOTION_TOKEN = 2
 
 @dataclass
 class AutoencoderConfig:
-    """``AutoencoderKL`` at f = 2^(len(block_out_channels) - 1) = 4 (LDM's KL-f4 / VQ-f4 shape).
+    """The frozen image autoencoder at f = 2^(len(block_out_channels) - 1) = 4 (LDM's KL-f4 / VQ-f4 shape).
 
     Attributes:
         image_size: crop side S (pixels); latents are (latent_channels, S / 4, S / 4).
@@ -53,6 +53,11 @@ class AutoencoderConfig:
         latent_channels: 3 (LDM f4).
         layers_per_block, norm_num_groups: diffusers' (groups must divide every width).
         mid_attention: self-attention in the middle block (LDM: yes; off saves CPU time at S / 4).
+        kind: ``"kl"`` (diffusers ``AutoencoderKL``: what ``train@autoencoder`` trains, LDM's KL-f4)
+            or ``"vq"`` (diffusers ``VQModel``: LDM's VQ-f4, which DiffTalk and hence EmoTalker use;
+            loaded pretrained only, ``emotalker.optim.autoencoder_path``). The diffusion runs on
+            the VQ encoder's pre-quantisation latents and the decoder quantises (LDM's VQ recipe).
+        num_vq_embeddings, vq_embed_dim: the VQ codebook (LDM VQ-f4: 8192 codes of 3 dims).
     """
 
     image_size: int = 128
@@ -61,9 +66,14 @@ class AutoencoderConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 16
     mid_attention: bool = True
+    kind: str = "kl"
+    num_vq_embeddings: int = 8192
+    vq_embed_dim: int | None = None
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if self.kind not in ("kl", "vq"):
+            raise ValueError(f"autoencoder kind must be 'kl' or 'vq', got {self.kind!r}")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide every width {self.block_out_channels}")
         if self.image_size % self.factor:
@@ -79,15 +89,19 @@ class AutoencoderConfig:
 
 
 def build_autoencoder(cfg: AutoencoderConfig):
-    """diffusers ``AutoencoderKL`` of ``cfg`` (scaling_factor left at 1: the caller measures its own)."""
-    from diffusers import AutoencoderKL
+    """diffusers ``AutoencoderKL`` (``kind: kl``) or ``VQModel`` (``kind: vq``) of ``cfg``
+    (scaling_factor left at 1: the caller measures or states its own)."""
+    from diffusers import AutoencoderKL, VQModel
 
     n = len(cfg.block_out_channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=cfg.block_out_channels,
-                         layers_per_block=cfg.layers_per_block, latent_channels=cfg.latent_channels,
-                         norm_num_groups=cfg.norm_num_groups, sample_size=cfg.image_size, scaling_factor=1.0,
-                         mid_block_add_attention=cfg.mid_attention)
+    common = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                  up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=cfg.block_out_channels,
+                  layers_per_block=cfg.layers_per_block, latent_channels=cfg.latent_channels,
+                  norm_num_groups=cfg.norm_num_groups, sample_size=cfg.image_size, scaling_factor=1.0,
+                  mid_block_add_attention=cfg.mid_attention)
+    if cfg.kind == "vq":
+        return VQModel(**common, num_vq_embeddings=cfg.num_vq_embeddings, vq_embed_dim=cfg.vq_embed_dim)
+    return AutoencoderKL(**common)
 
 
 @dataclass
