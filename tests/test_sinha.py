@@ -167,7 +167,9 @@ def trained(crema_shards):
 
 def test_fit_learns_neutral_faces_and_logs_both_generators(trained):
     model, dm, trainer = trained
-    assert model.neutral_lmk == {}  # optim.neutral = first_frame: no per-speaker table is read at fit start
+    # optim.neutral = first_frame (G_L's X from the window), texture_source = speaker_neutral: the
+    # per-speaker table is read at fit start for G_T's sources
+    assert model.optim_cfg.neutral == "first_frame" and set(model.neutral_frames) == {"9903", "9904"}
     speaker_mode = SinhaModule(net=NET, optim={"neutral": "speaker"})
     speaker_mode.fit_neutral_landmarks(dm.training_clips(("lmk",)))
     assert set(speaker_mode.neutral_lmk) == {"9903", "9904"} and speaker_mode.neutral_fallbacks == 0
@@ -284,7 +286,8 @@ def test_speaker_neutrals_cover_every_training_speaker(tmp_path, crema_shards):
     unsampled_c = next(i for i in ids if i.startswith("C") and i not in sampled)
     dm = write(("A_000", "B_000", unsampled_c))  # C's only neutral clip lies outside that sample
 
-    model = SinhaModule(net={**NET, "texture": {**NET.get("texture", {}), "lmk_size": 256}}, optim={"neutral": "speaker"})
+    model = SinhaModule(net={**NET, "texture": {**NET.get("texture", {}), "lmk_size": 256}},
+                        optim={"neutral": "speaker", "texture_source": "clip_frame"})  # landmarks only
     model.fit_speaker_neutrals(dm)
     assert set(model.neutral_lmk) == {"A", "B", "C"} and model.neutral_fallbacks == 0
 
@@ -327,3 +330,28 @@ def test_frame_gan_and_perceptual_scale_follow_the_config(trained):
     assert torch.allclose(log_model.generator_gan_losses(log_out, emotion, intensity)[1], log_gan_g_loss(fake))
     assert torch.allclose(d_l, log_d_l)  # D_L: LSGAN either way
     assert torch.allclose(log_out["per"], 0.25 * out["per"])
+
+
+def test_texture_generator_trains_from_the_speakers_neutral_frame(trained, monkeypatch):
+    """optim.texture_source = speaker_neutral (paper §3.2, A.1): G_T's training source is the
+    speaker's neutral frame (I_n), not another frame of the emotional clip; clip_frame keeps the old reading."""
+    model, dm, _ = trained
+    assert set(model.neutral_frames) == {"9903", "9904"}  # filled at fit start from the training split
+    chosen = {s: model._neutral_frame_at[s][0] for s in model.neutral_frames}
+    assert all("_NEU_" in key for key in chosen.values()), chosen
+    seen = []
+
+    def texture(image, source_lmk, target_lmk, f_e):
+        seen.append((image.clone(), source_lmk.clone()))
+        return image, None, None
+
+    monkeypatch.setattr(model.texture, "forward", texture)
+    batch = next(iter(dm.train_dataloader()))
+    model.model_step(batch, train=True)
+    for i, speaker in enumerate(batch["speaker"][:len(seen[0][0])]):
+        frame, points = model.neutral_frames[speaker]
+        assert torch.equal(seen[0][0][i], frame.permute(2, 0, 1).float() / 255) and torch.equal(seen[0][1][i], points)
+    clip_frame = dataclasses.replace(model.optim_cfg, texture_source="clip_frame")
+    monkeypatch.setattr(model, "optim_cfg", clip_frame)
+    model.model_step(batch, train=True)
+    assert not torch.equal(seen[1][0], seen[0][0])  # frames of the clip itself
