@@ -42,6 +42,7 @@ from lightning_modules.networks.config import config_to_dict
 from lightning_modules.networks.emotalker import (ConditionEncoder, DenoiserConfig, build_unet, identity_preserving_ddim,
                                                   ldm_scheduler, masked_input, predicted_x0, speech_windows)
 from lightning_modules.networks.intensity import EmotionIntensityBlock, embed_prompts, load_intensity_block
+from primitives.speech_windows import inner_targets
 
 
 def intensity_strength(intensity: Tensor) -> Tensor:
@@ -239,8 +240,9 @@ class EmoTalkerModule(L.LightningModule):
                          cross_attention_kwargs=kwargs).sample
 
     def _pick_frames(self, b: int, t_len: int, device) -> tuple[Tensor, Tensor]:
-        """Target (B,) and reference (B,) frame indices, |reference - target| >= reference_gap T (or != when T is short)."""
-        target = torch.randint(0, t_len, (b,), device=device)
+        """Target (B,) and reference (B,) frame indices, |reference - target| >= reference_gap T (or != when T
+        is short); the target's speech window lies inside the window (:func:`primitives.speech_windows.inner_targets`)."""
+        target = inner_targets(b, t_len, self.net_cfg.audio_window, device)  # no clamped speech window
         gap = max(1, int(self.optim_cfg.reference_gap * t_len))
         distance = (torch.arange(t_len, device=device)[None] - target[:, None]).abs()
         allowed = distance >= gap

@@ -57,6 +57,7 @@ from lightning_modules.networks.sinha_graph import (GAN_LOSSES, EmotionEncoder, 
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
 from lightning_modules.networks.vgg16 import VGG16_LABEL, VGG16_SHA256, VGG16Perceptual
 from primitives.background import background_colour, composite, person_mask
+from primitives.speech_windows import inner_targets
 
 __all__ = ["SinhaModule", "SinhaTrainConfig", "canonical_transform", "blink_displacements", "speech_windows"]
 
@@ -456,12 +457,14 @@ class SinhaModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def _pick(self, batch: dict, train: bool) -> tuple[Tensor, Tensor]:
-        """Target frame ``t`` and reference frame ``r`` (!= t when T > 1) per sample, (B,) each."""
+        """Target frame ``t`` (training: one whose speech window lies inside the window,
+        :func:`primitives.speech_windows.inner_targets`) and reference frame ``r`` (!= t when T > 1)
+        per sample, (B,) each."""
         b, t_len = batch["lmk"].shape[:2]
         dev = batch["lmk"].device
         if not train:
             return torch.full((b,), t_len // 2, device=dev), torch.zeros(b, dtype=torch.long, device=dev)
-        t = torch.randint(0, t_len, (b,), device=dev)
+        t = inner_targets(b, t_len, self.optim_cfg.speech_window, dev)  # G_L hears no clamped speech window
         r = torch.randint(0, max(1, t_len - 1), (b,), device=dev)
         return t, r + (r >= t).long() * (t_len > 1)
 
