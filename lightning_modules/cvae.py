@@ -13,7 +13,8 @@ From a window ``frames_<S> (B, T, S, S, 3)``, ``mel (B, floor(3.2 T), 80)``:
   the window's middle frame(s), deterministically;
 * reference: the window's first frame (``optim.reference="first"``, the one-shot protocol of the
   evaluation) or a random other frame of the window (``"random"``, Wav2Lip);
-* masked target: the target with its lower half zeroed (Wav2Lip);
+* masked target: the target with its lower half zeroed (Wav2Lip; ``optim.masked_target: full``
+  zeroes all of it, the paper's "fully masked face");
 * generator mel window for frame ``t``: 16 rows starting at ``int(3.2 t) - 6`` clamped to
   ``[0, M - 16]`` -- frame ``t`` covers rows ``3.2 t .. 3.2 t + 3.2``, so the window is (nearly)
   centred on it (ours; Wav2Lip uses the 16 rows *starting* at the frame);
@@ -42,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.generation import frames_to_chw
-from lightning_modules.networks.cvae import (CVAE, MEL_WINDOW, CVAEConfig, VGGPerceptual, kl_divergence,
-                                             mask_lower_half, recon_loss)
+from lightning_modules.networks.cvae import (CVAE, MASKED_TARGETS, MEL_WINDOW, CVAEConfig, VGGPerceptual,
+                                             kl_divergence, mask_target, recon_loss)
 from lightning_modules.networks.syncnet import sync_loss
 from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
 
@@ -68,6 +69,13 @@ class CVAETrainConfig:
             0.03 / 0.01 the generator paints colour blobs that the two networks respond to
             (``benchmarks/learning_check.py``, measured on the sample: PSNR 17.9 vs 20.1).
         reference: ``"first"`` (window's first frame) or ``"random"`` (another frame of the window).
+        masked_target: the masked-target input: ``"lower_half"`` (default, ours: Wav2Lip's target with
+            its lower half zeroed, at inference the reference's) or ``"full"`` (paper 000 §2: "a fully
+            masked face"; the ``cvae`` preset). With ``lower_half`` the training target's upper face,
+            which shows the target emotion, is an input, so the emotion label is barely needed in
+            training (and at inference the neutral reference's upper face stays); we keep it as
+            the default because it gives the head pose of the frame being generated (with ``full``
+            only the reference's pose is known) and the sample's learning check was measured with it.
         generate_latent: latent used by :meth:`CVAEModule.generate`: ``"posterior"`` (posterior
             mean ``mu`` of the masked reference, what the decoder sees in training at ``z ~ q``)
             or ``"prior"`` (``z = 0``, the prior mean).
@@ -97,6 +105,7 @@ class CVAETrainConfig:
     gamma: float = 0.003
     delta: float = 0.001
     reference: str = "random"
+    masked_target: str = "lower_half"
     generate_latent: str = "posterior"
     augment: bool = True
     aug_p: float = 0.5
@@ -118,6 +127,8 @@ class CVAETrainConfig:
                 raise ValueError(f"{p}.{name} must be >= 0, got {v}")
         if self.reference not in ("first", "random"):
             raise ValueError(f"{p}.reference must be 'first' or 'random', got {self.reference!r}")
+        if self.masked_target not in MASKED_TARGETS:
+            raise ValueError(f"{p}.masked_target must be one of {MASKED_TARGETS}, got {self.masked_target!r}")
         if self.generate_latent not in ("posterior", "prior"):
             raise ValueError(f"{p}.generate_latent must be 'posterior' or 'prior', got {self.generate_latent!r}")
         if not 0 <= self.aug_p <= 1:
@@ -326,7 +337,7 @@ class CVAEModule(L.LightningModule):
         s = self.net_cfg.crop_size
         flat_t = target.reshape(b * k, 3, s, s)
         mels = frame_mel_windows(mel, idx).reshape(b * k, 1, MEL_WINDOW, -1)
-        out = self.net(mask_lower_half(flat_t), ref[:, None].expand(-1, k, -1, -1, -1).reshape(b * k, 3, s, s),
+        out = self.net(mask_target(flat_t, self.optim_cfg.masked_target), ref[:, None].expand(-1, k, -1, -1, -1).reshape(b * k, 3, s, s),
                        mels, emotion.repeat_interleave(k), sample=train)
         losses = {"recon": recon_loss(out.recon, flat_t), "kl": kl_divergence(out.mu, out.logvar)}
         total = losses["recon"] + self.alpha * losses["kl"]
@@ -406,7 +417,7 @@ class CVAEModule(L.LightningModule):
         dev = next(self.net.parameters()).device
         b = reference.shape[0]
         ref = frames_to_chw(reference.to(dev))
-        masked = mask_lower_half(ref)
+        masked = mask_target(ref, self.optim_cfg.masked_target)
         mel, emotion = mel.to(dev).float(), emotion.to(dev).long()
         out = []
         chunk = self.optim_cfg.generate_chunk

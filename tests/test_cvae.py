@@ -265,3 +265,30 @@ def test_augmentation_same_parameters_for_reference_and_target():
     assert not torch.allclose(y, x)
     model = CVAEModule(net=NET)
     assert all(k.startswith("net.") for k in model.state_dict())  # no aux / kornia state in checkpoints
+
+
+def test_masked_target_input_follows_the_config(real_batch, monkeypatch):
+    """optim.masked_target: "full" (paper 000: a fully masked face) never shows the network any of
+    the target frame; "lower_half" (Wav2Lip) shows the target's upper half in training."""
+    from lightning_modules.networks.cvae import mask_target
+
+    seen = {}
+    for mode in ("lower_half", "full"):
+        model = CVAEModule(net=NET, optim={"augment": False, "masked_target": mode})
+        forward = model.net.forward
+
+        def capture(masked, reference, *args, _mode=mode, _forward=forward, **kwargs):
+            seen.setdefault(_mode, []).append((masked.clone(), reference.clone()))
+            return _forward(masked, reference, *args, **kwargs)
+
+        monkeypatch.setattr(model.net, "forward", capture)
+        model.model_step(real_batch, train=True)
+        model.generate(real_batch[f"frames_{S}"][:, 0], real_batch["mel"], real_batch["emotion"], 2)
+    for masked, _ in seen["full"]:
+        assert masked.abs().sum() == 0
+    train_masked = seen["lower_half"][0][0]
+    assert train_masked[..., S // 2:, :].abs().sum() == 0 and train_masked[..., :S // 2, :].abs().sum() > 0
+    generate_masked, generate_ref = seen["lower_half"][1]
+    assert torch.equal(generate_masked, mask_target(generate_ref, "lower_half"))  # the reference's upper half
+    with pytest.raises(ValueError, match="masked_target"):
+        CVAEModule(net=NET, optim={"masked_target": "upper_half"})

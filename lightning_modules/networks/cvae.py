@@ -162,6 +162,18 @@ def mask_lower_half(x: Tensor) -> Tensor:
     return out
 
 
+MASKED_TARGETS = ("lower_half", "full")
+
+
+def mask_target(x: Tensor, mode: str) -> Tensor:
+    """The network's masked-target input from ``(B, C, S, S)`` images: ``"lower_half"``
+    (:func:`mask_lower_half`, Wav2Lip) or ``"full"`` (all zeros: paper 000 §2's "fully masked
+    face", so the frame's own upper face, which shows its emotion, is never an input)."""
+    if mode not in MASKED_TARGETS:
+        raise ValueError(f"masked target must be one of {MASKED_TARGETS}, got {mode!r}")
+    return torch.zeros_like(x) if mode == "full" else mask_lower_half(x)
+
+
 def _block(c_in: int, c_out: int, stride: int, groups: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(groups, c_out),
