@@ -76,6 +76,12 @@ class Vid2VidTrainConfig:
         stage1_ckpt: stage 1's checkpoint (``{dataset}`` is filled in by ``pipeline.train``).
         retarget: ``"clip"`` (one similarity per clip from stage 1's mean stable points onto the
             reference's, :func:`retarget`) or ``"none"``.
+        init_generator: a pretrained generator to start from: a ``torch.save``\ d state dict of
+            :class:`Vid2VidGenerator` with this ``net`` config (e.g. ``generator.pt`` written by
+            :meth:`EAPCVid2VidModule.export_generator` from a larger run), or None (default:
+            from scratch). Paper 001 §3.5 fine-tunes NVIDIA's pretrained few-shot vid2vid; its
+            published weights fit a different network, so ours starts from scratch or from our
+            own pretrained file; init_generator_sha256: that file's expected digest (None: unchecked).
     """
 
     lr: float = 2e-4
@@ -98,6 +104,8 @@ class Vid2VidTrainConfig:
     finetune_epochs: int = 1
     stage1_ckpt: str | None = "models/eapc/{dataset}/last.ckpt"
     retarget: str = "clip"
+    init_generator: str | None = None
+    init_generator_sha256: str | None = None
 
     def __post_init__(self) -> None:
         self.d_widths = tuple(int(w) for w in self.d_widths)
@@ -158,6 +166,7 @@ class EAPCVid2VidModule(L.LightningModule):
 
         self.net_cfg = Vid2VidConfig.from_dict(net or {})
         self.optim_cfg = self._optim(optim or {})
+        from_checkpoint = stage1 is not None  # load_from_checkpoint: every weight comes from the state dict
         if stage1 is None and self.optim_cfg.stage1_ckpt is not None:
             path = Path(self.optim_cfg.stage1_ckpt)
             if not path.is_file():
@@ -173,11 +182,37 @@ class EAPCVid2VidModule(L.LightningModule):
         self.frames_key = f"frames_{self.net_cfg.crop_size}"
         self.data_keys = (self.frames_key, "lmk", "mfcc", "llf")
         self.generator = Vid2VidGenerator(self.net_cfg)
+        if self.optim_cfg.init_generator is not None and not from_checkpoint:
+            self._load_generator(self.optim_cfg.init_generator, self.optim_cfg.init_generator_sha256)
         self.discriminator = MultiScaleDiscriminator(self.optim_cfg.d_widths, self.optim_cfg.d_scales)
         self.lambda_vgg = self.optim_cfg.lambda_vgg if self.optim_cfg.vgg16_weights is not None else 0.0
         self._vgg: tuple = ()  # frozen loss network, built on first use and kept out of checkpoints
         self._csim: tuple = ()
         self.test_metrics = LandmarkMetrics(prefix="test/")
+
+    def _load_generator(self, path: str, sha256: str | None) -> None:
+        """``optim.init_generator``: load a pretrained generator state dict.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: checksum mismatch, or the file's tensors do
+                not fit this ``net`` config (names the missing / unexpected / mis-shaped keys).
+        """
+        from primitives.checksum import checked_sha256
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"train.methods.eapc_vid2vid.optim.init_generator: {path} does not exist")
+        checked_sha256(path, sha256, where="train.methods.eapc_vid2vid.optim.init_generator")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        own = self.generator.state_dict()
+        bad = sorted(set(own) ^ set(state)) + sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if bad:
+            raise ValueError(f"{path} does not fit this eapc_vid2vid.net config ({len(bad)} keys differ, e.g. {bad[:3]})")
+        self.generator.load_state_dict(state)
+
+    def export_generator(self, path: str | Path) -> Path:
+        """Write the generator's state dict for ``optim.init_generator`` of another run; returns the path."""
+        torch.save(self.generator.state_dict(), path)
+        return Path(path)
 
     @staticmethod
     def _optim(d: dict) -> Vid2VidTrainConfig:

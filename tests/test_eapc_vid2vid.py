@@ -248,3 +248,27 @@ def test_video_protocol_scores_stage1_and_redetected_landmarks(vid2vid, crema_sh
     metrics = set(result["metrics"])
     assert {"psnr", "ssim", "mouth_ld", "face_lvd"} <= metrics  # video + stage 1's own landmarks
     assert {"redetected_mouth_ld", "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd"} <= metrics
+
+
+def test_stage2_starts_from_a_pretrained_generator_file(tmp_path):
+    """optim.init_generator: a run starts from another run's exported generator (checksum checked);
+    a file for another net config is refused with the keys that differ."""
+    from lightning_modules.eapc_vid2vid import EAPCVid2VidModule
+    from primitives.checksum import file_sha256
+
+    optim = {"stage1_ckpt": None, "vgg16_weights": None, "d_widths": [8]}
+    torch.manual_seed(0)
+    donor = EAPCVid2VidModule(net=TINY, optim=optim)
+    path = donor.export_generator(tmp_path / "generator.pt")
+    torch.manual_seed(1)
+    fresh = EAPCVid2VidModule(net=TINY, optim=optim)
+    started = EAPCVid2VidModule(net=TINY, optim={**optim, "init_generator": str(path),
+                                                 "init_generator_sha256": file_sha256(path)})
+    assert all(torch.equal(v, donor.generator.state_dict()[k]) for k, v in started.generator.state_dict().items())
+    assert not all(torch.equal(v, donor.generator.state_dict()[k]) for k, v in fresh.generator.state_dict().items())
+    with pytest.raises(ValueError, match="sha256|checksum"):
+        EAPCVid2VidModule(net=TINY, optim={**optim, "init_generator": str(path), "init_generator_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="does not fit"):
+        EAPCVid2VidModule(net={**TINY, "label_channels": 4}, optim={**optim, "init_generator": str(path)})
+    with pytest.raises(FileNotFoundError, match="init_generator"):
+        EAPCVid2VidModule(net=TINY, optim={**optim, "init_generator": str(tmp_path / "gone.pt")})
