@@ -22,6 +22,9 @@ Readings (ours where the paper and DiffTalk leave it open; parameters where it m
   clip shared by its frames (so frames differ only by their conditions: no per-frame flicker);
   the still is every frame's reference and eq. 6's source (and, with ``net.masked_input: target``,
   its masked upper half every frame's masked target).
+* One-video fine-tuning (§3.2, unseen identities): :meth:`EmoTalkerModule.fine_tune` with
+  :class:`FineTuneConfig` (``evaluate.fine_tune.emotalker``; the protocol's leave-one-out choice of
+  the video is ``pipeline.protocol.one_video``).
 * Masked input (``net.masked_input``): zeros by default, where DiffTalk gives the target's upper
   face; see :class:`~lightning_modules.networks.emotalker.DenoiserConfig`.
 """
@@ -115,6 +118,32 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.ddim_steps < 1 or self.chunk < 1 or not 0 <= self.preserve_ratio <= 1 or not 0 <= self.preserve_until <= 1:
             raise ValueError("evaluate.sampling.emotalker: ddim_steps, chunk >= 1; preserve_ratio, preserve_until in [0, 1]")
+
+
+@dataclass
+class FineTuneConfig:
+    """``evaluate.fine_tune.emotalker``: paper 004 §3.2's fine-tuning on one video of an identity
+    unseen in training (the CREMA-D row of Table 1). The paper gives no steps, rate or loss; ours:
+    eq. 1 (plus eq. 4 when the module holds its loss classifier, which a loaded checkpoint does not)
+    on random ``window``-frame cuts of the video, AdamW on the UNet and condition encoders, the
+    frozen autoencoder and Intensity Block untouched.
+
+    Attributes:
+        steps: optimiser steps (0: no fine-tuning, the default on the sample).
+        lr: AdamW learning rate (> 0; below training's, so one video adapts without forgetting).
+        batch_size: windows per step (>= 1). window: frames per window (>= 1, at most the video's).
+        seed: the windows, timesteps and noise of the fine-tuning (global RNG state untouched).
+    """
+
+    steps: int = 0
+    lr: float = 1e-5
+    batch_size: int = 4
+    window: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or not self.lr > 0 or self.batch_size < 1 or self.window < 1:
+            raise ValueError("evaluate.fine_tune.emotalker: steps >= 0, lr > 0, batch_size >= 1, window >= 1")
 
 
 class EmoTalkerModule(L.LightningModule):
@@ -288,6 +317,52 @@ class EmoTalkerModule(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(itertools.chain(self.unet.parameters(), self.conditions.parameters()), self.optim_cfg.lr)
+
+    @staticmethod
+    def fine_tune_config(settings: dict | None) -> FineTuneConfig:
+        """``evaluate.fine_tune.emotalker`` -> :class:`FineTuneConfig`; raises ``TypeError`` (unknown
+        key) / ``ValueError``."""
+        return FineTuneConfig(**(settings or {}))
+
+    def fine_tune(self, frames: Tensor, lmk: Tensor, phones: Tensor, emotion: int, intensity: int,
+                  cfg: FineTuneConfig) -> list[float]:
+        """Paper 004 §3.2: adapt the UNet and condition encoders IN PLACE to one video of an identity
+        (see :class:`FineTuneConfig` for the reading); the caller keeps a copy of the weights to
+        restore (``pipeline.protocol.one_video``).
+
+        Args:
+            frames: (T, S, S, 3) uint8 crops at the module's ``crop_size``.
+            lmk: (T, 68, 2) float32 landmarks in pixels of the 256 px crop.
+            phones: (T, 40) float32 phone occupancy.
+            emotion, intensity: the video's label (id) and level (0 = unspecified).
+
+        Returns:
+            The ``total`` loss of each step (``cfg.steps`` floats).
+        """
+        if cfg.steps == 0:
+            return []
+        window = min(cfg.window, len(frames))
+        dev, was_training = self.device, self.training
+        params = [*self.unet.parameters(), *self.conditions.parameters()]
+        optimiser = torch.optim.AdamW(params, cfg.lr)
+        self.train()
+        losses = []
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.enable_grad():
+            torch.manual_seed(cfg.seed)
+            for _ in range(cfg.steps):
+                starts = torch.randint(0, len(frames) - window + 1, (cfg.batch_size,))
+                idx = starts[:, None] + torch.arange(window)  # (B, window)
+                batch = {self.frames_key: frames[idx].to(dev), "lmk": lmk[idx].float().to(dev),
+                         "phones": phones[idx].float().to(dev),
+                         "emotion": torch.full((cfg.batch_size,), int(emotion), device=dev),
+                         "intensity": torch.full((cfg.batch_size,), int(intensity), device=dev)}
+                loss = self._losses(batch)["total"]
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+        self.train(was_training)
+        return losses
 
     # ---------------------------------------------------------------- inference
     def prompt_e_emo(self, prompts: list[str]) -> Tensor:

@@ -37,6 +37,7 @@ class EvaluateSettings:
     fer_weights: str | None = None
     fer_sha256: str | None = None
     sampling: dict = field(default_factory=dict)
+    fine_tune: dict = field(default_factory=dict)
     prompt_grid: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -692,6 +692,9 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     per_call = per_call if getattr(generator, "batch_clips", False) else 1
     if per_call < 1:
         raise ParamsError(f"evaluate.clips_per_forward: must be >= 1, got {per_call}")
+    fine_tuning = one_video_fine_tuning(generator, params, method, shard_dir, frames_key)
+    if fine_tuning is not None:
+        per_call = 1  # each clip under its own speaker's fine-tuned weights
 
     def my_clips():
         nonlocal first_clip
@@ -701,6 +704,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                 yield clip
 
     for group in _groups(my_clips(), per_call):
+        if fine_tuning is not None:
+            fine_tuning.prepare(group[0]["key"])
         for clip, generated in zip(group, render_clips(generator, group, frames_key)):
             real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
             mel, emotion = torch.from_numpy(clip["mel"]), clip["meta"]["emotion_id"]
@@ -719,6 +724,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                 path = out_dir / "videos" / f"{clip['key']}.mp4"
                 write_mp4(path, generated.numpy(), clip["meta"]["fps"], clip["audio"], clip["meta"]["sample_rate"])
                 videos.append(path)
+    if fine_tuning is not None:
+        fine_tuning.restore()
     # plain counters summed over the ranks before any compute(): the metric states sync inside compute()
     counts = ranks.sum_counts({"n_clips": n_clips, "redetected_scored": redetected.scored,
                                "redetected_skipped": redetected.skipped,
@@ -767,11 +774,37 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                            "emotion": "the clip's label", "intensity": "the clip's level (methods that take one)",
                            "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params,
+                           **({"fine_tune": fine_tuning.describe()} if fine_tuning is not None else {}),
                            **({"sampling": str(asdict(generator.sampling))} if hasattr(generator, "sampling") else {})}}
     if ranks.is_zero:
         _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
     ranks.barrier()
     return result
+
+
+def one_video_fine_tuning(generator, params: dict, method: str, shard_dir: Path, frames_key: str):
+    """Paper 004 §3.2's per-identity fine-tuning (:mod:`pipeline.protocol.one_video`) when the
+    generator offers ``fine_tune`` and ``evaluate.fine_tune.<method>.steps`` > 0, else None.
+
+    Raises:
+        ParamsError: ``evaluate.fine_tune.<method>`` for a generator without ``fine_tune``, or a bad value.
+    """
+    from pipeline.protocol.one_video import OneVideoFineTuning, load_videos, plan_videos, split_speakers
+
+    settings = get(params, f"evaluate.fine_tune.{method}", dict, default=None)
+    if settings is None:
+        return None
+    if not hasattr(generator, "fine_tune"):
+        raise ParamsError(f"evaluate.fine_tune.{method}: {method} has no one-video fine-tuning (fine_tune)")
+    try:
+        cfg = generator.fine_tune_config(settings)
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"evaluate.fine_tune.{method}: {err}") from None
+    if cfg.steps == 0:
+        return None
+    plan = plan_videos(split_speakers(shard_dir))
+    videos = load_videos(shard_dir, {v for v in plan.values() if v is not None}, frames_key)
+    return OneVideoFineTuning(generator, cfg, plan, videos, frames_key)
 
 
 def landmark_metrics(generator, shard_dir: Path, params: dict, method: str) -> dict[str, float]:

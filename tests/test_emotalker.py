@@ -249,6 +249,7 @@ def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards
     trainer.save_checkpoint(work / "models/emotalker/crema_d/last.ckpt")
     params = {"evaluate": {"crop_size": S, "n_videos": 0, "fid_weights": tiny_inception, "fid_sha256": None,
                            "sampling": {"emotalker": {"ddim_steps": 2}},
+                           "fine_tune": {"emotalker": {"steps": 2, "window": 8}},
                            "prompt_grid": {"prompts": ["very angry and disgusted"], "strengths": [0.0, 1.0]}},
               "train": {"data": {"window": 12, "batch_size": 2}},
               "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "emotalker"}}
@@ -257,7 +258,9 @@ def test_video_protocol_adds_ae_psnr_and_the_prompt_grid(emotalker, crema_shards
     out = work / "eval/emotalker/crema_d"
     result = json.loads((out / "metrics.json").read_text())
     assert {"psnr", "ssim", "ae_psnr"} <= set(result["metrics"])
-    assert "'ddim_steps': 2" in json.loads((out / "provenance.json").read_text())["protocol"]["sampling"]
+    protocol = json.loads((out / "provenance.json").read_text())["protocol"]
+    assert "'ddim_steps': 2" in protocol["sampling"]
+    assert "steps=2" in protocol["fine_tune"] and "videos" in protocol["fine_tune"]  # paper 004 §3.2 ran
     assert cv2.imread(str(out / "prompt_grid.png")).shape == (S, 3 * S, 3)  # reference + two strengths
 
 
@@ -328,3 +331,67 @@ def test_pretrained_vq_f4_autoencoder_directory(tmp_path):
         assert again.autoencoder.net_cfg.kind == "vq" and torch.equal(again.autoencoder.encode(x), z)
     with pytest.raises(ValueError, match="trains a KL autoencoder"):
         AutoencoderModule.validate_params({"kind": "vq"})
+
+
+def test_one_video_plan_is_leave_one_out():
+    from pipeline.protocol.one_video import plan_videos
+
+    plan = plan_videos({"a3": "A", "a1": "A", "b1": "B", "a2": "A", "c2": "C", "c1": "C"})
+    assert plan == {"a1": "a2", "a2": "a1", "a3": "a1", "b1": None, "c1": "c2", "c2": "c1"}
+
+
+def test_one_video_fine_tuning_adapts_to_the_video_and_restores(emotalker, crema_shards):
+    """Paper 004 §3.2: fine_tune lowers eq. 1 on the video it sees, is seeded (same weights twice)
+    without touching the global RNG; the protocol switches weights per clip and restores them."""
+    import copy
+
+    from lightning_modules.emotalker import FineTuneConfig
+    from pipeline.protocol.one_video import OneVideoFineTuning, load_videos, split_speakers
+
+    model, *_ = emotalker
+    model = copy.deepcopy(model).eval()
+    shard_dir = crema_shards / "shards/crema_d"
+    speakers = split_speakers(shard_dir)
+    key = sorted(speakers)[0]
+    assert set(speakers.values()) and all(isinstance(s, str) for s in speakers.values())
+    video = load_videos(shard_dir, {key}, f"frames_{S}")[key]
+    args = (torch.from_numpy(video[f"frames_{S}"]), torch.from_numpy(video["lmk"]), torch.from_numpy(video["phones"]),
+            int(video["meta"]["emotion_id"]), int(video["meta"]["intensity"]))
+    cfg = FineTuneConfig(steps=25, lr=2e-3, batch_size=4, window=12, seed=3)
+
+    def eq1_on_video(module) -> float:  # the same 16 draws of (window, t, noise) for both weights
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            values = []
+            for _ in range(16):
+                idx = torch.randint(0, len(args[0]) - 12 + 1, (1,)) + torch.arange(12)
+                batch = {f"frames_{S}": args[0][idx][None], "lmk": args[1][idx][None], "phones": args[2][idx][None],
+                         "emotion": torch.tensor([args[3]]), "intensity": torch.tensor([args[4]])}
+                with torch.no_grad():
+                    values.append(float(module._losses(batch)["diffusion"]))
+        return float(np.mean(values))
+
+    trained = copy.deepcopy(model.state_dict())
+    before = eq1_on_video(model)
+    rng = torch.get_rng_state()
+    losses = model.fine_tune(*args, cfg)
+    assert torch.equal(torch.get_rng_state(), rng) and len(losses) == 25 and not model.training
+    assert eq1_on_video(model) < 0.8 * before
+    tuned = copy.deepcopy(model.state_dict())
+    model.load_state_dict(trained)
+    model.fine_tune(*args, cfg)
+    assert all(torch.equal(tuned[k], v) for k, v in model.state_dict().items())
+    assert model.fine_tune(*args, FineTuneConfig(steps=0)) == []
+
+    model.load_state_dict(trained)
+    protocol = OneVideoFineTuning(model, cfg, {"x": key, "y": None}, {key: video}, f"frames_{S}")
+    protocol.prepare("x")
+    assert all(torch.equal(tuned[k], v) for k, v in model.state_dict().items())
+    protocol.prepare("y")  # a single-clip speaker: the trained weights, counted
+    assert protocol.skipped == 1 and all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    protocol.prepare("x")  # cached, not fine-tuned again
+    assert len(protocol.tuned) == 1 and all(torch.equal(tuned[k], v) for k, v in model.state_dict().items())
+    protocol.restore()
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="steps >= 0"):
+        FineTuneConfig(steps=-1)
