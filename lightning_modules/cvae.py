@@ -139,12 +139,14 @@ class CVAETrainConfig:
             raise ValueError(f"{p}.generate_chunk must be >= 1, got {self.generate_chunk}")
 
 
-def frame_mel_windows(mel: Tensor, frames: Tensor) -> Tensor:
-    """Generator audio windows: 16 mel rows starting at ``int(3.2 t) - 6`` clamped to ``[0, M - 16]``.
+def frame_mel_windows(mel: Tensor, frames: Tensor, offset: int = -6) -> Tensor:
+    """Generator audio windows: 16 mel rows starting at ``int(3.2 t) + offset`` clamped to ``[0, M - 16]``.
 
     Args:
         mel: ``(B, M, 80)`` float, row 0 = video frame 0, ``M >= 16``.
         frames: ``(B, K)`` int64 video frame indices.
+        offset: mel rows from the frame to the window's start: -6 centres the 16 rows on the frame
+            (ours); 0 starts at the frame (Wav2Lip's released generator, ``networks.wav2lip.MEL_OFFSET``).
 
     Returns:
         ``(B, K, 1, 16, 80)`` float32 (time x mel bins).
@@ -152,7 +154,7 @@ def frame_mel_windows(mel: Tensor, frames: Tensor) -> Tensor:
     b, m, _ = mel.shape
     if m < MEL_WINDOW:
         raise ValueError(f"need at least {MEL_WINDOW} mel rows, got {m}")
-    start = ((16 * frames) // 5 - 6).clamp(0, m - MEL_WINDOW)  # (B, K)
+    start = ((16 * frames) // 5 + offset).clamp(0, m - MEL_WINDOW)  # (B, K)
     idx = start[..., None] + torch.arange(MEL_WINDOW, device=mel.device)  # (B, K, 16)
     win = mel[torch.arange(b, device=mel.device)[:, None, None], idx]  # (B, K, 16, 80)
     return win.unsqueeze(2).float()

@@ -42,7 +42,7 @@ from lightning_modules.generation import chw_to_frames, frames_to_chw
 from lightning_modules.networks.cvae import mask_lower_half
 from lightning_modules.networks.syncnet import sync_loss
 from lightning_modules.networks.two_stage import (EditorConfig, EditorDiscriminator, EmotionEditor, LipSyncConfig,
-                                                   LipSyncGenerator, QualityDiscriminator, gradient_penalty)
+                                                   QualityDiscriminator, build_lipsync, gradient_penalty, mel_offset)
 from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
 from primitives.vocab import EMOTIONS
 
@@ -63,6 +63,9 @@ class TwoStageTrainConfig:
             linear from ``emotion_wt`` at step 0 to ``emotion_wt_final`` (None: constant) at
             ``emotion_ramp_steps``; 0 = off. ``sync_wt + disc_wt + max(e) < 1``.
         emotion_ckpt: the loss-side ``EmotionClassifierModule`` checkpoint (required when e > 0).
+        lipsync_init, lipsync_init_sha256: stage 2 starts from Wav2Lip's released generator
+            (``wav2lip.pth`` / ``wav2lip_gan.pth``; needs ``net.lipsync.architecture: wav2lip``) and
+            fine-tunes it; None (default): from scratch. The report used the released weights.
     """
 
     lr_editor: float = 1e-4
@@ -80,6 +83,8 @@ class TwoStageTrainConfig:
     emotion_wt_final: float | None = None
     emotion_ramp_steps: int = 2000
     emotion_ckpt: str | None = None
+    lipsync_init: str | None = None
+    lipsync_init_sha256: str | None = None
 
     def __post_init__(self) -> None:
         p = "train.methods.two_stage.optim"
@@ -138,7 +143,8 @@ class TwoStageModule(L.LightningModule):
         self.frames_key = f"frames_{self.net_cfg.crop_size}"
         self.data_keys = (self.frames_key, "mel", "lmk")
         self.editor, self.critic = EmotionEditor(self.editor_cfg), EditorDiscriminator(self.editor_cfg)
-        self.lipsync, self.quality = LipSyncGenerator(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
+        self.lipsync, self.quality = build_lipsync(self.lipsync_cfg), QualityDiscriminator(self.lipsync_cfg)
+
         self.sync_on = False
         self._edit_counts = torch.zeros(2, self.editor_cfg.n_emotions)  # validation edit hits, targets per emotion
         # the emotions the training data holds (CREMA-D: 6 of the 8): validation edits target only these
@@ -156,6 +162,16 @@ class TwoStageModule(L.LightningModule):
             self.set_emotion_classifier(
                 EmotionClassifierModule.load_from_checkpoint(self.optim_cfg.emotion_ckpt, map_location="cpu").net)
 
+    def setup(self, stage: str) -> None:
+        """Fit: stage 2 from ``optim.lipsync_init`` (Wav2Lip's released generator). Lightning restores
+        a resumed run's checkpoint after this hook, and ``load_from_checkpoint`` never calls it, so
+        the file is read only when training starts."""
+        if stage == "fit" and self.optim_cfg.lipsync_init is not None:
+            from lightning_modules.networks.wav2lip import load_wav2lip_state
+
+            self.lipsync.load_state_dict(load_wav2lip_state(self.optim_cfg.lipsync_init, self.optim_cfg.lipsync_init_sha256,
+                                                            where="train.methods.two_stage.optim.lipsync_init"))
+
     @staticmethod
     def _configs(net: dict | None, optim: dict | None) -> tuple[TwoStageTrainConfig, EditorConfig, LipSyncConfig]:
         """The config dataclasses from ``train.methods.two_stage.{net,optim}`` (both stages at
@@ -165,8 +181,12 @@ class TwoStageModule(L.LightningModule):
         if unknown:
             raise ValueError(f"two_stage.net.{unknown[0]}: unknown key (known: crop_size, editor, lipsync)")
         s = int(net.get("crop_size", 64))
-        return (TwoStageTrainConfig(**(optim or {})), EditorConfig.from_dict({"image_size": s, **net.get("editor", {})}),
-                LipSyncConfig.from_dict({"image_size": s, **net.get("lipsync", {})}))
+        configs = (TwoStageTrainConfig(**(optim or {})), EditorConfig.from_dict({"image_size": s, **net.get("editor", {})}),
+                   LipSyncConfig.from_dict({"image_size": s, **net.get("lipsync", {})}))
+        if configs[0].lipsync_init is not None and configs[2].architecture != "wav2lip":
+            raise ValueError("train.methods.two_stage.optim.lipsync_init is a Wav2Lip generator: set "
+                             "two_stage.net.lipsync.architecture to wav2lip (and net.crop_size to 96)")
+        return configs
 
     @staticmethod
     def validate_params(net: dict | None = None, optim: dict | None = None) -> None:
@@ -255,7 +275,7 @@ class TwoStageModule(L.LightningModule):
         rows = torch.arange(b, device=frames.device)[:, None]
         target = frames_to_chw(frames[rows, targets]).flatten(0, 1)  # (B K, 3, S, S)
         reference = frames_to_chw(frames[rows, references]).flatten(0, 1)
-        mels = frame_mel_windows(mel, targets).flatten(0, 1)  # (B K, 1, 16, 80)
+        mels = frame_mel_windows(mel, targets, mel_offset(self.lipsync_cfg)).flatten(0, 1)  # (B K, 1, 16, 80)
         return self.lipsync(mask_lower_half(target), reference, mels).view(b, k, *target.shape[1:])
 
     def sync_term(self, generated: Tensor, mel: Tensor, start: Tensor) -> Tensor | None:

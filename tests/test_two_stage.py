@@ -269,3 +269,70 @@ def test_edit_scores_expose_identical_outputs_across_emotions_per_target():
     assert result["edit_emo_acc_happy"] == 100.0
     assert all(result[f"edit_emo_acc_{e}"] == 0.0 for e in ("angry", "disgusted", "fear", "neutral", "sad"))
     assert scores.evaluators["edit_emo_acc_sad"] == "stub, on the stage-1 edits"
+
+
+def _seeded_wav2lip_state(state: dict, seed: int = 0) -> dict:
+    """Deterministic weights for every float tensor of a Wav2Lip state dict (in state-dict order)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        if not v.dtype.is_floating_point:
+            out[k] = v.clone()
+        elif "running_var" in k:
+            out[k] = torch.rand(v.shape, generator=g) * 0.5 + 0.5
+        elif "running_mean" in k or k.endswith("bias"):
+            out[k] = torch.randn(v.shape, generator=g) * 0.1
+        elif v.dim() == 1:  # BatchNorm weight
+            out[k] = 1 + torch.randn(v.shape, generator=g) * 0.1
+        else:
+            out[k] = torch.randn(v.shape, generator=g) * (0.5 / v[0].numel()) ** 0.5
+    return out
+
+
+def test_wav2lip_generator_gives_the_released_code_s_values():
+    """Known answer: Rudrabha/Wav2Lip's models/wav2lip.py (Wav2Lip()), loaded with these seeded weights
+    and fed BGR faces [masked, reference] and the (1, 80, 16) mel, gave these RGB values (rounded to
+    1e-5); our layout loads the same state dict under the same names."""
+    from lightning_modules.networks.wav2lip import Wav2LipGenerator
+
+    net = Wav2LipGenerator().eval()
+    assert sum(p.numel() for p in net.parameters()) == 36_298_035
+    net.load_state_dict(_seeded_wav2lip_state(net.state_dict()))
+    g = torch.Generator().manual_seed(1)
+    masked, reference = torch.rand(1, 3, 96, 96, generator=g), torch.rand(1, 3, 96, 96, generator=g)
+    mel = torch.randn(1, 1, 16, 80, generator=g) * 2
+    masked[..., 48:, :] = 0
+    with torch.no_grad():
+        y = net(masked, reference, mel)
+    expected = {(20, 30): [0.45433, 0.49266, 0.42669], (70, 50): [0.4782, 0.52016, 0.46471],
+                (90, 5): [0.48256, 0.51746, 0.48356]}
+    for (row, col), rgb in expected.items():
+        assert y[0, :, row, col].tolist() == pytest.approx(rgb, abs=2e-5)
+
+
+def test_two_stage_starts_stage_2_from_a_released_wav2lip_file(tmp_path):
+    from lightning_modules.cvae import frame_mel_windows
+    from lightning_modules.networks.wav2lip import Wav2LipGenerator
+    from primitives.checksum import file_sha256
+
+    state = _seeded_wav2lip_state(Wav2LipGenerator().state_dict())
+    path = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "global_step": 1}, path)  # DataParallel's
+    net = {"crop_size": 96, "editor": {"d_repeat": 5}, "lipsync": {"architecture": "wav2lip"}}
+    model = TwoStageModule(net=net, optim={"lipsync_init": str(path), "lipsync_init_sha256": file_sha256(path)})
+    assert not torch.equal(model.lipsync.state_dict()["output_block.1.weight"], state["output_block.1.weight"])
+    model.setup("fit")
+    assert all(torch.equal(v, state[k]) for k, v in model.lipsync.state_dict().items())
+    mel = torch.arange(40.0).view(1, 40, 1).expand(1, 40, 80)
+    assert frame_mel_windows(mel, torch.tensor([[5]]), offset=0)[0, 0, 0, :, 0].tolist() == list(range(16, 32))
+    with pytest.raises(ValueError, match="sha256|checksum"):
+        TwoStageModule(net=net, optim={"lipsync_init": str(path), "lipsync_init_sha256": "0" * 64}).setup("fit")
+    with pytest.raises(ValueError, match="architecture to wav2lip"):
+        TwoStageModule(net={"crop_size": 96, "editor": {"d_repeat": 5}}, optim={"lipsync_init": str(path)})
+    with pytest.raises(ValueError, match="96 px"):
+        TwoStageModule(net={"crop_size": 64, "lipsync": {"architecture": "wav2lip"}})
+    torch.save({"state_dict": {"face_encoder_blocks.0.0.conv_block.0.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a Wav2Lip generator"):
+        TwoStageModule(net=net, optim={"lipsync_init": str(tmp_path / "other.pth")}).setup("fit")
+    with pytest.raises(FileNotFoundError, match="Rudrabha"):
+        TwoStageModule(net=net, optim={"lipsync_init": str(tmp_path / "none.pth")}).setup("fit")

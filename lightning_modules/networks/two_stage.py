@@ -149,19 +149,29 @@ class LipSyncConfig:
             stride-2 stages, and for S = 3 x 2^k a last 3x3 valid conv from 3x3 to 1x1 as Wav2Lip's).
         audio_widths: audio-encoder channels; its last is the audio embedding.
         d_widths: quality discriminator channels (stride-2 convs on the lower half).
+        architecture: ``"ours"`` (:class:`LipSyncGenerator`, any size above) or ``"wav2lip"``
+            (:class:`~lightning_modules.networks.wav2lip.Wav2LipGenerator`, the released layout at
+            96 px, so its published weights load: ``optim.lipsync_init``; ``widths`` / ``audio_widths``
+            unused).
     """
 
     image_size: int = 64
     widths: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 512)
     audio_widths: tuple[int, ...] = (32, 64, 128, 256, 512)
     d_widths: tuple[int, ...] = (32, 64, 128, 256, 512)
+    architecture: str = "ours"
 
     def __post_init__(self) -> None:
+        if self.architecture not in ("ours", "wav2lip"):
+            raise ValueError(f"two_stage.net.lipsync.architecture must be 'ours' or 'wav2lip', got {self.architecture!r}")
+        if self.architecture == "wav2lip" and self.image_size != 96:
+            raise ValueError(f"two_stage.net.lipsync.architecture 'wav2lip' is Wav2Lip's 96 px generator: "
+                             f"set two_stage.net.crop_size to 96, got {self.image_size}")
         self.widths = tuple(int(c) for c in self.widths)
         self.audio_widths = tuple(int(c) for c in self.audio_widths)
         self.d_widths = tuple(int(c) for c in self.d_widths)
         stages = face_stages(self.image_size)
-        if len(self.widths) != len(stages) + 1:
+        if self.architecture == "ours" and len(self.widths) != len(stages) + 1:
             raise ValueError(f"two_stage.net.lipsync.widths needs {len(stages) + 1} entries at {self.image_size} px "
                              f"(stem + one per stage down to 1x1), got {len(self.widths)}")
 
@@ -243,6 +253,20 @@ class LipSyncGenerator(nn.Module):
         for up in self.up:
             h = torch.cat([up(h), skips.pop()], dim=1)
         return torch.sigmoid(self.out(h))
+
+
+def build_lipsync(cfg: LipSyncConfig) -> nn.Module:
+    """The stage-2 generator ``cfg.architecture`` names (both take ``(masked, reference, mel)``)."""
+    from lightning_modules.networks.wav2lip import Wav2LipGenerator
+
+    return Wav2LipGenerator() if cfg.architecture == "wav2lip" else LipSyncGenerator(cfg)
+
+
+def mel_offset(cfg: LipSyncConfig) -> int:
+    """Mel rows from a frame to its audio window's start for ``cfg.architecture`` (``frame_mel_windows``)."""
+    from lightning_modules.networks.wav2lip import MEL_OFFSET
+
+    return MEL_OFFSET if cfg.architecture == "wav2lip" else -6
 
 
 class QualityDiscriminator(nn.Module):
