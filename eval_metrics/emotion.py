@@ -141,21 +141,33 @@ class EmotionAccuracy(Metric):
         """
         if (clips is None) == (window_probs is None) or target is None:
             raise ValueError("EmotionAccuracy.update needs target and exactly one of clips / window_probs")
-        if window_probs is None:
-            if self.classifier is None:
-                raise RuntimeError("EmotionAccuracy was built without a classifier; use update_probs")
-            windows = [split_windows(torch.as_tensor(c), self.window) for c in clips]
-            counts = [len(w) for w in windows]
-            if len({w.shape[1] for w in windows}) == 1:
-                window_probs = self._probs(torch.cat(windows)).split(counts)
-            else:  # clips shorter than a window: different T, classify per clip
-                window_probs = [self._probs(w) for w in windows]
         target = torch.as_tensor(target).reshape(-1)
-        if len(window_probs) != len(target):
-            raise ValueError(f"{len(window_probs)} clips but {len(target)} targets")
-        preds = torch.stack([aggregate_windows(torch.as_tensor(p), self.aggregate) for p in window_probs])
-        self.correct += (preds.cpu() == target.cpu()).sum().to(self.correct.device)
+        n = len(clips) if window_probs is None else len(window_probs)
+        if n != len(target):
+            raise ValueError(f"{n} clips but {len(target)} targets")
+        preds = self.predict(clips) if window_probs is None else self._aggregate(window_probs)
+        self.correct += (preds == target.cpu()).sum().to(self.correct.device)
         self.total += len(target)
+
+    def predict(self, clips: Sequence[Tensor] | Tensor) -> Tensor:
+        """The classifier's emotion of each whole clip (same windows and aggregation as ``update``):
+        clips as in :meth:`update` -> (B,) int64 class ids on the CPU (no state change).
+
+        Raises:
+            RuntimeError: built without a classifier. ValueError: an empty clip.
+        """
+        if self.classifier is None:
+            raise RuntimeError("EmotionAccuracy was built without a classifier; use update_probs")
+        windows = [split_windows(torch.as_tensor(c), self.window) for c in clips]
+        counts = [len(w) for w in windows]
+        if len({w.shape[1] for w in windows}) == 1:
+            window_probs = self._probs(torch.cat(windows)).split(counts)
+        else:  # clips shorter than a window: different T, classify per clip
+            window_probs = [self._probs(w) for w in windows]
+        return self._aggregate(window_probs)
+
+    def _aggregate(self, window_probs: Sequence[Tensor] | Tensor) -> Tensor:
+        return torch.stack([aggregate_windows(torch.as_tensor(p), self.aggregate) for p in window_probs]).cpu()
 
     def compute(self) -> Tensor:
         """EmoAcc in percent (float64 scalar, [0, 100]); NaN when no clip was seen."""

@@ -38,6 +38,8 @@ class EvaluateSettings:
     fer_sha256: str | None = None
     sampling: dict = field(default_factory=dict)
     fine_tune: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)
+    emotion_control: dict = field(default_factory=dict)
     prompt_grid: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

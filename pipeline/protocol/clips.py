@@ -1,0 +1,53 @@
+"""Reading a split's clips for the protocol: metadata alone, chosen clips, and each speaker's
+neutral reference frame."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import webdataset as wds
+
+from datamodules.talking_face import ReadShards, SelectMembers, frame_reads, shard_urls
+
+
+def split_metas(shard_dir: Path, split: str = "test") -> dict[str, dict]:
+    """Clip id -> ``meta.json`` of every clip in ``<split>-*.tar``, reading no other member."""
+    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)), ReadShards(SelectMembers(())))
+    return {sample["__key__"]: json.loads(sample["meta.json"]) for sample in pipeline if "meta.json" in sample}
+
+
+def load_clips(shard_dir: Path, keys: set[str], arrays: tuple[str, ...], split: str = "test") -> dict[str, dict]:
+    """The clips ``keys`` of ``split`` with ``arrays`` (e.g. ``frames_128``, ``lmk``) and ``meta``, in one pass.
+
+    Raises:
+        FileNotFoundError: a clip of ``keys`` could not be read.
+    """
+    decode = frame_reads(arrays, shard_dir)
+    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
+                                ReadShards(SelectMembers(decode.keys, clip_keys=frozenset(keys))),
+                                wds.select(lambda sample: sample["__key__"] in keys), wds.map(decode))
+    clips = {clip["key"]: clip for clip in pipeline}
+    if set(clips) != set(keys):
+        raise FileNotFoundError(f"clips not readable from {shard_dir}: {sorted(set(keys) - set(clips))}")
+    return clips
+
+
+def neutral_references(shard_dir: Path, frames_key: str, metas: dict[str, dict] | None = None,
+                       split: str = "test") -> dict[str, dict]:
+    """Speaker -> its neutral reference in ``split``: the first frame (and its landmarks) of the
+    speaker's first neutral clip by id (papers 002 / 004: the generator drives a neutral image of
+    the speaker, I_n). Speakers with no neutral clip in the split are absent.
+
+    Returns:
+        ``{speaker: {"frame": (S, S, 3) uint8, "lmk": (68, 2) float32, "key": clip id}}``.
+    """
+    metas = split_metas(shard_dir, split) if metas is None else metas
+    first: dict[str, str] = {}
+    for key in sorted(metas):
+        meta = metas[key]
+        if meta["emotion"] == "neutral":
+            first.setdefault(str(meta["speaker"]), key)
+    clips = load_clips(shard_dir, set(first.values()), (frames_key, "lmk"), split) if first else {}
+    return {speaker: {"frame": clips[key][frames_key][0], "lmk": clips[key]["lmk"][0], "key": key}
+            for speaker, key in first.items()}
