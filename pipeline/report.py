@@ -5,13 +5,16 @@
 Reads every ``<eval-dir>/<method>/<dataset>/metrics.json`` (written by the evaluate stage) and the
 hand-transcribed paper numbers (``reference/paper_results.yaml``), and writes:
 
-* ``<out>``: one Markdown document, one table per dataset with a row per (method, source):
-  "measured (ours)" rows first with each method's own paper row, then the papers' ablation rows,
-  then their baseline rows. Columns are the metrics present in either, each with its direction
-  (↑ higher is better, ↓ lower is better). "—": not reported / not measured; "missing [n]": the
-  evaluation could not compute it, footnote n gives the reason. Under each table: the evaluator of
+* ``<out>``: one Markdown document; per dataset, one table per paper with exactly the columns that
+  paper prints (rows: ours measured, the paper's own rows, its ablations and baselines, then the
+  ``copy_reference`` and ``real_video`` rows, :data:`REFERENCE_ROWS`), then the extra and stand-in
+  metrics in tables of at most :data:`MAX_COLUMNS` columns. Each column carries its direction (↑
+  higher is better, ↓ lower is better). "—": not reported / not measured; "missing [n]": the
+  evaluation could not compute it, footnote n gives the reason. Under the tables: the evaluator of
   each measured metric, where each paper row comes from, the notes, and the size of each measured
-  run (fewer than 50 clips: sample data, not comparable to the paper);
+  run (fewer than 50 clips: sample data, not comparable to the paper). EAPC's landmark columns are
+  measured on the rendered video (``eapc_vid2vid``'s ``redetected_*``), as paper 001 measures
+  them; stage 1's direct predictions (``eapc``) sit in the extra table as "(stage 1 direct)";
 * ``<out>`` with suffix ``.json``: the same content, machine-readable.
 """
 
@@ -45,6 +48,10 @@ DISPLAY: dict[str, str] = {
     "emo_acc": "EmoAcc", "csim": "CSIM", "lse_c_expert": "LSE-C (own expert)",
     "lse_d_expert": "LSE-D (own expert)", "emo_acc_fer": "EmoAcc (FER2013)", "csim_dlib": "CSIM (dlib)",
     "csimd_dlib": "CSIMD (dlib)", "cpbd_python": "CPBD (python-cpbd)",
+    "emo_acc_all": "EmoAcc (every emotion)", "emo_acc_first_frame": "EmoAcc (first-frame reference)",
+    "emo_acc_neutral": "EmoAcc (neutral reference)",
+    **{f"emo_acc_all_{e}": f"EmoAcc {e}" for e in ("neutral", "angry", "contempt", "disgusted", "fear", "happy",
+                                                   "sad", "surprised")},
     **{f"redetected_{k}": f"{v} (re-detected on video)" for k, v in
        (("mouth_ld", "M-LD"), ("mouth_lvd", "M-LVD"), ("face_ld", "F-LD"), ("face_lvd", "F-LVD"))},
     **{f"authors_{k}": f"{v} (EAPC authors' protocol)" for k, v in
@@ -65,8 +72,28 @@ DECIMALS: dict[str, int] = {
     "emo_acc_fer": 2, "csim_dlib": 3, "csimd_dlib": 3, "cpbd_python": 3,
     "redetected_mouth_ld": 3, "redetected_mouth_lvd": 3, "redetected_face_ld": 3, "redetected_face_lvd": 3,
     **dict.fromkeys(AUTHORS_LANDMARKS, 3), "authors_psnr_gray_wrap": 2, "authors_ssim_gray": 3,
+    **{k: 2 for k in DISPLAY if k.startswith("emo_acc")},
 }
 """Decimals shown for measured values (paper values are shown exactly as transcribed)."""
+PAPER_OF: dict[str, str] = {"eapc_vid2vid": "eapc"}
+"""Measured methods scored in another method's paper table (EAPC stage 2 renders paper 001's video)."""
+VIDEO_LANDMARKS: frozenset[str] = frozenset({"eapc"})
+"""Papers whose landmark columns are measured on the rendered video: their tables show ``redetected_*``."""
+LANDMARKS: tuple[str, ...] = ("mouth_ld", "mouth_lvd", "face_ld", "face_lvd")
+REFERENCE_ROWS: tuple[str, ...] = ("copy_reference", "real_video")
+"""Measured rows shown in every paper table: what copying the input gives, and what real video gives."""
+MAX_COLUMNS = 12
+"""Metric columns per table (plus Method and Source: about a screen wide)."""
+EXTRA_GROUPS: tuple[tuple[str, Any], ...] = (
+    ("stand-in evaluators (not the papers': not comparable with their numbers)", lambda m: m in STAND_INS),
+    ("emotion control: from the speaker's neutral reference, every emotion", lambda m: m.startswith("emo_acc")),
+    ("landmarks re-detected on the rendered video", lambda m: m.startswith("redetected_")),
+    ("EAPC stage 1: direct landmark predictions", lambda m: m.startswith("direct_")),
+    ("EAPC authors' protocol", lambda m: m.startswith("authors_")),
+    ("two_stage: the report's dubbing protocol and stage 1's edits", lambda m: m.startswith(("dub_", "edit_"))),
+    ("other", lambda m: True),
+)
+"""The extra tables below the papers' (title, which metric keys), in order; a key goes to its first group."""
 MIN_COMPARABLE_CLIPS = 50
 """Measured runs on fewer clips are the sample data: not comparable to the paper."""
 ABSENT = "—"
@@ -276,7 +303,10 @@ def format_value(metric: str, value: Any) -> str:
 
 
 def column_title(metric: str) -> str:
-    """Display name with its direction arrow (no arrow for a metric the project does not know)."""
+    """Display name with its direction arrow (no arrow for a metric the project does not know);
+    ``direct_<m>``: EAPC stage 1's own prediction of ``m``."""
+    if metric.startswith("direct_"):
+        return column_title(metric.removeprefix("direct_")).replace(" ", " (stage 1 direct) ", 1)
     if metric not in DISPLAY:
         return metric
     return f"{DISPLAY[metric]} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
@@ -388,11 +418,74 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
                              + "; ".join(values), [])
         sections.append({
             "dataset": dataset, "columns": columns, "rows": rows, "footnotes": footnotes,
+            "tables": _tables(rows),
             "evaluators": evaluators, "sources": list(sources.values()),
             "notes": [{"rows": labels, "note": note} for note, labels in notes.items()], "runs": runs,
         })
     return {"direction": {m: ("lower" if m in LOWER_IS_BETTER else "higher") for m in METRICS + STAND_INS},
             "min_comparable_clips": MIN_COMPARABLE_CLIPS, "datasets": sections}
+
+
+def _paper_columns(method: str, paper_rows: list[dict[str, Any]], measured: list[dict[str, Any]]) -> list[str]:
+    """The paper's own columns (every metric its rows print), else the twelve measured for ``method``."""
+    present = {m for r in paper_rows or measured for m in (*r["values"], *r["missing"])}
+    return [m for m in METRICS if m in present]
+
+
+def _paper_cell(row: dict[str, Any], metric: str, video_landmarks: bool) -> str:
+    """A measured row's cell in a paper table: landmark columns of a video paper from ``redetected_*``."""
+    if row["kind"] == "measured" and metric in LANDMARKS and video_landmarks:
+        return row["cells"].get(f"redetected_{metric}", ABSENT)
+    return row["cells"].get(metric, ABSENT)
+
+
+def _chunks(columns: list[str]) -> list[list[str]]:
+    return [columns[i:i + MAX_COLUMNS] for i in range(0, len(columns), MAX_COLUMNS)] or [[]]
+
+
+def _tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One table per paper (its columns; rows: ours, the paper's, :data:`REFERENCE_ROWS`), then the
+    other measured metrics by :data:`EXTRA_GROUPS`; no table wider than :data:`MAX_COLUMNS` metric
+    columns. Returns ``[{"title", "columns", "rows": [[method, source, *cells]]}]``."""
+    measured = [r for r in rows if r["kind"] == "measured"]
+    references = [r for r in measured if r["method"] in REFERENCE_ROWS]
+    shown: set[int] = set()  # measured rows placed in a paper table (by id)
+    tables = []
+    for method in METHODS:
+        if method in PAPER_OF:
+            continue
+        paper_rows = [r for r in rows if r["kind"] != "measured" and r["method"] == method]
+        video = method in VIDEO_LANDMARKS  # EAPC: the rendered video's rows; stage 1's go to the direct table
+        ours = [r for r in measured if PAPER_OF.get(r["method"], r["method"]) == method
+                and not (video and r["method"] == method)]
+        if not paper_rows and not ours:
+            continue
+        shown |= {id(r) for r in ours}
+        paper_columns = _paper_columns(method, paper_rows, ours)
+        tables_of = sorted({r["table"] for r in paper_rows})
+        title = f"{method}: " + (", ".join(tables_of) + f" ({paper_rows[0]['paper']})" if paper_rows
+                                 else "no paper table on this dataset")
+        if video:
+            title += "; landmark columns re-detected on the rendered video"
+        for part, cols in enumerate(_chunks(paper_columns)):
+            tables.append({"title": title if part == 0 else f"{title} (continued)", "columns": cols,
+                           "rows": [[r["method"], r["source"], *(_paper_cell(r, m, video) for m in cols)]
+                                    for r in (*ours, *paper_rows, *references)]})
+    lone = [r for r in measured if id(r) not in shown and r["method"] not in REFERENCE_ROWS]  # EAPC stage 1
+    values = [({**{k: c for k, c in r["cells"].items() if k not in METRICS},
+                **({f"direct_{k}": c for k, c in r["cells"].items() if k in METRICS} if r in lone else {})}, r)
+              for r in measured]
+    names = list(dict.fromkeys(k for cells, _ in values for k, c in cells.items() if c != ABSENT))
+    for title, belongs in EXTRA_GROUPS:
+        group = [m for m in names if belongs(m)]
+        names = [m for m in names if m not in group]
+        for part, cols in enumerate(_chunks(group)):
+            rows_out = [[r["method"], r["source"], *(cells.get(m, ABSENT) for m in cols)] for cells, r in values
+                        if any(cells.get(m, ABSENT) != ABSENT for m in cols)]
+            if rows_out:
+                tables.append({"title": title if part == 0 else f"{title} (continued)", "columns": cols,
+                               "rows": rows_out})
+    return tables
 
 
 def _cell(text: str) -> str:
@@ -405,14 +498,13 @@ def _markdown(report: dict[str, Any]) -> str:
              "\"missing [n]\": our evaluation could not compute it (reason in footnote n). "
              "Paper numbers are shown as printed (EmoAcc in percent).", ""]
     for section in report["datasets"]:
-        columns = section["columns"]
         lines += [f"## {DATASET_NAMES.get(section['dataset'], section['dataset'])}", ""]
-        lines.append("| Method | Source | " + " | ".join(column_title(m) for m in columns) + " |")
-        lines.append("|---|---|" + "---:|" * len(columns))
-        for row in section["rows"]:
-            cells = [row["cells"][metric] for metric in columns]
-            lines.append("| " + " | ".join(_cell(c) for c in (row["method"], row["source"], *cells)) + " |")
-        lines.append("")
+        for table in section["tables"]:
+            lines += [f"### {table['title']}", ""]
+            lines.append("| Method | Source | " + " | ".join(column_title(m) for m in table["columns"]) + " |")
+            lines.append("|---|---|" + "---:|" * len(table["columns"]))
+            lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in table["rows"]]
+            lines.append("")
         if section["footnotes"]:
             lines += ["Missing metrics:", ""]
             lines += [f"- [{f['id']}] " + ", ".join(f"{t['method']} · {DISPLAY.get(t['metric'], t['metric'])}"

@@ -79,26 +79,31 @@ def test_markdown_measured_paper_missing_and_arrows(eval_dir, paper):
     # arrows on the column titles
     assert "M-LD ↓" in crema and "PSNR ↑" in crema and "FID ↓" in crema and "LSE-D ↓" in crema
     assert "LSE-C ↑" in crema and "EmoAcc ↑" in crema and "CSIM ↑" in mead
-    # measured values, formatted
+    # measured values, formatted: EAPC stage 1's direct predictions in their own table (paper 001's
+    # landmark columns are measured on the rendered video, which this run did not make)
+    assert "### EAPC stage 1: direct landmark predictions" in crema and "M-LD (stage 1 direct) ↓" in crema
     measured_row = next(line for line in crema.splitlines() if line.startswith("| eapc | measured (ours)"))
     assert "3.123" in measured_row and "0.900" in measured_row
-    # the paper's EAPC CREMA-D row, numbers as printed
-    paper_row = next(line for line in crema.splitlines() if line.startswith("| eapc | paper (Table 1)"))
+    # the paper's EAPC CREMA-D row, numbers as printed, in EAPC's own table with its columns only
+    eapc = crema.split("### eapc: Table 1", 1)[1].split("### ", 1)[0]
+    paper_row = next(line for line in eapc.splitlines() if line.startswith("| eapc | paper (Table 1)"))
     for value in ("1.45", "1.16", "1.33", "1.11", "33.49", "0.855", "17.31"):
         assert f"| {value} |" in paper_row
-    # measured rows come before ablation/baseline rows; full paper row right after its measured row
-    rows = [line for line in crema.splitlines() if line.startswith("| ")][1:]
-    assert rows.index(measured_row) + 1 == rows.index(paper_row)
-    assert max(i for i, r in enumerate(rows) if "baseline" not in r and "ablation" not in r) < \
-        min(i for i, r in enumerate(rows) if "baseline" in r or "ablation" in r)
+    header = next(line for line in eapc.splitlines() if line.startswith("| Method"))
+    assert "EmoAcc" not in header and "LSE" not in header  # EAPC prints neither
+    # the paper's full row before its baselines; no table wider than MAX_COLUMNS metrics
+    rows = [line for line in eapc.splitlines() if line.startswith("| eapc")]
+    assert rows[0] == paper_row and all("baseline" in r for r in rows[1:])
+    assert all(line.count(" | ") <= 12 + 1 for line in md.splitlines() if line.startswith("| Method"))
     # "missing" with a footnote giving the reason
     assert "missing [1]" in measured_row
     assert f"[1] eapc · FID: {FID_REASON}" in crema
     # one footnote per distinct reason; stand-in columns after the papers' twelve, with their direction
     assert "[2] sinha · EmoAcc, sinha · CSIM (dlib): emotion classifier weights not configured" in mead
     assert mead.count("missing [2]") == 2 and "[3]" not in mead
-    header = next(line for line in mead.splitlines() if line.startswith("| Method"))
-    assert header.index("CSIM ↑") < header.index("LSE-D (own expert) ↓") < header.index("CSIM (dlib) ↑")
+    stand_ins = mead.split("### stand-in evaluators", 1)[1].split("### ", 1)[0]
+    header = next(line for line in stand_ins.splitlines() if line.startswith("| Method"))
+    assert header.index("LSE-D (own expert) ↓") < header.index("CSIM (dlib) ↑") and "PSNR" not in header
     # evaluators, sources, notes, sample-size warning
     assert "eapc · M-LD: landmarks: mediapipe face mesh -> 68 points, 256 px crop" in crema
     assert "eapc · M-LVD: not recorded" in crema
@@ -185,8 +190,11 @@ def test_collected_preset_rows_are_labelled_with_their_preset(eval_dir, tmp_path
     out = tmp_path / "report.md"
     assert main(["--eval-dir", str(eval_dir), "--paper", str(PAPER_YAML), "--preset-results", str(results),
                  "--out", str(out)]) == 0
-    crema = out.read_text().split("## CREMA-D", 1)[1].split("## ", 1)[0]
-    rows = {line.split(" | ")[1]: line for line in crema.splitlines() if line.startswith("| eapc | measured")}
+    crema = out.read_text().split("## CREMA-D", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}  # source -> its lines in every table
+    for line in crema.splitlines():
+        if line.startswith("| eapc | measured"):
+            rows[line.split(" | ")[1]] = rows.get(line.split(" | ")[1], "") + line
     assert "| 9.500 |" in rows["measured (ours), preset eapc_authors: Cao et al., EAPC, as the authors' code runs it "
                                "(dvc exp eapc-authors)"]
     assert "| 3.123 |" in rows["measured (ours)"]  # our protocol's row stays
@@ -195,3 +203,25 @@ def test_collected_preset_rows_are_labelled_with_their_preset(eval_dir, tmp_path
     with pytest.raises(ReportError, match="source.json"):
         load_preset_results(results)
     assert load_preset_results(tmp_path / "nowhere") == []
+
+
+def test_each_paper_table_carries_the_reference_rows_and_eapc_reads_the_video(tmp_path):
+    root = tmp_path / "eval"
+    _write(root, "cvae", "crema_d", {"metrics": {"fid": 40.0, "emo_acc": 50.0, "emo_acc_all": 25.0,
+                                                 "emo_acc_all_happy": 75.0}, "n_clips": 2})
+    _write(root, "copy_reference", "crema_d", {"metrics": {"fid": 30.0, "emo_acc": 16.5, "emo_acc_all": 16.67,
+                                                           "redetected_mouth_ld": 3.5}, "n_clips": 2})
+    _write(root, "real_video", "crema_d", {"metrics": {"fid": 0.5, "emo_acc": 90.0, "redetected_mouth_ld": 0.0},
+                                           "n_clips": 2})
+    _write(root, "eapc_vid2vid", "crema_d", {"metrics": {"psnr": 21.0, "redetected_mouth_ld": 4.25}, "n_clips": 2})
+    crema = render_markdown(load_measured(root), load_paper(PAPER_YAML)).split("## CREMA-D", 1)[1].split("\n## ", 1)[0]
+    cvae = crema.split("### cvae: Table 2", 1)[1].split("### ", 1)[0]
+    lines = [line for line in cvae.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines[2:]][-2:] == ["| copy_reference", "| real_video"]
+    assert "| 16.50 |" in lines[-2] and "| 90.00 |" in lines[-1]
+    eapc = crema.split("### eapc: Table 1", 1)[1].split("### ", 1)[0]
+    vid2vid = next(line for line in eapc.splitlines() if line.startswith("| eapc_vid2vid"))
+    assert "| 4.250 |" in vid2vid and "| 21.00 |" in vid2vid  # M-LD re-detected on the rendered video
+    assert "| 0.000 |" in next(line for line in eapc.splitlines() if line.startswith("| real_video"))
+    control = crema.split("### emotion control", 1)[1].split("### ", 1)[0]
+    assert "EmoAcc (every emotion) ↑" in control and "EmoAcc happy" in control and "| 75.00 |" in control
