@@ -240,7 +240,8 @@ class Evaluators:
             else:
                 skipped = self.skipped.get(name, 0)
                 self.missing[name] = (f"no clip could be scored: {skipped} clips too short for +-15 sync offsets"
-                                      if skipped else f"{name} gave no finite value ({value})")
+                                      if skipped else "infinite: every scored frame equals its real frame"
+                                      if value == float("inf") else f"{name} gave no finite value ({value})")
         return values
 
 

@@ -129,3 +129,4 @@ def test_real_video_row_scores_the_real_clips(labelled_shards, classifier, monke
     assert result["n_clips"] == 2 and m["mse"] == 0.0 and m["ssim"] == pytest.approx(1.0)
     assert m["redetected_mouth_ld"] == 0.0 and m["redetected_face_lvd"] == 0.0
     assert "emo_acc" in m and "emo_acc_all" not in m  # no emotion control for real video
+    assert "psnr" not in m and result["missing"]["psnr"].startswith("infinite")
