@@ -60,9 +60,12 @@ from eval_metrics.sync import LSEC, LSED, SyncEvaluator
 from lightning_modules import METHODS
 from lightning_modules.generation import CopyReference
 from lightning_modules.syncnet import SyncNetModule
-from pipeline.evaluate_video import (CLIP_INPUTS, EMOTION_EVALUATOR, SYNC_EVALUATOR, EditScores, clip_inputs, emotion_grid,
-                                     split_clips)
 from pipeline.params import load_params
+from pipeline.protocol.clips import split_clips
+from pipeline.protocol.evaluators import EMOTION_EVALUATOR, SYNC_EVALUATOR
+from pipeline.protocol.extras import EditScores
+from pipeline.protocol.grids import emotion_grid
+from pipeline.protocol.render import CLIP_INPUTS, clip_inputs
 from pipeline.train import apply_overrides, run_spec, train
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 
@@ -122,7 +125,7 @@ def loss_history(tracking_uri: str, run_id: str, key: str) -> list[float]:
 @torch.no_grad()
 def edit_accuracy(model, clips: list[dict], frames_key: str, dataset: str) -> dict:
     """EmoAcc (%) of the evaluator (``emotion_classifier_eval``) on every clip's frame 0 edited by
-    ``model.edit`` to each of CREMA-D's six emotions (``evaluate_video.EditScores``): ``edit_emo_acc``
+    ``model.edit`` to each of CREMA-D's six emotions (``pipeline.protocol.extras.EditScores``): ``edit_emo_acc``
     and ``edit_emo_acc_<emotion>``, beside ``chance``."""
     from types import SimpleNamespace
 

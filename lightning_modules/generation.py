@@ -25,7 +25,7 @@ class VideoGenerator(Protocol):
 
     A generator whose frames do not depend on ``emotion`` sets ``takes_emotion = False`` (and may
     say where its emotion comes from in ``emotion_source``): the evaluation then draws no emotion
-    grid for it (``pipeline.evaluate_video.emotion_grid``).
+    grid for it (``pipeline.protocol.grids.emotion_grid``).
     """
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,

@@ -38,7 +38,7 @@ def stats_key(params: dict, dataset: str, crop_size: int | None = None) -> dict:
     """What cached real statistics must match to be reused (see the module docstring); ``crop_size``:
     the crop being scored (default ``evaluate.crop_size``, the crop this stage computes at)."""
     from datamodules.talking_face import shard_fingerprint
-    from pipeline.evaluate_video import RedetectedLandmarks
+    from pipeline.protocol.extras import RedetectedLandmarks
 
     crop_size = crop_size or get(params, "evaluate.crop_size", int, default=128)
     return {"shards": shard_fingerprint(Path("shards") / dataset), "crop_size": crop_size,
@@ -77,7 +77,9 @@ def compute_real_stats(params: dict, dataset: str) -> dict:
     """One pass over the test split's real frames (module docstring); ``FileNotFoundError`` when
     the split has no clip."""
     from pipeline.eval_ranks import resolve_device
-    from pipeline.evaluate_video import RedetectedLandmarks, fid_from_params, split_clips
+    from pipeline.protocol.clips import split_clips
+    from pipeline.protocol.evaluators import fid_from_params
+    from pipeline.protocol.extras import RedetectedLandmarks
 
     device = resolve_device(get(params, "evaluate.device", str, default="auto"))
     frames_key = f"frames_{get(params, 'evaluate.crop_size', int, default=128)}"

@@ -26,7 +26,7 @@ def offset(emotion: int, intensity: int) -> int:
 
 
 class ScriptedGenerator:
-    """``VideoGenerator`` over known real clips (dicts as ``pipeline.evaluate_video.split_clips``
+    """``VideoGenerator`` over known real clips (dicts as ``pipeline.protocol.clips.split_clips``
     yields them, with ``frames_key``). ``calls``: one dict per rendered clip."""
 
     batch_clips = True

@@ -225,7 +225,7 @@ def test_bad_params_name_the_fix(tmp_path):
 def test_autoencoder_scores_know_the_psnr_of_a_constant_offset():
     from types import SimpleNamespace
 
-    from pipeline.evaluate_video import AutoencoderScores
+    from pipeline.protocol.extras import AutoencoderScores
 
     shifted = SimpleNamespace(device="cpu", encode=lambda x: x, decode=lambda z: (z + 16 / 255).clamp(0, 1))
     scores = AutoencoderScores()

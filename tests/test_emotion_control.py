@@ -98,9 +98,10 @@ def test_neutral_reference_and_filters_choose_the_clips_and_their_reference(labe
     from scripted_generator import ScriptedGenerator
 
     import pipeline.evaluate_video as ev
+    from pipeline.protocol.clips import split_clips
 
     work = labelled_shards
-    clips = list(ev.split_clips(work / "shards" / "crema_d", "frames_64"))
+    clips = list(split_clips(work / "shards" / "crema_d", "frames_64"))
     neutral_key = next(c["key"] for c in clips if c["meta"]["emotion"] == "neutral")
     generator = ScriptedGenerator(clips, "frames_64")
     params = _params(work, classifier, emotion_control={"max_clips": 0},

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lightning_modules.generation import CopyReference, VideoGenerator
-from pipeline.evaluate_video import Evaluators, evaluate_video
+from pipeline.evaluate_video import evaluate_video
+from pipeline.protocol.evaluators import Evaluators
 from pipeline.extract.video import probe_video
 from pipeline.params import ParamsError
 
@@ -67,7 +68,8 @@ def test_protocol_scores_what_it_can_and_names_what_is_missing(crema_shards, mon
 def test_redetected_landmarks_compare_like_with_like(crema_shards):
     """Paper 001 measures landmarks on video: the same landmarker on rendered and real frames, so
     the real clip scored against itself is exactly 0, and a still copy of frame 0 is not."""
-    from pipeline.evaluate_video import RedetectedLandmarks, split_clips
+    from pipeline.protocol.clips import split_clips
+    from pipeline.protocol.extras import RedetectedLandmarks
 
     clip = next(iter(split_clips(crema_shards / "shards/crema_d", "frames_64")))
     real = torch.from_numpy(clip["frames_64"])
@@ -154,7 +156,7 @@ def test_broken_test_shard_is_counted_not_silent(crema_shards, tmp_path, monkeyp
 def test_evaluator_must_not_be_a_training_loss(tmp_path):
     """The evaluator's checkpoint named in a generator's config (by path, or as a copy with the same
     sha256) stops the evaluation with both paths in the message; a separate checkpoint passes."""
-    from pipeline.evaluate_video import EvaluatorLeakError, check_independent_evaluators
+    from pipeline.protocol.evaluators import EvaluatorLeakError, check_independent_evaluators
 
     evaluator, loss_net, copy = tmp_path / "eval.ckpt", tmp_path / "loss.ckpt", tmp_path / "copy.ckpt"
     evaluator.write_bytes(b"evaluator weights")
@@ -205,7 +207,7 @@ def test_clips_batched_in_one_generate_call_render_as_alone(tiny_models):
     give each clip the frames it gets alone (to float rounding: batch-size dependent kernels move a
     few values by one level); a method without ``batch_clips`` is refused."""
     from lightning_modules import METHODS
-    from pipeline.evaluate_video import render_clips
+    from pipeline.protocol.render import render_clips
 
     model = METHODS["emotalker"].load_from_checkpoint(tiny_models / "emotalker/crema_d/last.ckpt", map_location="cpu")
     model.configure_sampling({"ddim_steps": 3, "chunk": 4})
@@ -230,7 +232,7 @@ def test_emotion_grid_only_for_generators_that_take_an_emotion(tmp_path):
     import cv2
 
     from lightning_modules.eapc_vid2vid import EAPCVid2VidModule
-    from pipeline.evaluate_video import emotion_grid
+    from pipeline.protocol.grids import emotion_grid
 
     class Tinted(CopyReference):  # its frames depend on the emotion: one grey level per label
         takes_emotion = True

@@ -34,11 +34,12 @@ class _AlwaysAngry(nn.Module):
 def scored(labelled_shards, tmp_path_factory):
     """The protocol over the seven clips with the scripted generator, 4 clips per generate call."""
     import pipeline.evaluate_video as ev
+    from pipeline.protocol.clips import split_clips
 
     work = labelled_shards
     classifier = tmp_path_factory.mktemp("classifier") / "always_angry.pt"
     torch.jit.save(torch.jit.script(_AlwaysAngry()), str(classifier))
-    clips = list(ev.split_clips(work / "shards" / "crema_d", "frames_64"))
+    clips = list(split_clips(work / "shards" / "crema_d", "frames_64"))
     generator = ScriptedGenerator(clips, "frames_64")
     params = {"evaluate": {"crop_size": 64, "n_videos": 0, "clips_per_forward": 4, "emotion_weights": str(classifier),
                            "fid_weights": "weights/missing_inception.pt", "emotion_control": {"max_clips": 0}},
@@ -87,7 +88,7 @@ def test_redetected_landmarks_are_in_the_landmark_crops_pixels(scored):
     """Landmarks re-detected on the 64 px frames are rescaled to the shards' 128 px landmark crop:
     on real frames they match the preprocessing's landmarks to a few pixels (without the rescale
     they would sit at half the coordinates, ~30 px away)."""
-    from pipeline.evaluate_video import RedetectedLandmarks
+    from pipeline.protocol.extras import RedetectedLandmarks
 
     clips, _, _ = scored
     clip = clips[0]

@@ -82,7 +82,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_clip(crema_shards):
     """First 2 s (50 frames, 32000 samples) of the real test clip, 64 px crops."""
-    from pipeline.evaluate_video import split_clips
+    from pipeline.protocol.clips import split_clips
 
     clip = next(split_clips(crema_shards / "shards" / "crema_d", "frames_64"))
     frames, audio = clip["frames_64"][:50], clip["audio"][:32000]

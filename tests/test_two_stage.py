@@ -251,7 +251,7 @@ def test_edit_scores_expose_identical_outputs_across_emotions_per_target():
     from types import SimpleNamespace
 
     from eval_metrics.emotion import EmotionAccuracy
-    from pipeline.evaluate_video import EditScores
+    from pipeline.protocol.extras import EditScores
     from primitives.vocab import EMOTION_TO_ID
 
     happy = EMOTION_TO_ID["happy"]

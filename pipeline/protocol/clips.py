@@ -1,14 +1,16 @@
-"""Reading a split's clips for the protocol: metadata alone, chosen clips, and each speaker's
-neutral reference frame."""
+"""Reading a split's clips for the protocol: whole clips with their audio, metadata alone, chosen
+clips, each speaker's neutral reference frame, and the clip count the shards promise."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import soundfile
 import webdataset as wds
 
-from datamodules.talking_face import ReadShards, SelectMembers, frame_reads, shard_urls
+from datamodules.talking_face import DecodeSample, ReadShards, SelectMembers, frame_reads, shard_urls
 
 
 def split_metas(shard_dir: Path, split: str = "test") -> dict[str, dict]:
@@ -51,3 +53,30 @@ def neutral_references(shard_dir: Path, frames_key: str, metas: dict[str, dict] 
     clips = load_clips(shard_dir, set(first.values()), (frames_key, "lmk"), split) if first else {}
     return {speaker: {"frame": clips[key][frames_key][0], "lmk": clips[key]["lmk"][0], "key": key}
             for speaker, key in first.items()}
+
+
+def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = ()):
+    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel``,
+    ``audio`` and the arrays named in ``extra_keys`` (e.g. ``phones``)."""
+    decode = frame_reads((frames_key, "lmk", "mel", *extra_keys), shard_dir)  # a crop the shards lack: resized
+    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
+                                ReadShards(SelectMembers(decode.keys, extra=("audio.wav",))),
+                                wds.map(_DecodeWithAudio(decode.keys, decode.derive, decode.drop)))
+    return iter(pipeline)
+
+class _DecodeWithAudio(DecodeSample):
+    def __call__(self, sample: dict) -> dict:
+        out = super().__call__(sample)
+        out["audio"], _ = soundfile.read(io.BytesIO(sample["audio.wav"]), dtype="float32")
+        return out
+
+def clips_in_shard_stats(shard_dir: Path, split: str) -> int | None:
+    """Clips the preprocess stage wrote into ``<split>-*.tar`` (from the per-shard stats json), or
+    None when a stats file is missing."""
+    total = 0
+    for tar in sorted(shard_dir.glob(f"{split}-*.tar")):
+        stats = tar.with_suffix(".json")
+        if not stats.is_file():
+            return None
+        total += int(json.loads(stats.read_text())["clips"])
+    return total
