@@ -204,8 +204,8 @@ def _synthetic_clip(n_frames: int, emotion: int, seed: int) -> dict:
 
 def test_clips_batched_in_one_generate_call_render_as_alone(tiny_models):
     """emotalker (``batch_clips``): a 5-frame and a 9-frame clip in one call, across chunk borders,
-    give each clip the frames it gets alone (to float rounding: batch-size dependent kernels move a
-    few values by one level); a method without ``batch_clips`` is refused."""
+    give each clip the frames it gets alone (to float rounding: batch-size dependent kernels move
+    values by one level); a method without ``batch_clips`` is refused."""
     from lightning_modules import METHODS
     from pipeline.protocol.render import render_clips
 
@@ -217,7 +217,9 @@ def test_clips_batched_in_one_generate_call_render_as_alone(tiny_models):
     assert [tuple(v.shape) for v in together] == [(5, 64, 64, 3), (9, 64, 64, 3)]
     for a, b in zip(together, alone):
         diff = (a.int() - b.int()).abs()
-        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+        # one level at most; the tiny model's near-flat output sits on rounding edges (blank masked
+        # input since net.masked_input: none), so a few % of values flip: mixing clips moves them by tens
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05
     assert not torch.equal(together[0], together[1][:5])  # the clips' own inputs reached each
     copies = render_clips(CopyReference(), [short, long], "frames_64")
     assert torch.equal(copies[1], torch.from_numpy(long["frames_64"][:1]).expand(9, -1, -1, -1))
