@@ -156,6 +156,7 @@ class EAPCVid2VidModule(L.LightningModule):
     """
 
     automatic_optimization = False
+    protocol_extras = ("own_landmarks",)  # stage 1's landmarks scored too (pipeline.protocol.extras.EXTRAS)
     takes_emotion = False  # generate() ignores the label: no emotion grid (pipeline.protocol.grids.emotion_grid)
     emotion_source = "stage 1 infers it from the audio's low-level features, paper 001 §3.3"
     ddp_find_unused_parameters = True  # each manual backward (discriminator, generator) reaches only its own networks

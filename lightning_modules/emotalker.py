@@ -159,6 +159,7 @@ class EmoTalkerModule(L.LightningModule):
 
     speech_key = "phones"
     batch_clips = True  # generate: a clip's frames do not depend on the other clips of the call
+    protocol_extras = ("autoencoder", "prompt_grid", "fine_tune")  # pipeline.protocol.extras.EXTRAS
 
     def __init__(self, net: dict | None = None, optim: dict | None = None, autoencoder_net: dict | None = None):
         super().__init__()

@@ -26,6 +26,11 @@ class VideoGenerator(Protocol):
     A generator whose frames do not depend on ``emotion`` sets ``takes_emotion = False`` (and may
     say where its emotion comes from in ``emotion_source``): the evaluation then draws no emotion
     grid for it (``pipeline.protocol.grids.emotion_grid``).
+
+    A generator lists the scores beyond the shared protocol it offers in ``protocol_extras`` (names
+    of ``pipeline.protocol.extras.EXTRAS``, each with the method it needs: ``dubbing`` -> ``dub``,
+    ``edits`` -> ``edit``, ``autoencoder``, ``prompt_grid`` -> ``prompt_e_emo``, ``own_landmarks``
+    -> ``test_metrics``, ``fine_tune``).
     """
 
     def generate(self, reference: torch.Tensor, mel: torch.Tensor, emotion: torch.Tensor,

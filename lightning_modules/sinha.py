@@ -307,6 +307,7 @@ class SinhaModule(L.LightningModule):
     """
 
     automatic_optimization = False
+    protocol_extras = ("own_landmarks",)  # G_L's landmarks scored too (pipeline.protocol.extras.EXTRAS)
     ddp_find_unused_parameters = True  # each manual backward (discriminator, generator) reaches only its own networks
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):

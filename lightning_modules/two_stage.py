@@ -133,6 +133,7 @@ class TwoStageModule(L.LightningModule):
     """
 
     automatic_optimization = False
+    protocol_extras = ("dubbing", "edits")  # the report's dubbing protocol, stage 1's edits (pipeline.protocol.extras)
     ddp_find_unused_parameters = True  # each manual backward (discriminator, generator) reaches only its own networks
 
     def __init__(self, net: dict | None = None, optim: dict | None = None):

@@ -34,7 +34,7 @@ from pipeline.evaluate import LANDMARK_EVALUATOR, predict_windows
 from pipeline.params import ParamsError, error_line, get, load_params
 from pipeline.protocol.clips import clips_in_shard_stats, neutral_references, split_clips, split_metas
 from pipeline.protocol.evaluators import EvaluatorLeakError, Evaluators, check_independent_evaluators
-from pipeline.protocol.extras import AutoencoderScores, DubbingScores, EditScores, RedetectedLandmarks
+from pipeline.protocol.extras import AutoencoderScores, DubbingScores, EditScores, RedetectedLandmarks, declared_extras
 from pipeline.protocol.grids import emotion_grid, prompt_grid
 from pipeline.protocol.render import CLIP_INPUTS, clip_inputs, groups, render_clips
 
@@ -106,9 +106,10 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     videos, n_clips = [], 0
     first_clip = None
-    dubbing = DubbingScores(params, ranks.device) if hasattr(generator, "dub") else None
-    edits = EditScores(evaluators) if hasattr(generator, "edit") else None
-    autoencoding = AutoencoderScores() if hasattr(generator, "autoencoder") else None
+    offers = declared_extras(generator)
+    dubbing = DubbingScores(params, ranks.device) if "dubbing" in offers else None
+    edits = EditScores(evaluators) if "edits" in offers else None
+    autoencoding = AutoencoderScores() if "autoencoder" in offers else None
     wanted = tuple(k for k in CLIP_INPUTS if k in getattr(generator, "data_keys", ()))
     redetected = RedetectedLandmarks()
     real_stats, real_stats_note = load_real_stats(params, dataset, crop_size)
@@ -197,7 +198,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
         if key in metrics:
             metrics[key.replace("csim", "csimd")] = 1.0 - metrics[key]
             evaluator_names[key.replace("csim", "csimd")] = f"1 - {key} ({evaluator_names.get(key, key)})"
-    if ranks.is_zero and hasattr(generator, "prompt_e_emo"):
+    if ranks.is_zero and "prompt_grid" in offers:
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
     evaluators.missing.update(redetected.missing())
     if control is not None:
@@ -214,7 +215,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
             evaluator_names.update(extra.evaluators)
     if ranks.is_zero and edits is not None and edits.grid:
         videos.append(edits.save_grid(out_dir / "edit_grid.png"))
-    if hasattr(generator, "test_metrics"):  # landmark-driven (e.g. sinha's G_L): its landmarks are scored too
+    if "own_landmarks" in offers:  # landmark-driven (e.g. sinha's G_L): its landmarks are scored too
         landmark_values = landmark_metrics(generator, shard_dir, params, method)
         metrics.update(landmark_values)
         evaluator_names.update({name: LANDMARK_EVALUATOR for name in landmark_values})
@@ -292,7 +293,7 @@ def one_video_fine_tuning(generator, params: dict, method: str, shard_dir: Path,
     settings = get(params, f"evaluate.fine_tune.{method}", dict, default=None)
     if settings is None:
         return None
-    if not hasattr(generator, "fine_tune"):
+    if "fine_tune" not in declared_extras(generator):
         raise ParamsError(f"evaluate.fine_tune.{method}: {method} has no one-video fine-tuning (fine_tune)")
     try:
         cfg = generator.fine_tune_config(settings)

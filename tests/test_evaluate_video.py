@@ -249,3 +249,20 @@ def test_emotion_grid_only_for_generators_that_take_an_emotion(tmp_path):
     assert EAPCVid2VidModule.takes_emotion is False and "audio" in EAPCVid2VidModule.emotion_source
     grid = cv2.imread(str(emotion_grid(Tinted(), clip, "frames_64", tmp_path / "emotion_grid.png")))
     assert grid.shape == (6 * 64, 6 * 64, 3) and len({int(grid[r * 64 + 32, 32, 0]) for r in range(6)}) == 6
+
+
+def test_generators_declare_the_extras_they_offer():
+    from lightning_modules import METHODS
+    from pipeline.protocol.extras import declared_extras
+
+    assert declared_extras(CopyReference()) == frozenset()
+    assert declared_extras(METHODS["two_stage"]) == {"dubbing", "edits"}  # emotalker's: its protocol test
+
+    class Claims(CopyReference):
+        protocol_extras = ("dubbing",)
+
+    with pytest.raises(ValueError, match="declares \\['dubbing'\\] but has no dub"):
+        declared_extras(Claims())
+    Claims.protocol_extras = ("subtitles",)
+    with pytest.raises(ValueError, match="unknown \\['subtitles'\\]"):
+        declared_extras(Claims())

@@ -11,6 +11,31 @@ import torch
 
 from pipeline.protocol.evaluators import fid_from_params
 
+EXTRAS: dict[str, str] = {"dubbing": "dub", "edits": "edit", "autoencoder": "autoencoder", "prompt_grid": "prompt_e_emo",
+                          "own_landmarks": "test_metrics", "fine_tune": "fine_tune"}
+"""What a generator may list in ``protocol_extras`` -> the attribute it must have for it: the
+dubbing protocol (:class:`DubbingScores`), the editor's scores (:class:`EditScores`), the frozen
+autoencoder's ceiling (:class:`AutoencoderScores`), the prompt grid
+(``pipeline.protocol.grids.prompt_grid``), the method's own landmark metrics
+(``pipeline.evaluate_video.landmark_metrics``), one-video fine-tuning (``pipeline.protocol.one_video``)."""
+
+
+def declared_extras(generator) -> frozenset[str]:
+    """The extras ``generator.protocol_extras`` declares (none when it has no such attribute).
+
+    Raises:
+        ValueError: an unknown name, or a declared extra whose attribute the generator lacks.
+    """
+    declared = frozenset(getattr(generator, "protocol_extras", ()))
+    unknown = sorted(declared - set(EXTRAS))
+    if unknown:
+        raise ValueError(f"{type(generator).__name__}.protocol_extras: unknown {unknown} (known: {', '.join(EXTRAS)})")
+    lacking = sorted(name for name in declared if not hasattr(generator, EXTRAS[name]))
+    if lacking:
+        raise ValueError(f"{type(generator).__name__} declares {lacking} but has no "
+                         f"{', '.join(EXTRAS[name] for name in lacking)}")
+    return declared
+
 
 class RedetectedLandmarks:
     """Paper 001 Table 1's landmark metrics as the paper measures them, on VIDEO: the preprocessing's
