@@ -357,7 +357,7 @@ def build_report(measured: list[dict[str, Any]], paper: list[dict[str, Any]]) ->
             if record.get("preset"):
                 source = f"measured (ours), preset {record['preset']}: {record['citation']} (dvc exp {record['experiment']})"
             rows.append({"kind": "measured", "method": record["method"], "source": source,
-                         "values": dict(record["metrics"]),
+                         "reference": record["protocol"].get("reference"), "values": dict(record["metrics"]),
                          "missing": {k: v for k, v in record["missing"].items() if k not in record["metrics"]}})
         for entry in (p for p in paper if p["dataset"] == dataset):
             rows.append({"kind": _paper_kind(entry), "method": entry["method"], "source": _paper_source(entry),
@@ -467,6 +467,9 @@ def _tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  else "no paper table on this dataset")
         if video:
             title += "; landmark columns re-detected on the rendered video"
+        rendered_from = sorted({r["reference"] for r in ours if r.get("reference")})
+        if rendered_from:
+            title += "; ours rendered from the " + " / ".join(rendered_from)
         for part, cols in enumerate(_chunks(paper_columns)):
             tables.append({"title": title if part == 0 else f"{title} (continued)", "columns": cols,
                            "rows": [[r["method"], r["source"], *(_paper_cell(r, m, video) for m in cols)]

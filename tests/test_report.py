@@ -207,14 +207,16 @@ def test_collected_preset_rows_are_labelled_with_their_preset(eval_dir, tmp_path
 
 def test_each_paper_table_carries_the_reference_rows_and_eapc_reads_the_video(tmp_path):
     root = tmp_path / "eval"
-    _write(root, "cvae", "crema_d", {"metrics": {"fid": 40.0, "emo_acc": 50.0, "emo_acc_all": 25.0,
-                                                 "emo_acc_all_happy": 75.0}, "n_clips": 2})
+    path = _write(root, "cvae", "crema_d", {"metrics": {"fid": 40.0, "emo_acc": 50.0, "emo_acc_all": 25.0,
+                                                        "emo_acc_all_happy": 75.0}, "n_clips": 2})
+    path.with_name("provenance.json").write_text(json.dumps({"protocol": {"reference": "first frame of each test clip"}}))
     _write(root, "copy_reference", "crema_d", {"metrics": {"fid": 30.0, "emo_acc": 16.5, "emo_acc_all": 16.67,
                                                            "redetected_mouth_ld": 3.5}, "n_clips": 2})
     _write(root, "real_video", "crema_d", {"metrics": {"fid": 0.5, "emo_acc": 90.0, "redetected_mouth_ld": 0.0},
                                            "n_clips": 2})
     _write(root, "eapc_vid2vid", "crema_d", {"metrics": {"psnr": 21.0, "redetected_mouth_ld": 4.25}, "n_clips": 2})
     crema = render_markdown(load_measured(root), load_paper(PAPER_YAML)).split("## CREMA-D", 1)[1].split("\n## ", 1)[0]
+    assert "### cvae: Table 2 (000_20dcdba2ed62a329.txt); ours rendered from the first frame of each test clip" in crema
     cvae = crema.split("### cvae: Table 2", 1)[1].split("### ", 1)[0]
     lines = [line for line in cvae.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in lines[2:]][-2:] == ["| copy_reference", "| real_video"]
