@@ -170,15 +170,19 @@ def reconstruction_psnr(model, clips: list[dict], frames_key: str) -> float:
 
 
 @torch.no_grad()
-def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) -> dict[str, float]:
-    """Mean absolute difference (uint8 levels) between the clips rendered with each pair of emotions."""
+def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) -> tuple[dict, dict]:
+    """Mean absolute difference (uint8 levels) between the clips rendered with each pair of emotions:
+    over the whole crop, and over its upper half (brows and eyes, where emotion shows beyond the mouth)."""
     real = torch.from_numpy(clip[frames_key])
     mel = torch.from_numpy(clip["mel"])[None]
     ref_lmk = torch.from_numpy(clip["lmk"][:1])
     rows = {name: generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames,
                                      ref_lmk=ref_lmk, **clip_inputs(generator, clip))[0].float()
             for name in CREMA_D_EMOTIONS.values()}
-    return {f"{a}-{b}": float((rows[a] - rows[b]).abs().mean()) for a, b in itertools.combinations(rows, 2)}
+    pairs = list(itertools.combinations(rows, 2))
+    half = real.shape[1] // 2
+    return ({f"{a}-{b}": float((rows[a] - rows[b]).abs().mean()) for a, b in pairs},
+            {f"{a}-{b}": float((rows[a][:, :half] - rows[b][:, :half]).abs().mean()) for a, b in pairs})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                          frames_key, sync)}
     if hasattr(model, "lipsync_still"):  # stage 2 alone on the unedited still (Wav2Lip on a photo)
         rows[f"{args.method} stage 2"] = score(StillLipSync(model), clips, frames_key, sync)
-    mad = emotion_row_mad(model, clips[0], frames_key)
+    mad, upper = emotion_row_mad(model, clips[0], frames_key)
     emotion_grid(model, clips[0], frames_key, out / "emotion_grid.png")
     ours, copy = rows[args.method], rows["copy_reference"]
     lips = rows.get(f"{args.method} stage 2", ours)  # the lip-sync network's own row where there is one
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         print(f"{name:18s} {r['psnr']:7.2f} {r['ssim']:7.3f} {r['lse_d']:7.3f} {r['lse_c']:7.3f}")
     print(f"emotion rows: mean |difference| between pairs min {min(mad.values()):.2f}, "
-          f"max {max(mad.values()):.2f} uint8 levels ({out / 'emotion_grid.png'})")
+          f"max {max(mad.values()):.2f} uint8 levels ({out / 'emotion_grid.png'}); upper half (brows, eyes): "
+          f"mean {sum(upper.values()) / len(upper):.2f}, whole crop mean {sum(mad.values()) / len(mad):.2f}")
     if "landmarks" in extra:
         for name, r in extra["landmarks"].items():
             print(f"landmarks {name:6s} M-LD {r['mouth_ld']:.3f}  M-LVD {r['mouth_lvd']:.3f}  F-LD {r['face_ld']:.3f}  "
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "learning_check.json").write_text(json.dumps(
         {"method": args.method, "dataset": args.dataset, "overrides": args.overrides, "steps": config["global_step"],
          "train_minutes": train_s / 60, "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows,
-         "emotion_row_mad": mad, **extra, "checks": checks, "required": list(required), "passed": passed}, indent=1))
+         "emotion_row_mad": mad, "emotion_row_mad_upper_half": upper, **extra, "checks": checks, "required": list(required), "passed": passed}, indent=1))
     print("checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}{'' if k in required else ' (not required)'}"
                                  for k, v in checks.items()))
     print("PASS" if passed else "FAIL")
