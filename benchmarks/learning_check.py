@@ -185,6 +185,15 @@ def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) 
             {f"{a}-{b}": float((rows[a][:, :half] - rows[b][:, :half]).abs().mean()) for a, b in pairs})
 
 
+def machine() -> str:
+    """The machine a figure was measured on, e.g. ``"2 CPU cores, x86_64, torch 2.13.0 (CPU)"``."""
+    import os
+    import platform
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__.split('+')[0]} ({device})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="cvae")
@@ -281,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "learning_check.json").write_text(json.dumps(
         {"method": args.method, "dataset": args.dataset, "overrides": args.overrides, "steps": config["global_step"],
          "train_minutes": train_s / 60, "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows,
-         "emotion_row_mad": mad, "emotion_row_mad_upper_half": upper, **extra, "checks": checks, "required": list(required), "passed": passed}, indent=1))
+         "emotion_row_mad": mad, "emotion_row_mad_upper_half": upper, **extra, "checks": checks,
+         "required": list(required), "passed": passed, "command": " ".join(["python benchmarks/learning_check.py",
+                                                                           *(argv if argv is not None else sys.argv[1:])]),
+         "date": time.strftime("%Y-%m-%d"), "machine": machine()}, indent=1))
     print("checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}{'' if k in required else ' (not required)'}"
                                  for k, v in checks.items()))
     print("PASS" if passed else "FAIL")
