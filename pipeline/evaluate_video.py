@@ -143,6 +143,11 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                 yield clip
             index += 1
 
+    def reference_of(clip: dict) -> torch.Tensor:  # (S, S, 3) uint8: what the clip is rendered from
+        if settings.reference == "neutral":
+            return torch.from_numpy(references[str(clip["meta"]["speaker"])]["frame"])
+        return torch.from_numpy(clip[frames_key][0])
+
     def rendered(group: list[dict]) -> list[torch.Tensor]:
         if generator is REAL_VIDEO:
             return [torch.from_numpy(clip[frames_key]) for clip in group]
@@ -155,7 +160,9 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
         for clip, generated in zip(group, rendered(group)):
             real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3)
             mel, emotion = torch.from_numpy(clip["mel"]), clip["meta"]["emotion_id"]
-            evaluators.update(generated, real, real[0], mel, torch.from_numpy(clip["audio"]), emotion, cached_fid)
+            # CSIM compares each frame with the identity given (the reference rendered from)
+            evaluators.update(generated, real, reference_of(clip), mel, torch.from_numpy(clip["audio"]), emotion,
+                              cached_fid)
             if control is not None and control.wants(clip):
                 control.update(generator, clip, frames_key, clip_inputs(generator, clip))
             redetected.update(generated, real, int(clip["meta"]["lmk_crop_size"]),
@@ -164,7 +171,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                 with torch.no_grad():
                     dubbing.update(generator.dub(real, mel).cpu(), real, cached_fid)
             if edits is not None:
-                edits.update(generator, real[0])
+                edits.update(generator, reference_of(clip))
             if autoencoding is not None:
                 autoencoding.update(generator.autoencoder, real)
             n_clips += 1
