@@ -35,8 +35,9 @@ class EmotionControlSettings:
     """``evaluate.emotion_control``.
 
     Attributes:
-        max_clips: test clips rendered in every emotion (the first by id among those with a neutral
-            reference; None: all; 0: off). Cost: max_clips x emotions x len(levels) renderings.
+        max_clips: test clips rendered in every emotion (the first ones the clip loop meets among
+            those with a neutral reference; per process under torchrun; None: all; 0: off). Cost:
+            max_clips x emotions x len(levels) renderings.
         max_frames: frames rendered per rendering (None: the whole clip; >= the classifier's window).
         levels: intensity levels rendered for methods whose ``generate`` takes an ``intensity``.
     """
