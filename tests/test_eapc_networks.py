@@ -374,3 +374,17 @@ def test_config_defaults_and_from_dict():
         EAPCConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="ref_hidden"):
         EAPCConfig(ref_hidden=0, predict_offsets=False)
+
+
+def test_lstm_runs_under_cpu_bf16_autocast_in_float32():
+    """oneDNN has no bf16 LSTM on CPUs without AVX-512 BF16: nn.LSTM under CPU autocast stops there
+    ("could not create a primitive descriptor"); the project's LSTM runs in float32 instead."""
+    from lightning_modules.networks.rnn import LSTM
+
+    torch.manual_seed(0)
+    lstm, x = LSTM(8, 16, num_layers=2, batch_first=True), torch.randn(3, 5, 8)
+    plain, _ = lstm(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, (h, c) = lstm(x.bfloat16())
+    assert mixed.dtype == torch.float32 and h.shape == (2, 3, 16)
+    assert torch.allclose(mixed, plain, atol=1e-2)  # only the input's bf16 rounding differs

@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.networks.config import config_from_dict
+from lightning_modules.networks.rnn import LSTM
 
 __all__ = [
     "EAPCConfig",
@@ -264,8 +265,8 @@ def llf_feature_transform(llf: Tensor) -> Tensor:
     return torch.sign(llf) * torch.log1p(llf.abs())
 
 
-def _lstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LSTM:
-    return nn.LSTM(
+def _lstm(input_size: int, hidden: int, layers: int, dropout: float) -> LSTM:
+    return LSTM(
         input_size, hidden, num_layers=layers, batch_first=True,
         dropout=dropout if layers > 1 else 0.0,
     )

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from lightning_modules.networks.config import config_from_dict
 from lightning_modules.networks.eapc import EAPCOutput
+from lightning_modules.networks.rnn import LSTM
 
 
 @dataclass
@@ -91,7 +92,7 @@ class EmotionEmbedding(nn.Module):
         super().__init__()
         h, d = cfg.emotion_hidden, cfg.emotion_dim
         self.frame = nn.Sequential(*_fc_bn(cfg.n_llf, h), nn.Linear(h, h))
-        self.lstm = nn.LSTM(h, cfg.emotion_lstm, cfg.emotion_layers, batch_first=True)
+        self.lstm = LSTM(h, cfg.emotion_lstm, cfg.emotion_layers, batch_first=True)
         self.embed = nn.Sequential(*_fc_bn(cfg.emotion_lstm, 128), *_fc_bn(128, 128), *_fc_bn(128, d))
         self.emotion_head = nn.Sequential(*_fc_bn(d, d), nn.Linear(d, cfg.n_emotions))
         self.level_head = nn.Sequential(*_fc_bn(d, d), nn.Linear(d, cfg.n_levels))
@@ -112,8 +113,8 @@ class EAPCAuthors(nn.Module):
     def __init__(self, cfg: EAPCAuthorsConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or EAPCAuthorsConfig()
-        self.audio_lstm = nn.LSTM(cfg.mfcc_window * cfg.n_mfcc, cfg.audio_hidden, cfg.audio_layers, batch_first=True)
-        self.lm_lstm = nn.LSTM(2 * cfg.audio_hidden, cfg.lm_hidden, cfg.lm_layers, batch_first=True)
+        self.audio_lstm = LSTM(cfg.mfcc_window * cfg.n_mfcc, cfg.audio_hidden, cfg.audio_layers, batch_first=True)
+        self.lm_lstm = LSTM(2 * cfg.audio_hidden, cfg.lm_hidden, cfg.lm_layers, batch_first=True)
         self.emotion = EmotionEmbedding(cfg)
         self.keys = nn.Linear(cfg.lm_hidden, cfg.audio_hidden + cfg.emotion_dim)
         widths = (cfg.audio_hidden + cfg.audio_hidden + cfg.emotion_dim, *cfg.fc_dims, cfg.n_landmarks * 2)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.networks.config import config_from_dict, config_to_dict
+from lightning_modules.networks.rnn import LSTM
 
 FACE_REGIONS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("jaw", tuple(range(0, 17))),
@@ -200,7 +201,7 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, feature_dim: int, hidden: int = 256, dim: int = 128, n_layers: int = 3):
         super().__init__()
-        self.lstm = nn.LSTM(feature_dim, hidden, num_layers=n_layers, batch_first=True)
+        self.lstm = LSTM(feature_dim, hidden, num_layers=n_layers, batch_first=True)
         self.proj = nn.Linear(hidden, dim)
 
     def forward(self, window: Tensor) -> Tensor:
