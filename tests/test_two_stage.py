@@ -259,7 +259,8 @@ def test_edit_scores_expose_identical_outputs_across_emotions_per_target():
     def classifier(windows):  # (W, T, S, S, 3): says "happy" for everything
         return torch.nn.functional.one_hot(torch.full((len(windows),), happy), 8).float()
 
-    evaluators = SimpleNamespace(metrics={"emo_acc": EmotionAccuracy(classifier, "stub")}, evaluators={"emo_acc": "stub"})
+    evaluators = SimpleNamespace(metrics={"emo_acc_neutral": EmotionAccuracy(classifier, "stub")},
+                                 evaluators={"emo_acc_neutral": "stub"}, emotion_key="emo_acc_neutral")
     scores = EditScores(evaluators)
     collapsed = SimpleNamespace(edit=lambda faces, emotion: faces.clone())  # the same output for every emotion
     for _ in range(2):
