@@ -7,6 +7,8 @@ methods render the whole clip in one call, there is no streaming yet) and frames
 against the 25 fps a live video needs.
 
     python benchmarks/generate_realtime.py [--methods cvae sinha] [--image PHOTO] [--audio WAV] [--repeats 3]
+
+``--docs`` also writes the printout to ``docs/figures/generate_realtime.md`` (:mod:`figures`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.generate import FPS, GenerateConfig, Job, load_method, run_job
+from figures import docs_figure  # benchmarks/figures.py, beside this script
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -44,25 +47,27 @@ def main() -> None:
     parser.add_argument("--image", default=str(SHARED / "talking-clips/pcavs/Input/517600055/000000.jpg"))
     parser.add_argument("--audio", default=str(SHARED / "talking-clips/retalking/audio_1.wav"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--docs", action="store_true", help="also write docs/figures/generate_realtime.md")
     args = parser.parse_args()
-    cfg = GenerateConfig()
-    device = "cuda" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; photo {Path(args.image).name}, audio {Path(args.audio).name}; median of {args.repeats}")
-    print(f"{'method':8s} {'frames':>6s} {'face':>6s} {'audio':>6s} {'render':>7s} {'paste':>6s} {'encode':>7s} "
-          f"{'first frame':>11s} {'fps':>6s} {'x real time':>11s}")
-    for method in args.methods:
-        model = load_method(method, Path("models") / method / args.dataset / "last.ckpt")
-        with tempfile.TemporaryDirectory() as tmp:
-            job = Job(image=args.image, emotion="happy", out=str(Path(tmp) / "out.mp4"), audio=args.audio)
-            timed_job(model, job, cfg)  # warm-up
-            runs = [timed_job(model, job, cfg) for _ in range(args.repeats)]
-            with av.open(job.out) as container:
-                n = container.streams.video[0].frames
-        laps = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-        first = laps["face"] + laps["audio"] + laps["render"]
-        total = sum(laps.values())
-        print(f"{method:8s} {n:6d} {laps['face']:6.2f} {laps['audio']:6.2f} {laps['render']:7.2f} {laps['paste']:6.2f} "
-              f"{laps['encode']:7.2f} {first:10.2f}s {n / total:6.1f} {n / total / FPS:10.2f}x")
+    with docs_figure("generate_realtime", args.docs):
+        cfg = GenerateConfig()
+        device = "cuda" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+        print(f"device: {device}; photo {Path(args.image).name}, audio {Path(args.audio).name}; median of {args.repeats}")
+        print(f"{'method':8s} {'frames':>6s} {'face':>6s} {'audio':>6s} {'render':>7s} {'paste':>6s} {'encode':>7s} "
+              f"{'first frame':>11s} {'fps':>6s} {'x real time':>11s}")
+        for method in args.methods:
+            model = load_method(method, Path("models") / method / args.dataset / "last.ckpt")
+            with tempfile.TemporaryDirectory() as tmp:
+                job = Job(image=args.image, emotion="happy", out=str(Path(tmp) / "out.mp4"), audio=args.audio)
+                timed_job(model, job, cfg)  # warm-up
+                runs = [timed_job(model, job, cfg) for _ in range(args.repeats)]
+                with av.open(job.out) as container:
+                    n = container.streams.video[0].frames
+            laps = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+            first = laps["face"] + laps["audio"] + laps["render"]
+            total = sum(laps.values())
+            print(f"{method:8s} {n:6d} {laps['face']:6.2f} {laps['audio']:6.2f} {laps['render']:7.2f} {laps['paste']:6.2f} "
+                  f"{laps['encode']:7.2f} {first:10.2f}s {n / total:6.1f} {n / total / FPS:10.2f}x")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ from pipeline.protocol.grids import emotion_grid
 from pipeline.protocol.render import CLIP_INPUTS, clip_inputs
 from pipeline.train import apply_overrides, run_spec, train
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
+from figures import machine  # benchmarks/figures.py, beside this script
 
 
 def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) -> dict[str, float]:
@@ -183,15 +184,6 @@ def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) 
     half = real.shape[1] // 2
     return ({f"{a}-{b}": float((rows[a] - rows[b]).abs().mean()) for a, b in pairs},
             {f"{a}-{b}": float((rows[a][:, :half] - rows[b][:, :half]).abs().mean()) for a, b in pairs})
-
-
-def machine() -> str:
-    """The machine a figure was measured on, e.g. ``"2 CPU cores, x86_64, torch 2.13.0 (CPU)"``."""
-    import os
-    import platform
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__.split('+')[0]} ({device})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,12 @@
 """Preprocessing throughput on the sample data (a benchmark script, not a test).
 
-    python benchmarks/preprocess_throughput.py [--shared ../shared/datasets]
+    python benchmarks/preprocess_throughput.py [--shared ../shared/datasets] [--docs]
 
 Prints, per worker: frames/s and clips/s of the whole per-clip job (decode + landmarks + crops +
 audio features + encoding) and of mediapipe landmark detection alone on the same frames, their
 ratio, the time per step, the speed-up of 2 Ray workers over 1, and the 1080p MEAD clip on its own.
 Targets: whole job <= 1.3x landmarks alone on the CREMA-D-layout sample (issue #11; #2 asked <= 2x);
-2 workers >= 1.7x.
+2 workers >= 1.7x. ``--docs`` also writes the printout to ``docs/figures/preprocess_throughput.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
+from figures import docs_figure
 from pipeline.datasets.crema_d import read_crema_d
 from pipeline.extract.clip import PreprocessConfig, process_clip
 from pipeline.extract.distribute import RayDistributor
@@ -75,7 +76,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     parser.add_argument("--no-ray", action="store_true", help="skip the 1-vs-2 worker measurement")
+    parser.add_argument("--docs", action="store_true", help="also write docs/figures/preprocess_throughput.md")
     args = parser.parse_args()
+    with docs_figure("preprocess_throughput" + ("_no_ray" if args.no_ray else ""), args.docs):
+        measure(args)
+
+
+def measure(args) -> None:
     cfg = PreprocessConfig()
     rows = crema_rows(args.shared / "crema-d-layout")
     process_clip(rows[0], cfg)  # warm-up: imports, mediapipe graph

@@ -6,7 +6,9 @@ is simulated as the DataModule builds it (shards drawn at random with replacemen
 into ``--windows-per-clip`` windows, ``wds.shuffle`` with the buffer, batches of ``--batch``), and
 the median number of distinct emotions and speakers per batch is printed for each layout.
 
-    python benchmarks/shard_mix.py [--buffer 64] [--batches 500]
+    python benchmarks/shard_mix.py [--buffer 64] [--batches 500] [--docs]
+
+``--docs`` also writes the table to ``docs/figures/shard_mix_<buffer>.md`` (:mod:`figures`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import webdataset as wds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from figures import docs_figure  # noqa: E402
 from pipeline.extract.shards import plan_shards  # noqa: E402
 
 EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
@@ -65,15 +68,17 @@ def main() -> None:
     p.add_argument("--buffer", type=int, default=64, help="params.yaml's train.data.shuffle_buffer")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=500)
+    p.add_argument("--docs", action="store_true", help="also write docs/figures/shard_mix_<buffer>.md")
     args = p.parse_args()
     rows = mead_rows(args.speakers, args.clips)
-    print(f"{len(rows)} clips, {args.clips_per_shard} per shard, {args.windows_per_clip} windows per clip, "
-          f"shuffle buffer {args.buffer}, batch {args.batch}, {args.batches} batches")
-    print("| shard membership | median emotions / batch | median speakers / batch |")
-    print("|---|---|---|")
-    for order in ("id", "hash"):
-        emotions, speakers = batch_mix(rows, order, args)
-        print(f"| {order} | {emotions:g} of {len(EMOTIONS)} | {speakers:g} of {args.speakers} |")
+    with docs_figure(f"shard_mix_{args.buffer}", args.docs, markdown=True):
+        print(f"{len(rows)} clips, {args.clips_per_shard} per shard, {args.windows_per_clip} windows per clip, "
+              f"shuffle buffer {args.buffer}, batch {args.batch}, {args.batches} batches\n")
+        print("| shard membership | median emotions / batch | median speakers / batch |")
+        print("|---|---|---|")
+        for order in ("id", "hash"):
+            emotions, speakers = batch_mix(rows, order, args)
+            print(f"| {order} | {emotions:g} of {len(EMOTIONS)} | {speakers:g} of {args.speakers} |")
 
 
 if __name__ == "__main__":

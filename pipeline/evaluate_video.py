@@ -35,7 +35,7 @@ from pipeline.params import ParamsError, error_line, get, load_params
 from pipeline.protocol.clips import clips_in_shard_stats, neutral_references, split_clips, split_metas
 from pipeline.protocol.evaluators import EvaluatorLeakError, Evaluators, check_independent_evaluators
 from pipeline.protocol.extras import AutoencoderScores, DubbingScores, EditScores, RedetectedLandmarks, declared_extras
-from pipeline.protocol.grids import emotion_grid, prompt_grid
+from pipeline.protocol.grids import draw_emotion_grid, emotion_grid, prompt_grid
 from pipeline.protocol.render import CLIP_INPUTS, clip_inputs, groups, render_clips
 
 
@@ -199,7 +199,9 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
         raise FileNotFoundError(f"no test clips in {shard_dir}")
     expected = clips_in_shard_stats(shard_dir, "test")
     if ranks.is_zero and isinstance(generator, torch.nn.Module) and method not in _baselines():
-        videos.append(emotion_grid(generator, first_clip, frames_key, out_dir / "emotion_grid.png"))
+        grid = out_dir / "emotion_grid.png"  # the emotion-control renderings of the first clip, else its own
+        videos.append(draw_emotion_grid(control.grid_rows, grid) if control is not None and control.grid_rows
+                      and getattr(generator, "takes_emotion", True) else emotion_grid(generator, first_clip, frames_key, grid))
     metrics, evaluator_names = evaluators.compute(), dict(evaluators.evaluators)
     for key in ("csim", "csim_dlib"):  # paper 004 prints CSIMD = 1 - CSIM (a distance, lower is better)
         if key in metrics:
@@ -209,9 +211,10 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
         videos.append(prompt_grid(generator, first_clip, frames_key, params, out_dir / "prompt_grid.png"))
     evaluators.missing.update(redetected.missing())
     if control is not None:
-        metrics.update(control.compute())
+        control_metrics = control.compute()
+        metrics.update(control_metrics)
         evaluator_names.update({k: f"{evaluators.evaluators[evaluators.emotion_key]}, emotion-control protocol"
-                                for k in control.compute()})
+                                for k in control_metrics})
         if ranks.is_zero and control.clips:
             videos.append(control.save_confusion(out_dir / "emotion_confusion.png"))
     elif generator is not REAL_VIDEO and evaluators.emotion_key in evaluators.metrics:

@@ -84,7 +84,8 @@ def compute_real_stats(params: dict, dataset: str) -> dict:
     device = resolve_device(get(params, "evaluate.device", str, default="auto"))
     frames_key = f"frames_{get(params, 'evaluate.crop_size', int, default=128)}"
     try:
-        fid = {"scored": fid_from_params(params, device), "all": fid_from_params(params, device)}
+        # every frame once through Inception: "scored" (frames 1..T-1) = "all" minus each clip's frame 0
+        fid = {"all": fid_from_params(params, device), "first": fid_from_params(params, device)}
     except (FileNotFoundError, ImportError, ValueError):
         fid = None  # evaluate_video records why FID is missing
     landmarker, landmarks = RedetectedLandmarks(), {}
@@ -93,16 +94,18 @@ def compute_real_stats(params: dict, dataset: str) -> dict:
     for clip in split_clips(Path("shards") / dataset, frames_key):
         real = torch.from_numpy(clip[frames_key])
         if fid is not None:
-            fid["scored"].update(real[1:].permute(0, 3, 1, 2), real=True)
             fid["all"].update(real.permute(0, 3, 1, 2), real=True)
+            fid["first"].update(real[:1].permute(0, 3, 1, 2), real=True)
         try:
             landmarks[clip["key"]] = landmarker.detect(real[1:], int(clip["meta"]["lmk_crop_size"]))
         except ClipFailure:
             landmarks[clip["key"]] = None
     if not landmarks:
         raise FileNotFoundError(f"no test clips in shards/{dataset}")
-    return {"key": stats_key(params, dataset), "landmarks": landmarks,
-            "fid": None if fid is None else {name: fid_states(metric) for name, metric in fid.items()}}
+    if fid is not None:
+        every, first = fid_states(fid["all"]), fid_states(fid["first"])
+        fid = {"all": every, "scored": {name: every[name] - first[name] for name in FID_STATES}}
+    return {"key": stats_key(params, dataset), "landmarks": landmarks, "fid": fid}
 
 
 def main(argv: list[str] | None = None) -> int:

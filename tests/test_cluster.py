@@ -265,5 +265,5 @@ def test_preprocess_slurm_script_starts_ray_runs_the_stage_and_stops(shared_data
     assert "ray: 1 of 1 nodes, 2 CPUs" in proc.stderr
     stats = json.loads((job / "shards/sample/stats.json").read_text())
     assert stats["failures"] == 0 and sum(s["clips"] for s in stats["splits"].values()) == 6
-    status = subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, timeout=120)
-    assert status.returncode != 0  # the job's Ray node stopped with it
+    with pytest.raises(ConnectionRefusedError):  # the job's Ray node (its GCS port) stopped with it
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -94,6 +94,30 @@ def test_copying_scores_chance_and_rendering_the_target_scores_100(labelled_shar
     assert m["emo_acc"] in (0.0, pytest.approx(100 / 3))  # right on the clip whose own emotion is that constant
 
 
+def test_the_emotion_grid_is_drawn_from_the_first_clips_control_renderings(tmp_path):
+    """The grid costs no rendering: its rows are the first clip's six renderings (frames 0, 4, ...)."""
+    import numpy as np
+
+    from eval_metrics.emotion import EmotionAccuracy
+    from pipeline.protocol.emotion_control import EmotionControl, EmotionControlSettings
+    from pipeline.protocol.grids import draw_emotion_grid
+
+    references = {"1001": {"frame": np.zeros((64, 64, 3), np.uint8), "lmk": np.zeros((68, 2), np.float32)}}
+    control = EmotionControl(EmotionAccuracy(_PixelCode(), "pixel code"), "crema_d",
+                             EmotionControlSettings(max_clips=None, max_frames=25), references)
+    clip = {"meta": {"speaker": "1001", "emotion": "sad"}, "frames_64": np.zeros((40, 64, 64, 3), np.uint8),
+            "mel": np.zeros((128, 80), np.float32)}
+    oracle = _Oracle()
+    for _ in range(2):
+        control.update(oracle, clip, "frames_64", {})
+    names = list(CREMA_D_EMOTIONS.values())
+    assert [label for label, _ in control.grid_rows] == names  # the first clip only
+    assert all(video.shape == (25, 64, 64, 3) for _, video in control.grid_rows)
+    grid = cv2.imread(str(draw_emotion_grid(control.grid_rows, tmp_path / "grid.png")))
+    assert grid.shape == (6 * 64, 6 * 64, 3)  # frames 0, 4, ..., 20 of 25
+    assert [int(grid[r * 64 + 40, 40, 0]) for r in range(6)] == [20 * EMOTION_TO_ID[name] for name in names]
+
+
 def test_neutral_reference_and_filters_choose_the_clips_and_their_reference(labelled_shards, classifier, monkeypatch):
     from scripted_generator import ScriptedGenerator
 

@@ -88,6 +88,32 @@ def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, ti
     assert load_real_stats(params, "crema_d")[0] is None  # another crop
 
 
+def test_real_stats_hold_the_fid_states_of_the_scored_and_of_all_frames(crema_shards, tiny_models, tiny_inception,
+                                                                        tmp_path, monkeypatch):
+    """Each frame goes through Inception once; "scored" (frames 1..T-1) and "all" still equal
+    torchmetrics' own states over those frames."""
+    import torch
+
+    from pipeline.protocol.clips import split_clips
+    from pipeline.protocol.evaluators import fid_from_params
+    from pipeline.real_stats import FID_STATES, compute_real_stats, fid_states
+
+    root = _workdir(tmp_path, crema_shards, tiny_models, tiny_inception)
+    monkeypatch.chdir(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    stats = compute_real_stats(params, "crema_d")
+    direct = {"scored": fid_from_params(params, "cpu"), "all": fid_from_params(params, "cpu")}
+    for clip in split_clips(root / "shards/crema_d", "frames_64"):
+        real = torch.from_numpy(clip["frames_64"]).permute(0, 3, 1, 2)
+        direct["scored"].update(real[1:], real=True)
+        direct["all"].update(real, real=True)
+    for name, metric in direct.items():
+        expected = fid_states(metric)
+        for state in FID_STATES:
+            torch.testing.assert_close(stats["fid"][name][state], expected[state], rtol=1e-5, atol=1e-6)  # float32 features
+    assert int(stats["fid"]["all"]["real_features_num_samples"]) - int(stats["fid"]["scored"]["real_features_num_samples"]) == 2
+
+
 @pytest.mark.slow
 def test_slurm_evaluation_script_splits_the_clips_between_its_tasks(crema_shards, tiny_models, tiny_inception,
                                                                     slurm_env, tmp_path):

@@ -12,7 +12,8 @@ Keys (percent, [0, 100]): ``emo_acc_all`` over every rendering (a method that ig
 scores exactly 100 / number of emotions: one constant prediction per clip hits one target),
 ``emo_acc_all_<emotion>`` per target, and ``emo_acc``: the papers' single-label number, the
 renderings of each clip's own emotion from the neutral reference. The confusion matrix (targets x
-predictions) is drawn by :meth:`EmotionControl.save_confusion`.
+predictions) is drawn by :meth:`EmotionControl.save_confusion`; the first clip's renderings are
+kept (``grid_rows``) for the emotion grid, so the grid costs no rendering of its own.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class EmotionControlSettings:
     """
 
     max_clips: int | None = 2
-    max_frames: int | None = 50
+    max_frames: int | None = 25
     levels: list[int] = field(default_factory=lambda: [3])
 
     def __post_init__(self) -> None:
@@ -73,6 +74,7 @@ class EmotionControl:
         self.confusion = np.zeros((len(self.names), len(EMOTIONS)), dtype=np.int64)  # target x prediction
         self.own = np.zeros(2, dtype=np.int64)  # (right, total) on each clip's own emotion
         self.clips, self.no_reference = 0, 0
+        self.grid_rows: list[tuple[str, np.ndarray]] = []  # the first clip's (label, (T, S, S, 3) uint8) renderings
 
     def wants(self, clip: dict) -> bool:
         """Whether ``clip`` is rendered (a speaker without a neutral clip is counted in ``no_reference``)."""
@@ -101,6 +103,9 @@ class EmotionControl:
                                            ref_lmk=torch.from_numpy(ref["lmk"])[None].expand(b, -1, -1),
                                            **extra, **{k: v.expand(b, *v.shape[1:]) for k, v in inputs.items()}).cpu()
                 predicted = self.classifier.predict(list(video[:, :n]))
+                if self.clips == 0:
+                    self.grid_rows += [(self.names[self.targets.index(t)] + ("" if level is None else f" {level}"),
+                                        v.numpy()) for t, v in zip(emotions.tolist(), video[:, :n])]
                 for target, pred in zip(emotions.tolist(), predicted.tolist()):
                     self.confusion[self.targets.index(target), pred] += 1
                     if target == own:

@@ -22,8 +22,6 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
     ``<path stem>.txt`` saying so instead of a grid of identical rows; that path is returned."""
     import inspect
 
-    import cv2
-
     if not getattr(generator, "takes_emotion", True):
         note = path.with_suffix(".txt")
         note.write_text(f"No emotion grid: {type(generator).__name__}.generate ignores the target emotion "
@@ -43,12 +41,25 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
             extra = {} if level is None else {"intensity": torch.tensor([level])}
             frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
                                         ref_lmk=ref_lmk, **extra, **clip_inputs(generator, clip))[0].cpu()
-            row = np.concatenate(list(frames[::4].numpy()), axis=1)  # (S, n_frames * S, 3)
-            label = name if level is None else f"{name} {level}"
-            cv2.putText(row, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-            rows.append(row)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+            rows.append((name if level is None else f"{name} {level}", frames.numpy()))
+    return draw_emotion_grid(rows, path, n_frames)
+
+
+def draw_emotion_grid(rows: list[tuple[str, np.ndarray]], path: Path, n_frames: int = 6, stride: int = 4) -> Path:
+    """Save labelled renderings as one PNG: a row per ``(label, (T, S, S, 3) uint8 video)``, its
+    frames 0, ``stride``, 2 ``stride``, ... (at most ``n_frames``) as the columns."""
+    import cv2
+
+    strips = []
+    for label, video in rows:
+        strip = np.ascontiguousarray(np.concatenate(list(video[::stride][:n_frames]), axis=1))  # (S, n_frames * S, 3)
+        cv2.putText(strip, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        strips.append(strip)
+    width = max(strip.shape[1] for strip in strips)  # a shorter rendering leaves its row's end black
+    strips = [np.pad(strip, ((0, 0), (0, width - strip.shape[1]), (0, 0))) for strip in strips]
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(strips, axis=0), cv2.COLOR_RGB2BGR))
     return path
+
 
 @torch.no_grad()
 def prompt_grid(generator, clip: dict, frames_key: str, params: dict, path: Path) -> Path:
