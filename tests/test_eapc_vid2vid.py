@@ -107,6 +107,7 @@ def test_previous_frame_flow_and_losses():
     disc = MultiScaleDiscriminator((8, 16), n_scales=2)
     real, fake = disc(label, refs[:, 0]), disc(label, first["image"])
     assert len(real) == 2 and real[1][-1].shape[-1] == real[0][-1].shape[-1] // 2
+    assert [f[-1].shape for f in fake] == [r[-1].shape for r in real]  # generated frames: the same scales
     # hinge: D outputs of exactly +1 on real and -1 on fake cost nothing
     ones = [[torch.ones(1, 1, 2, 2)]]
     assert float(hinge_d_loss(ones, [[-torch.ones(1, 1, 2, 2)]])) == 0.0
