@@ -1,5 +1,5 @@
 """FLOPs per step and H100 GPU-hours of every paper preset at its own size (``python -m
-pipeline.preset cost``), as the figure docs/reproducing.md includes.
+pipeline.preset cost``), as a docs figure.
 
     python benchmarks/preset_cost.py [--params params.yaml] [--docs]
 
