@@ -131,7 +131,7 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
     def my_clips():
         nonlocal first_clip
         index = 0
-        for clip in split_clips(shard_dir, frames_key, extra_keys=wanted):
+        for clip in split_clips(shard_dir, frames_key, extra_keys=wanted, max_frames=settings.max_frames):
             if not settings.keeps(clip["meta"]):
                 skipped["filtered_out"] += 1
                 continue
@@ -245,7 +245,8 @@ def evaluate_video(method: str, dataset: str, params: dict, out_dir: Path, train
                               if control is not None else {}),
                            "audio": "the clip's own",
                            "emotion": "the clip's label", "intensity": "the clip's level (methods that take one)",
-                           "frames_scored": "1..T-1", "crop": frames_key,
+                           "frames_scored": "1..T-1" if settings.max_frames is None else
+                           f"1..min(T, {settings.max_frames})-1", "crop": frames_key,
                            **evaluators.fid_params,
                            **({"fine_tune": fine_tuning.describe()} if fine_tuning is not None else {}),
                            **({"sampling": str(asdict(generator.sampling))} if hasattr(generator, "sampling") else {})}}

@@ -6,11 +6,12 @@ computed once per test split and read by every method's ``evaluate_video`` / ``e
 Writes ``eval/_real/<dataset>/real_stats.pt`` (torch.save of a dict):
 
 * ``key``: what the numbers depend on (shard fingerprint, ``evaluate.crop_size`` (a method scored at
-  another crop side measures the real frames in its own run), the FID Inception's
-  sha256, the landmarker); an evaluation whose key differs recomputes everything and says so;
+  another crop side measures the real frames in its own run), ``evaluate.protocol.max_frames``, the
+  FID Inception's sha256, the landmarker); an evaluation whose key differs recomputes everything and
+  says so;
 * ``fid``: torchmetrics ``FrechetInceptionDistance`` real-side states (``real_features_sum`` (2048,)
   float64, ``real_features_cov_sum`` (2048, 2048) float64, ``real_features_num_samples`` int64) over
-  frames 1..T-1 of every test clip (``scored``, the shared protocol) and over all frames (``all``,
+  frames 1..T-1 of every test clip (T bounded by ``evaluate.protocol.max_frames``; ``scored``, the shared protocol) and over all frames (``all``,
   the dubbing protocol); ``None`` when the Inception weights are missing;
 * ``landmarks``: clip id -> the re-detected landmarks of its real frames 1..T-1, (T-1, 68, 2)
   float32 in pixels of the shards' ``lmk_size`` crop, or ``None`` when the landmarker lost the face.
@@ -42,6 +43,7 @@ def stats_key(params: dict, dataset: str, crop_size: int | None = None) -> dict:
 
     crop_size = crop_size or get(params, "evaluate.crop_size", int, default=128)
     return {"shards": shard_fingerprint(Path("shards") / dataset), "crop_size": crop_size,
+            "max_frames": get(params, "evaluate.protocol.max_frames", int, default=None),
             "fid_weights": get(params, "evaluate.fid_weights", str, default=None),
             "fid_sha256": get(params, "evaluate.fid_sha256", str, default=None),
             "landmarker": RedetectedLandmarks.evaluator, "max_missing": RedetectedLandmarks.MAX_MISSING}
@@ -56,7 +58,7 @@ def load_real_stats(params: dict, dataset: str, crop_size: int | None = None) ->
         return None, f"{path} not found: real-frame statistics computed in this run (`dvc repro real_stats@{dataset}`)"
     stats = torch.load(path, map_location="cpu", weights_only=False)
     if stats.get("key") != stats_key(params, dataset, crop_size):
-        return None, f"{path} was computed for other shards, crop or Inception weights: recomputed in this run"
+        return None, f"{path} was computed for other shards, crop, frame bound or Inception weights: recomputed in this run"
     return stats, f"real-frame FID statistics and landmarks read from {path}"
 
 
@@ -91,7 +93,8 @@ def compute_real_stats(params: dict, dataset: str) -> dict:
     landmarker, landmarks = RedetectedLandmarks(), {}
     from pipeline.extract.errors import ClipFailure
 
-    for clip in split_clips(Path("shards") / dataset, frames_key):
+    max_frames = get(params, "evaluate.protocol.max_frames", int, default=None)
+    for clip in split_clips(Path("shards") / dataset, frames_key, max_frames=max_frames):
         real = torch.from_numpy(clip[frames_key])
         if fid is not None:
             fid["all"].update(real.permute(0, 3, 1, 2), real=True)

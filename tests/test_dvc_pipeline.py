@@ -48,12 +48,14 @@ def repo_copy(tmp_path_factory, shared_datasets):
     params["train"]["methods"]["sinha"]["net"]["texture"]["lmk_size"] = 128  # landmarks: max(crop_sizes) px
     params["train"]["methods"]["eapc_vid2vid"]["net"]["lmk_size"] = 128
     params["train"]["methods"]["eapc_vid2vid"]["optim"]["vgg16_weights"] = None  # VGG16 at 128 px: 4 s a step
-    for method in ("autoencoder", "emotalker", "eapc_vid2vid"):  # their own epoch counts: the shared 2 here
+    del params["train"]["methods"]["eapc_vid2vid"]["data"]  # its own epoch length: the shared 3 batches here
+    for method in ("autoencoder", "emotalker", "eapc_vid2vid", "sinha"):  # their own epoch counts: the shared 2 here
         params["train"]["methods"][method]["trainer"]["max_epochs"] = 2
     # every stage trains; the video protocol scores the baseline, a loss-network generator and EAPC end
     # to end (each method's own evaluate_video test covers the others)
     params["evaluate"]["video_methods"] = ["cvae", "eapc_vid2vid"]
     params["evaluate"]["baseline_methods"] = ["copy_reference"]  # real_video: tests/test_emotion_control.py
+    params["evaluate"]["protocol"]["max_frames"] = 30  # > 15 sync offsets + a 5-frame window
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "dvc.lock").unlink(missing_ok=True)
     _run(["git", "init", "-q"], repo)

@@ -118,6 +118,37 @@ def test_the_emotion_grid_is_drawn_from_the_first_clips_control_renderings(tmp_p
     assert [int(grid[r * 64 + 40, 40, 0]) for r in range(6)] == [20 * EMOTION_TO_ID[name] for name in names]
 
 
+class _IgnoresEmotion(_Oracle):
+    """Always renders frames the classifier reads as ``sad``, whatever emotion it is asked for."""
+
+    takes_emotion = False
+
+    def generate(self, reference, mel, emotion, n_frames, ref_lmk=None):
+        return super().generate(reference, mel, torch.full_like(emotion, EMOTION_TO_ID["sad"]), n_frames, ref_lmk)
+
+
+def test_a_generator_that_ignores_the_emotion_renders_each_clip_once():
+    """``takes_emotion = False``: one rendering per clip stands for all six targets (same scores)."""
+    import numpy as np
+
+    from eval_metrics.emotion import EmotionAccuracy
+    from pipeline.protocol.emotion_control import EmotionControl, EmotionControlSettings
+
+    references = {"1001": {"frame": np.zeros((64, 64, 3), np.uint8), "lmk": np.zeros((68, 2), np.float32)}}
+    control = EmotionControl(EmotionAccuracy(_PixelCode(), "pixel code"), "crema_d",
+                             EmotionControlSettings(max_clips=None, max_frames=25), references)
+    generator = _IgnoresEmotion()
+    for emotion in ("sad", "happy"):
+        clip = {"meta": {"speaker": "1001", "emotion": emotion}, "frames_64": np.zeros((40, 64, 64, 3), np.uint8),
+                "mel": np.zeros((128, 80), np.float32)}
+        control.update(generator, clip, "frames_64", {})
+    assert [len(refs) for refs in generator.calls] == [1, 1]
+    m = control.compute()
+    assert m["emo_acc_all"] == pytest.approx(100 / 6) and m["emo_acc"] == 50.0  # right on the sad clip only
+    assert m["emo_acc_all_sad"] == 100.0 and m["emo_acc_all_happy"] == 0.0
+    assert control.confusion.sum() == 2 * 6
+
+
 def test_neutral_reference_and_filters_choose_the_clips_and_their_reference(labelled_shards, classifier, monkeypatch):
     from scripted_generator import ScriptedGenerator
 

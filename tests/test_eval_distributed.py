@@ -83,15 +83,19 @@ def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, ti
     shutil.copy(root / "shards/crema_d/test-000000.tar", root / "shards/crema_d/test-000002.tar")  # the split changed
     stats, why = load_real_stats(params, "crema_d")
     assert stats is None and "other shards" in why
-    params["evaluate"]["crop_size"] = 128
     os.remove(root / "shards/crema_d/test-000002.tar")
+    assert load_real_stats(params, "crema_d")[0] is not None
+    params["evaluate"]["protocol"] = {"max_frames": 7}
+    assert load_real_stats(params, "crema_d")[0] is None  # other frames
+    params["evaluate"]["protocol"]["max_frames"] = None
+    params["evaluate"]["crop_size"] = 128
     assert load_real_stats(params, "crema_d")[0] is None  # another crop
 
 
 def test_real_stats_hold_the_fid_states_of_the_scored_and_of_all_frames(crema_shards, tiny_models, tiny_inception,
                                                                         tmp_path, monkeypatch):
-    """Each frame goes through Inception once; "scored" (frames 1..T-1) and "all" still equal
-    torchmetrics' own states over those frames."""
+    """Each frame goes through Inception once; "scored" (frames 1..n-1) and "all" (0..n-1), n =
+    min(T, evaluate.protocol.max_frames), still equal torchmetrics' own states over those frames."""
     import torch
 
     from pipeline.protocol.clips import split_clips
@@ -101,17 +105,21 @@ def test_real_stats_hold_the_fid_states_of_the_scored_and_of_all_frames(crema_sh
     root = _workdir(tmp_path, crema_shards, tiny_models, tiny_inception)
     monkeypatch.chdir(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["protocol"] = {"max_frames": 30}
     stats = compute_real_stats(params, "crema_d")
     direct = {"scored": fid_from_params(params, "cpu"), "all": fid_from_params(params, "cpu")}
     for clip in split_clips(root / "shards/crema_d", "frames_64"):
-        real = torch.from_numpy(clip["frames_64"]).permute(0, 3, 1, 2)
+        assert len(clip["frames_64"]) > 30
+        real = torch.from_numpy(clip["frames_64"][:30]).permute(0, 3, 1, 2)
         direct["scored"].update(real[1:], real=True)
         direct["all"].update(real, real=True)
     for name, metric in direct.items():
         expected = fid_states(metric)
         for state in FID_STATES:
             torch.testing.assert_close(stats["fid"][name][state], expected[state], rtol=1e-5, atol=1e-6)  # float32 features
-    assert int(stats["fid"]["all"]["real_features_num_samples"]) - int(stats["fid"]["scored"]["real_features_num_samples"]) == 2
+    assert int(stats["fid"]["all"]["real_features_num_samples"]) == 2 * 30
+    assert int(stats["fid"]["scored"]["real_features_num_samples"]) == 2 * 29
+    assert all(len(lmk) == 29 for lmk in stats["landmarks"].values())
 
 
 @pytest.mark.slow

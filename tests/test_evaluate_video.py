@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,23 @@ def test_redetected_landmarks_compare_like_with_like(crema_shards):
     assert set(blank.missing()) == set(values) and "no face" in blank.missing()["redetected_face_ld"]
     assert still.missing() == {}
     assert set(still.evaluators) == set(values) and "mediapipe" in still.evaluators["redetected_mouth_ld"]
+
+
+def test_first_frames_bound_every_array_of_a_clip_to_the_same_instants(crema_shards):
+    """evaluate.protocol.max_frames: the frames, landmarks, mel rows (3.2 a frame) and audio samples
+    (640 a frame at 16 kHz, 25 fps) of a real clip's first 30 frames; a shorter clip stays whole."""
+    from pipeline.protocol.clips import first_frames, split_clips
+
+    whole = next(iter(split_clips(crema_shards / "shards/crema_d", "frames_64", extra_keys=("phones",))))
+    bounded = next(iter(split_clips(crema_shards / "shards/crema_d", "frames_64", extra_keys=("phones",),
+                                    max_frames=30)))
+    assert len(whole["frames_64"]) > 30 and bounded["key"] == whole["key"]
+    lengths = {k: len(bounded[k]) for k in ("frames_64", "lmk", "phones", "mel", "audio")}
+    assert lengths == {"frames_64": 30, "lmk": 30, "phones": 30, "mel": 96, "audio": 19200}
+    for key in lengths:
+        np.testing.assert_array_equal(bounded[key], whole[key][:lengths[key]])
+    assert bounded["meta"]["n_frames"] == 30 and whole["meta"]["n_frames"] == len(whole["frames_64"])
+    assert first_frames(whole, "frames_64", 10_000) is whole
 
 
 class _ScriptedNeutral(torch.nn.Module):

@@ -20,6 +20,9 @@ from torch import nn
 from primitives.vocab import EMOTION_TO_ID
 from scripted_generator import ScriptedGenerator, offset
 
+MAX_FRAMES = 40
+"""``evaluate.protocol.max_frames`` of the run: each clip's first 40 frames are rendered and scored."""
+
 
 class _AlwaysAngry(nn.Module):
     """TorchScript emotion classifier: windows (W, T, S, S, 3) -> logits favouring ``angry``."""
@@ -42,7 +45,8 @@ def scored(labelled_shards, tmp_path_factory):
     clips = list(split_clips(work / "shards" / "crema_d", "frames_64"))
     generator = ScriptedGenerator(clips, "frames_64")
     params = {"evaluate": {"crop_size": 64, "n_videos": 0, "clips_per_forward": 4, "emotion_weights": str(classifier),
-                           "fid_weights": "weights/missing_inception.pt", "emotion_control": {"max_clips": 0}},
+                           "fid_weights": "weights/missing_inception.pt", "emotion_control": {"max_clips": 0},
+                           "protocol": {"max_frames": MAX_FRAMES}},
               "mlflow": {"tracking_uri": f"sqlite:///{work / 'wiring.db'}", "experiment": "wiring"}}
     with pytest.MonkeyPatch.context() as patch:  # module scope: the function-scoped monkeypatch is not available
         patch.chdir(work)
@@ -66,15 +70,19 @@ def test_each_clip_reaches_generate_with_its_own_inputs(scored):
     for clip in clips:
         call = calls[clip["key"]]
         assert call["emotion"] == clip["meta"]["emotion_id"] and call["intensity"] == clip["meta"]["intensity"]
-        assert call["n_frames"] >= len(clip["frames_64"])
-        np.testing.assert_array_equal(call["mel"][:len(clip["mel"])], clip["mel"])  # the clip's own audio
+        assert call["n_frames"] >= min(len(clip["frames_64"]), MAX_FRAMES)
+        # the clip's own audio, up to its 40th frame (3.2 mel rows a frame): no more is given
+        assert len(call["mel"]) == int(MAX_FRAMES * 3.2) or len(clip["frames_64"]) < MAX_FRAMES
+        np.testing.assert_array_equal(call["mel"], clip["mel"][:len(call["mel"])])
         np.testing.assert_array_equal(call["ref_lmk"], clip["lmk"][0])  # the reference frame's landmarks
 
 
 def test_scored_frames_pair_with_the_real_frames_of_the_same_instant(scored):
     clips, _, result = scored
     m = result["metrics"]
-    weights = np.array([len(c["frames_64"]) - 1 for c in clips], dtype=np.float64)  # frames 1..T-1 are scored
+    # frames 1..n-1 are scored, n = min(T, max_frames); most clips are longer than the bound
+    assert sum(len(c["frames_64"]) > MAX_FRAMES for c in clips) >= 5
+    weights = np.array([min(len(c["frames_64"]), MAX_FRAMES) - 1 for c in clips], dtype=np.float64)
     d = np.array([offset(c["meta"]["emotion_id"], c["meta"]["intensity"]) for c in clips], dtype=np.float64)
     assert result["n_clips"] == 7 and result["clips_per_generate_call"] == 4
     assert m["mse"] == pytest.approx(float((weights * d ** 2).sum() / weights.sum()), rel=1e-6)

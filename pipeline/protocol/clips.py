@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import soundfile
 import webdataset as wds
 
@@ -55,14 +56,40 @@ def neutral_references(shard_dir: Path, frames_key: str, metas: dict[str, dict] 
             for speaker, key in first.items()}
 
 
-def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = ()):
-    """Whole clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel``,
-    ``audio`` and the arrays named in ``extra_keys`` (e.g. ``phones``)."""
+def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_keys: tuple[str, ...] = (),
+                max_frames: int | None = None):
+    """The clips of a split: dicts with ``key``, ``meta``, ``<frames_key>``, ``lmk``, ``mel``,
+    ``audio`` and the arrays named in ``extra_keys`` (e.g. ``phones``); whole clips, or their first
+    ``max_frames`` frames (:func:`first_frames`)."""
     decode = frame_reads((frames_key, "lmk", "mel", *extra_keys), shard_dir)  # a crop the shards lack: resized
     pipeline = wds.DataPipeline(wds.SimpleShardList(shard_urls(shard_dir, split)),
                                 ReadShards(SelectMembers(decode.keys, extra=("audio.wav",))),
                                 wds.map(_DecodeWithAudio(decode.keys, decode.derive, decode.drop)))
+    if max_frames is not None:
+        pipeline.append(wds.map(lambda clip: first_frames(clip, frames_key, max_frames)))
     return iter(pipeline)
+
+
+def first_frames(clip: dict, frames_key: str, n: int) -> dict:
+    """The clip's first ``n`` frames (all when it is shorter): every per-frame array ``[:n]``, ``mel``
+    (80 Hz, 3.2 rows a frame at 25 fps) to ``floor(n * 80 / fps)`` rows, ``audio`` to
+    ``round(n * sample_rate / fps)`` samples; ``meta["n_frames"]`` updated. The arrays are views."""
+    t = len(clip[frames_key])
+    if n >= t:
+        return clip
+    fps = float(clip["meta"]["fps"])
+    out = {**clip, "meta": {**clip["meta"], "n_frames": n}}
+    for key, value in clip.items():
+        if isinstance(value, np.ndarray) and key not in ("mel", "audio") and len(value) == t:
+            out[key] = value[:n]
+    out["mel"] = clip["mel"][: int(n * MEL_HZ / fps)]
+    if "audio" in clip:
+        out["audio"] = clip["audio"][: round(n * float(clip["meta"]["sample_rate"]) / fps)]
+    return out
+
+
+MEL_HZ = 80
+"""Rows per second of the shards' ``mel`` (hop 200 at 16 kHz: :mod:`pipeline.extract.audio`)."""
 
 class _DecodeWithAudio(DecodeSample):
     def __call__(self, sample: dict) -> dict:

@@ -86,30 +86,34 @@ class EmotionControl:
     @torch.no_grad()
     def update(self, generator, clip: dict, frames_key: str, inputs: dict[str, torch.Tensor]) -> None:
         """Render ``clip`` (its audio ``mel`` and ``inputs``, e.g. phones: (1, ...) tensors) from its
-        speaker's neutral reference in every emotion (x levels) and score each rendering."""
+        speaker's neutral reference in every emotion (x levels) and score each rendering. A generator
+        with ``takes_emotion = False`` renders once per level: that rendering stands for every target."""
         ref = self.references[str(clip["meta"]["speaker"])]
         n = len(clip[frames_key]) if self.settings.max_frames is None else min(len(clip[frames_key]),
                                                                               self.settings.max_frames)
         takes_level = "intensity" in inspect.signature(generator.generate).parameters
         per_call = len(self.targets) if getattr(generator, "batch_clips", False) else 1
+        rendered = self.targets if getattr(generator, "takes_emotion", True) else self.targets[:1]
         own = EMOTION_TO_ID.get(clip["meta"]["emotion"])
         for level in self.settings.levels if takes_level else (None,):
-            for i0 in range(0, len(self.targets), per_call):
-                emotions = torch.tensor(self.targets[i0:i0 + per_call])
+            predicted = []
+            for i0 in range(0, len(rendered), per_call):
+                emotions = torch.tensor(rendered[i0:i0 + per_call])
                 b = len(emotions)
                 extra = {} if level is None else {"intensity": torch.full((b,), level)}
                 video = generator.generate(torch.from_numpy(ref["frame"])[None].expand(b, -1, -1, -1),
                                            torch.from_numpy(clip["mel"])[None].expand(b, -1, -1), emotions, n,
                                            ref_lmk=torch.from_numpy(ref["lmk"])[None].expand(b, -1, -1),
                                            **extra, **{k: v.expand(b, *v.shape[1:]) for k, v in inputs.items()}).cpu()
-                predicted = self.classifier.predict(list(video[:, :n]))
+                predicted += self.classifier.predict(list(video[:, :n])).tolist()
                 if self.clips == 0:
                     self.grid_rows += [(self.names[self.targets.index(t)] + ("" if level is None else f" {level}"),
                                         v.numpy()) for t, v in zip(emotions.tolist(), video[:, :n])]
-                for target, pred in zip(emotions.tolist(), predicted.tolist()):
-                    self.confusion[self.targets.index(target), pred] += 1
-                    if target == own:
-                        self.own += (int(pred == target), 1)
+            predicted *= len(self.targets) // len(rendered)
+            for target, pred in zip(self.targets, predicted):
+                self.confusion[self.targets.index(target), pred] += 1
+                if target == own:
+                    self.own += (int(pred == target), 1)
         self.clips += 1
 
     def counts(self) -> dict[str, int]:
