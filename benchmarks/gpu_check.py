@@ -104,8 +104,8 @@ def method_params(params: dict, method: str, ckpts: dict[str, Path]) -> dict:
     """``train.methods.<method>`` with every ``models/<m>/...`` path pointing at this run's
     checkpoint of ``m`` (or null when ``m`` is not trained here, e.g. the intensity block)."""
     p = copy.deepcopy(params["train"]["methods"][method])
-    p.pop("seed", None)
-    p.pop("trainer", None)
+    for key in ("seed", "trainer", "data"):  # the run's own, not the module's arguments
+        p.pop(key, None)
     optim = p.setdefault("optim", {})
     for key, value in list(optim.items()):
         if isinstance(value, str) and value.startswith("models/"):

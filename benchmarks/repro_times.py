@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,9 @@ STAGE = re.compile(r"^(\d\d:\d\d:\d\d) Running stage '([^']+)'")
 
 def timestamped_run(log: Path) -> int:
     """``dvc repro`` with each output line prefixed by the time it arrived (also written to ``log``)."""
-    with subprocess.Popen(["dvc", "repro"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc, \
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # dvc's lines as they come (a pipe is block-buffered)
+    with subprocess.Popen(["dvc", "repro"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as proc, \
             log.open("w") as out:
         for line in proc.stdout:
             out.write(f"{dt.datetime.now():%H:%M:%S} {line}")

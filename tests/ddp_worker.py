@@ -57,6 +57,7 @@ def tiny_params(method: str, precision: str, devices: int, epochs: int) -> dict:
     section["net"] = net
     section["optim"] = {**section.get("optim", {}), **optim}
     section.pop("trainer", None)
+    section.pop("data", None)  # every method on the tiny data below
     params["train"]["trainer"] = {"max_epochs": epochs, "accelerator": "cpu", "devices": devices, "num_nodes": 1,
                                   "strategy": "ddp" if devices > 1 else "auto", "precision": precision,
                                   "log_every_n_steps": 1}

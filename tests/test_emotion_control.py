@@ -58,8 +58,9 @@ def _evaluate(work, method, generator, params, monkeypatch):
 
 
 def _params(work, classifier, **evaluate):
+    protocol = {"max_frames": 30, **evaluate.pop("protocol", {})}  # each clip's first 30 frames
     return {"evaluate": {"crop_size": 64, "n_videos": 0, "emotion_weights": classifier,
-                         "fid_weights": "weights/missing_inception.pt", **evaluate},
+                         "fid_weights": "weights/missing_inception.pt", "protocol": protocol, **evaluate},
             "mlflow": {"tracking_uri": f"sqlite:///{work / 'control.db'}", "experiment": "control"}}
 
 
@@ -167,7 +168,7 @@ def test_neutral_reference_and_filters_choose_the_clips_and_their_reference(labe
     assert sorted(call["emotion"] for call in generator.calls) == [EMOTION_TO_ID["happy"], EMOTION_TO_ID["sad"]]
     assert result["skipped_clips"]["filtered_out"] == 4 and result["skipped_clips"]["no_neutral_reference"] == 1
     assert "emo_acc_neutral" in result["metrics"] and "emo_acc" not in result["metrics"]
-    assert provenance["protocol"]["clips"] == "test clips with emotion in ['happy', 'sad']"
+    assert provenance["protocol"]["clips"] == "test clips with emotion in ['happy', 'sad'], their first 30 frames"
     with pytest.raises(ev.ParamsError, match="evaluate.protocol.reference"):
         ev.protocol_settings({"evaluate": {"protocol": {"reference": "last_frame"}}})
 

@@ -26,7 +26,7 @@ def _workdir(root: Path, crema_shards: Path, tiny_models: Path, tiny_inception: 
             shutil.copy(src / f"{name}{suffix}", shards / f"test-00000{i}{suffix}")
     (root / "models").symlink_to(tiny_models, target_is_directory=True)
     params = {"evaluate": {"crop_size": 64, "n_videos": 1, "device": "auto", "fid_sha256": None,
-                           "fid_weights": tiny_inception},
+                           "fid_weights": tiny_inception, "protocol": {"max_frames": 40}},
               "mlflow": {"tracking_uri": f"sqlite:///{root / 'eval.db'}", "experiment": "eval"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -87,7 +87,8 @@ def test_real_stats_of_other_shards_are_not_reused(crema_shards, tiny_models, ti
     assert load_real_stats(params, "crema_d")[0] is not None
     params["evaluate"]["protocol"] = {"max_frames": 7}
     assert load_real_stats(params, "crema_d")[0] is None  # other frames
-    params["evaluate"]["protocol"]["max_frames"] = None
+    params["evaluate"]["protocol"] = {"max_frames": 40}
+    assert load_real_stats(params, "crema_d")[0] is not None
     params["evaluate"]["crop_size"] = 128
     assert load_real_stats(params, "crema_d")[0] is None  # another crop
 

@@ -80,6 +80,21 @@ def test_eapc_preset_is_the_papers_configuration(params):
     assert merged["train"]["data"] == params["train"]["data"]  # other methods keep the shared settings
 
 
+@pytest.mark.parametrize("name", names())
+def test_a_preset_inherits_no_sample_sized_setting(params, name):
+    """params.yaml's per-method trainer and data values and the protocol's frame and clip bounds are
+    sized for the CPU sample run: a preset sets every one that reaches its run (e.g. emotalker's
+    max_steps under the sample's max_epochs 6 would stop at 6 epochs)."""
+    preset = Preset.load(name)
+    overrides = overrides_for(preset)
+    needed = [f"train.methods.{m}.{section}.{key}" for m in preset.trained for section in ("trainer", "data")
+              for key in params["train"]["methods"][m].get(section, {})]
+    if any(t.startswith("evaluate_video@") for t in preset.meta["targets"]):
+        needed += ["evaluate.protocol.max_frames", "evaluate.emotion_control.max_clips",
+                   "evaluate.emotion_control.max_frames"]
+    assert [key for key in needed if key not in overrides] == []
+
+
 def test_dvc_set_params_append_missing_keys_and_quote_strings(params):
     args = set_params_args(params, {"train.methods.eapc.net.lm_hidden": 256, "train.methods.eapc.data.batch_size": 32,
                                     "train.methods.eapc.optim.lmd_mode": "point", "x.y": [1, 2.5, None]})

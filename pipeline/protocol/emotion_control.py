@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID, EMOTIONS
+from pipeline.protocol.grids import row_label
 
 DATASET_EMOTIONS: dict[str, tuple[str, ...]] = {"crema_d": tuple(CREMA_D_EMOTIONS.values()), "mead": EMOTIONS}
 """The emotions each dataset has (other datasets: the shared vocabulary's eight)."""
@@ -107,8 +108,8 @@ class EmotionControl:
                                            **extra, **{k: v.expand(b, *v.shape[1:]) for k, v in inputs.items()}).cpu()
                 predicted += self.classifier.predict(list(video[:, :n])).tolist()
                 if self.clips == 0:
-                    self.grid_rows += [(self.names[self.targets.index(t)] + ("" if level is None else f" {level}"),
-                                        v.numpy()) for t, v in zip(emotions.tolist(), video[:, :n])]
+                    self.grid_rows += [(row_label(self.names[self.targets.index(t)], level), v.numpy())
+                                       for t, v in zip(emotions.tolist(), video[:, :n])]
             predicted *= len(self.targets) // len(rendered)
             for target, pred in zip(self.targets, predicted):
                 self.confusion[self.targets.index(target), pred] += 1

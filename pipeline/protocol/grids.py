@@ -41,8 +41,13 @@ def emotion_grid(generator, clip: dict, frames_key: str, path: Path, n_frames: i
             extra = {} if level is None else {"intensity": torch.tensor([level])}
             frames = generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), 4 * n_frames,
                                         ref_lmk=ref_lmk, **extra, **clip_inputs(generator, clip))[0].cpu()
-            rows.append((name if level is None else f"{name} {level}", frames.numpy()))
+            rows.append((row_label(name, level), frames.numpy()))
     return draw_emotion_grid(rows, path, n_frames)
+
+
+def row_label(emotion: str, level: int | None) -> str:
+    """An emotion grid row's label: ``happy``, or ``happy 3`` for a generator that takes a level."""
+    return emotion if level is None else f"{emotion} {level}"
 
 
 def draw_emotion_grid(rows: list[tuple[str, np.ndarray]], path: Path, n_frames: int = 6, stride: int = 4) -> Path:
