@@ -24,9 +24,25 @@ def pytest_addoption(parser):
                           "(seeded): finds tests that pass only because of the order they run in")
 
 
+SHARED_PORT_FILES = {"ray": ("test_cluster.py", "test_dvc_pipeline.py", "test_preprocess.py"),
+                     "torchrun": ("test_ddp.py", "test_eval_distributed.py", "test_train.py", "test_landmark_metrics.py")}
+"""Test files that start Ray clusters, or torchrun / gloo process groups on torch's default port
+29500: under ``pytest -n 2 --dist loadgroup`` each set runs in one worker, one test at a time."""
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on the CI's two cores: one thread each, no oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_collection_modifyitems(config, items):
+    """``xdist_group`` marks (the README's ``-n 2 --dist loadgroup``): a module's tests stay in one
+    worker (its module fixtures are built once), the files of :data:`SHARED_PORT_FILES` in one
+    worker per set, those largest sets first; ``--shuffle SEED``: a seeded random order instead."""
+    group_of = {name: group for group, names in SHARED_PORT_FILES.items() for name in names}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of.get(item.path.name, item.path.stem)))
     seed = config.getoption("--shuffle")
     if seed is None:
+        items.sort(key=lambda item: item.path.name not in group_of)  # stable: the long serial sets start first
         return
     import random
 
