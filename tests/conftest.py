@@ -34,7 +34,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on the CI's two cores: 
 
 
 def pytest_collection_modifyitems(config, items):
-    """``xdist_group`` marks (the README's ``-n 2 --dist loadgroup``): a module's tests stay in one
+    """``xdist_group`` marks (for ``-n 2 --dist loadgroup``, docs/contributing.md): a module's tests stay in one
     worker (its module fixtures are built once), the files of :data:`SHARED_PORT_FILES` in one
     worker per set, those largest sets first; ``--shuffle SEED``: a seeded random order instead."""
     group_of = {name: group for group, names in SHARED_PORT_FILES.items() for name in names}
@@ -42,7 +42,8 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(group_of.get(item.path.name, item.path.stem)))
     seed = config.getoption("--shuffle")
     if seed is None:
-        items.sort(key=lambda item: item.path.name not in group_of)  # stable: the long serial sets start first
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # stable: the long serial sets start first
+            items.sort(key=lambda item: item.path.name not in group_of)
         return
     import random
 
