@@ -103,8 +103,10 @@ def synthetic_datamodule(keys, batch: int, window: int, n: int):
 def method_params(params: dict, method: str, ckpts: dict[str, Path]) -> dict:
     """``train.methods.<method>`` with every ``models/<m>/...`` path pointing at this run's
     checkpoint of ``m`` (or null when ``m`` is not trained here, e.g. the intensity block)."""
+    from pipeline.train import RUN_SETTINGS
+
     p = copy.deepcopy(params["train"]["methods"][method])
-    for key in ("seed", "trainer", "data"):  # the run's own, not the module's arguments
+    for key in RUN_SETTINGS:
         p.pop(key, None)
     optim = p.setdefault("optim", {})
     for key, value in list(optim.items()):

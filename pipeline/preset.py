@@ -295,7 +295,9 @@ def build_method(params: dict, method: str):
 
     params = without_input_files(params, method)
     section = dict(params["train"]["methods"][method])
-    for key in ("seed", "trainer", "data"):
+    from pipeline.train import RUN_SETTINGS
+
+    for key in RUN_SETTINGS:
         section.pop(key, None)
     if method == "emotalker":
         return METHODS[method](**section, autoencoder_net=params["train"]["methods"]["autoencoder"]["net"])

@@ -115,6 +115,10 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
     return params
 
 
+RUN_SETTINGS = ("seed", "trainer", "data")
+"""Keys of ``train.methods.<method>`` that set its run, not its module's arguments."""
+
+
 def method_data(params: dict, method: str) -> dict:
     """``train.data`` with ``train.methods.<method>.data`` over it: a method's own batch size,
     window and epoch length (its paper's). Raises ParamsError: either is not a mapping."""
@@ -162,7 +166,7 @@ def run_spec(params: dict, method: str, dataset: str, require_shards: bool = Tru
     method_params = _with_dataset(dict(get(params, f"train.methods.{method}", dict)), dataset)
     # a network trained twice (loss network and evaluator) differs by its own seed
     seed = get(params, f"train.methods.{method}.seed", int, default=get(params, "train.seed", int, default=0))
-    for key in ("seed", "trainer", "data"):  # run settings, not the module's arguments
+    for key in RUN_SETTINGS:
         method_params.pop(key, None)
     try:  # a module that loads weights validates its params without loading them
         getattr(METHODS[method], "validate_params", METHODS[method])(**method_params)

@@ -12,6 +12,7 @@ import soundfile
 import webdataset as wds
 
 from datamodules.talking_face import DecodeSample, ReadShards, SelectMembers, frame_reads, shard_urls
+from primitives.sync_windows import mel_start
 
 
 def split_metas(shard_dir: Path, split: str = "test") -> dict[str, dict]:
@@ -72,8 +73,9 @@ def split_clips(shard_dir: Path, frames_key: str, split: str = "test", extra_key
 
 def first_frames(clip: dict, frames_key: str, n: int) -> dict:
     """The clip's first ``n`` frames (all when it is shorter): every per-frame array ``[:n]``, ``mel``
-    (80 Hz, 3.2 rows a frame at 25 fps) to ``floor(n * 80 / fps)`` rows, ``audio`` to
-    ``round(n * sample_rate / fps)`` samples; ``meta["n_frames"]`` updated. The arrays are views."""
+    (3.2 rows a frame) to the rows before frame ``n``'s (``primitives.sync_windows.mel_start``, the
+    windows' own rule), ``audio`` to ``round(n * sample_rate / fps)`` samples; ``meta["n_frames"]``
+    updated. The arrays are views."""
     t = len(clip[frames_key])
     if n >= t:
         return clip
@@ -82,14 +84,11 @@ def first_frames(clip: dict, frames_key: str, n: int) -> dict:
     for key, value in clip.items():
         if isinstance(value, np.ndarray) and key not in ("mel", "audio") and len(value) == t:
             out[key] = value[:n]
-    out["mel"] = clip["mel"][: int(n * MEL_HZ / fps)]
+    out["mel"] = clip["mel"][: mel_start(n)]
     if "audio" in clip:
         out["audio"] = clip["audio"][: round(n * float(clip["meta"]["sample_rate"]) / fps)]
     return out
 
-
-MEL_HZ = 80
-"""Rows per second of the shards' ``mel`` (hop 200 at 16 kHz: :mod:`pipeline.extract.audio`)."""
 
 class _DecodeWithAudio(DecodeSample):
     def __call__(self, sample: dict) -> dict:
