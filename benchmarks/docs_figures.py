@@ -2,10 +2,12 @@
 
     python benchmarks/docs_figures.py [--results benchmarks/results] [--out docs/figures]
 
-Reads every ``<results>/learning-*/learning_check.json`` (``benchmarks/learning_check.py``) and writes
-``<out>/learning_checks.md``: one row per run with its command, date and machine, the training it
-got, its scores beside ``copy_reference`` and its checks. The docs page includes that file
-(``--8<--`` snippet), so a re-run of the script is what changes a figure in the docs.
+Copies every ``<results>/learning-*/learning_check.json`` (``benchmarks/learning_check.py``; results
+are not in git) to ``<out>/learning_checks/<run>.json``, where the records stay in git (a run
+replaces its own record, the other runs' stay), and writes ``<out>/learning_checks.md`` from all of
+them: one row per run with its command, date and machine, the training it got, its scores beside
+``copy_reference`` and its checks. The docs page includes that file (``--8<--`` snippet), so a re-run
+of the script is what changes a figure in the docs.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ import sys
 from pathlib import Path
 
 
-def learning_rows(results: Path) -> list[dict]:
-    """The learning-check records under ``results``, by method then path."""
-    records = [json.loads(p.read_text()) | {"path": str(p)} for p in sorted(results.glob("learning-*/learning_check.json"))]
-    return sorted(records, key=lambda r: (r["method"], r["path"]))
+def keep_records(results: Path, records: Path) -> int:
+    """Copy each ``results/<run>/learning_check.json`` to ``records/<run>.json``; returns how many."""
+    found = sorted(results.glob("learning-*/learning_check.json"))
+    records.mkdir(parents=True, exist_ok=True)
+    for path in found:
+        (records / f"{path.parent.name}.json").write_text(path.read_text())
+    return len(found)
+
+
+def learning_rows(records: Path) -> list[dict]:
+    """The learning-check records ``records/<run>.json``, by method then run."""
+    rows = [json.loads(p.read_text()) | {"run": p.stem} for p in sorted(records.glob("learning-*.json"))]
+    return sorted(rows, key=lambda r: (r["method"], r["run"]))
 
 
 def learning_table(records: list[dict]) -> str:
@@ -45,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
     args = parser.parse_args(argv)
-    records = learning_rows(args.results)
+    print(f"{keep_records(args.results, args.out / 'learning_checks')} new records from {args.results}")
+    records = learning_rows(args.out / "learning_checks")
     if not records:
-        print(f"no learning_check.json under {args.results}", file=sys.stderr)
+        print(f"no learning_check.json under {args.results} or {args.out / 'learning_checks'}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning_checks.md").write_text(
-        "<!-- written by benchmarks/docs_figures.py from benchmarks/learning_check.py's learning_check.json: "
-        "do not edit -->\n\n" + learning_table(records))
+        "<!-- written by benchmarks/docs_figures.py from the records in learning_checks/ "
+        "(benchmarks/learning_check.py's learning_check.json): do not edit -->\n\n" + learning_table(records))
     print(f"{len(records)} learning checks -> {args.out / 'learning_checks.md'}")
     return 0
 

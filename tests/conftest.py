@@ -32,6 +32,13 @@ SHARED_PORT_FILES = {"ray": ("test_cluster.py", "test_dvc_pipeline.py", "test_pr
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on the CI's two cores: one thread each, no oversubscription
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The Ray clusters the tests start (in this process, `ray start`, `dvc repro`: all inherit the environment)
+# share two cores with another test: the GCS gives a raylet 60 s a health check, not 10, before it
+# counts a miss (Ray's defaults marked a busy node dead in a two-worker run). A killed node refuses the
+# check at once: it is still found dead after 10 misses 3 s apart.
+os.environ.setdefault("RAY_health_check_timeout_ms", "60000")
+os.environ.setdefault("RAY_health_check_failure_threshold", "10")
+
 
 def pytest_collection_modifyitems(config, items):
     """``xdist_group`` marks (for ``-n 2 --dist loadgroup``, docs/contributing.md): a module's tests stay in one

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -84,3 +85,35 @@ def test_site_navigates_in_a_real_browser(site):
     finally:
         server.shutdown()
     assert (ARTIFACTS / "docs_home.png").stat().st_size > 10_000
+
+
+def _learning_record(method: str, psnr: float, date: str) -> dict:
+    scores = {method: {"psnr": psnr, "lse_d": 0.8}, "copy_reference": {"psnr": 21.0, "lse_d": 0.833}}
+    return {"method": method, "command": f"python benchmarks/learning_check.py --method {method}", "steps": 1234,
+            "train_minutes": 14.04, "scores": scores, "checks": {"psnr": psnr > 21.0, "lse": False},
+            "required": ["psnr"], "passed": psnr > 21.0, "date": date, "machine": "2 CPU cores"}
+
+
+def test_learning_check_figures_keep_every_run_in_git_and_a_rerun_replaces_its_own(tmp_path):
+    """docs_figures copies the runs' learning_check.json (benchmarks/results/, not in git) into
+    docs/figures/learning_checks/: a run not repeated keeps its row, a repeated one is replaced."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import docs_figures
+
+    results, out = tmp_path / "results", tmp_path / "figures"
+    for run, record in (("learning-cvae-crema_d", _learning_record("cvae", 20.9, "2026-12-06")),
+                        ("learning-sinha-crema_d", _learning_record("sinha", 21.5, "2026-12-06"))):
+        (results / run).mkdir(parents=True)
+        (results / run / "learning_check.json").write_text(json.dumps(record))
+    assert docs_figures.main(["--results", str(results), "--out", str(out)]) == 0
+    shutil.rmtree(results)  # a later session: only cvae re-run
+    (results / "learning-cvae-crema_d").mkdir(parents=True)
+    (results / "learning-cvae-crema_d/learning_check.json").write_text(json.dumps(_learning_record("cvae", 21.4, "2026-12-07")))
+    assert docs_figures.main(["--results", str(results), "--out", str(out)]) == 0
+    rows = [line for line in (out / "learning_checks.md").read_text().splitlines() if line.startswith("| cvae")
+            or line.startswith("| sinha")]
+    assert len(rows) == 2
+    assert "| 21.40 / 21.00 |" in rows[0] and "| PASS |" in rows[0] and "2026-12-07" in rows[0]
+    assert "| 21.50 / 21.00 |" in rows[1] and "1,234 (14.0)" in rows[1] and "psnr pass" in rows[1]
+    assert sorted(p.name for p in (out / "learning_checks").iterdir()) == ["learning-cvae-crema_d.json",
+                                                                          "learning-sinha-crema_d.json"]
