@@ -159,39 +159,46 @@ def landmark_scores(model, clips: list[dict]) -> dict[str, dict[str, float]]:
             "still": {k: float(v) for k, v in still.compute().items()}}
 
 
-def texture_sources(model, clips: list[dict], frames_key: str) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+Source = tuple[torch.Tensor, torch.Tensor, "int | None"]
+"""A texture network's source for one clip: (S, S, 3) uint8 image, (68, 2) landmarks, and the index of
+that frame in the clip scored (left out of the score: copying it would be exact), or None."""
+
+
+def texture_sources(model, clips: list[dict], frames_key: str) -> list[Source] | None:
     """Per clip, the source its texture network is trained from, where that is not the clip's frame 0
     (``None`` then): for ``sinha`` with ``optim.texture_source: speaker_neutral`` (the paper's I_n),
     the speaker's most closed-mouth neutral frame among ``clips``, chosen by the module's own
-    :meth:`fit_neutral_landmarks`, as ((S, S, 3) uint8 image, (68, 2) landmarks) per clip."""
+    :meth:`fit_neutral_landmarks` (a speaker without one: its clip's frame 0)."""
     if getattr(getattr(model, "optim_cfg", None), "texture_source", "clip_frame") != "speaker_neutral":
         return None
-    first = [(torch.from_numpy(c[frames_key][0]), torch.from_numpy(c["lmk"][0])) for c in clips]
     model.fit_neutral_landmarks(clips)
     by_key = {c["key"]: c for c in clips}
     sources = []
-    for clip, frame0 in zip(clips, first):
-        key, t = model._neutral_frame_at.get(str(clip["meta"].get("speaker", "")), (None, 0))
-        source = by_key.get(key)
-        sources.append(frame0 if source is None else (torch.from_numpy(source[frames_key][t]),
-                                                      torch.from_numpy(source["lmk"][t])))
+    for clip in clips:
+        key, t = model._neutral_frame_at.get(str(clip["meta"].get("speaker", "")), (clip["key"], 0))
+        source = by_key.get(key, clip)
+        sources.append((torch.from_numpy(source[frames_key][t]), torch.from_numpy(source["lmk"][t]),
+                        t if source is clip else None))
     return sources
 
 
 @torch.no_grad()
 def reconstruction_psnr(model, clips: list[dict], frames_key: str,
-                        sources: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
-    """PSNR (dB) of ``model.render`` drawing each clip's ground-truth landmarks (frames 1..T-1) from
-    ``sources`` (default frame 0), and of copying those sources (the bar it must beat)."""
+                        sources: list[Source] | None = None) -> dict[str, float]:
+    """PSNR (dB, per frame, mean over frames) of ``model.render`` drawing each clip's ground-truth
+    landmarks from ``sources`` (default: frame 0), and of copying those sources (the bar it must
+    beat); a source frame of the clip itself is left out of both."""
     psnr, copy = FramePSNR(), FramePSNR()
     takes = inspect.signature(model.render).parameters
     for i, clip in enumerate(clips):
         real, lmk = torch.from_numpy(clip[frames_key]), torch.from_numpy(clip["lmk"])
-        image, points = sources[i] if sources else (real[0], lmk[0])
+        image, points, own = sources[i] if sources else (real[0], lmk[0], 0)
         emotion = {"emotion": torch.tensor([clip["meta"]["emotion_id"]])} if "emotion" in takes else {}
         out = model.render(image[None], points[None], lmk[None], **emotion)[0]
-        psnr.update(out[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2))
-        copy.update(image[None].expand_as(real[1:]).permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2))
+        scored = [t for t in range(len(real)) if t != own]
+        target = real[scored].permute(0, 3, 1, 2)
+        psnr.update(out[scored].permute(0, 3, 1, 2), target)
+        copy.update(image[None].expand_as(real[scored]).permute(0, 3, 1, 2), target)
     return {"render": float(psnr.compute()), "copy_source": float(copy.compute())}
 
 

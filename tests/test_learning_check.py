@@ -48,12 +48,13 @@ def test_sinha_renders_from_its_speakers_neutral_frame_against_copying_it():
     clips = [angry, neutral, other]
     model = SinhaModule(net=NET, optim={"texture_source": "speaker_neutral"})
     sources = learning_check.texture_sources(model, clips, "frames_64")
-    assert [int(image[0, 0, 0]) for image, _ in sources] == [202, 202, 51]
+    assert [int(image[0, 0, 0]) for image, _, _ in sources] == [202, 202, 51]
     assert torch.equal(sources[0][1], torch.from_numpy(neutral["lmk"][2]))
+    assert [own for _, _, own in sources] == [None, 2, 1]  # the source's index where it is a frame of the clip
 
-    scores = learning_check.reconstruction_psnr(_CopySource(), [angry], "frames_64", sources[:1])
-    # frames 1 and 2 of the angry clip (levels 11, 12), per-frame PSNR averaged
-    expected = np.mean([20 * np.log10(255 / abs(202 - v)) for v in (11, 12)])
+    scores = learning_check.reconstruction_psnr(_CopySource(), [angry, neutral], "frames_64", sources[:2])
+    # the angry clip's frames 0-2 (levels 10-12) and the neutral clip's but its source frame (200, 201, 203)
+    expected = np.mean([20 * np.log10(255 / abs(202 - v)) for v in (10, 11, 12, 200, 201, 203)])
     assert abs(scores["copy_source"] - expected) < 1e-3 and abs(scores["render"] - expected) < 1e-3, scores
     frame0 = learning_check.reconstruction_psnr(_CopySource(), [angry], "frames_64")
     assert abs(frame0["copy_source"] - np.mean([20 * np.log10(255 / v) for v in (1, 2)])) < 1e-3
