@@ -36,13 +36,24 @@ def serial_shards(tmp_path_factory, shared_datasets):
 
 @pytest.fixture
 def two_node_cluster():
-    """A head and a worker node of one CPU each; the head runs the dashboard (Ray's state API)."""
+    """A head and a worker node of one CPU each; the head runs the dashboard (Ray's state API). This
+    process is connected to it as the driver (run_preprocess uses that connection): on a loaded
+    machine the first connect can miss the node table ("No node info found"), so it is tried 3 times."""
     import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
+    for attempt in range(3):
+        try:
+            ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+            break
+        except (ConnectionError, RuntimeError):
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            time.sleep(10)
     yield cluster, worker
     ray.shutdown()
     cluster.shutdown()
