@@ -43,8 +43,9 @@ def learning_table(records: list[dict]) -> str:
         upper = r.get("emotion_row_mad_upper_half") or {}
         rows = (f"{sum(mad.values()) / len(mad):.2f} / {sum(upper.values()) / len(upper):.2f}" if mad and upper
                 else "—")
+        resumed = f", resumed at step {r['resumed_from_step']:,}" if r.get("resumed_from_step") is not None else ""
         checks = ", ".join(f"{k} {'pass' if v else 'fail'}" for k, v in r["checks"].items() if k in r["required"])
-        lines.append(f"| {r['method']} | `{r.get('command', 'not recorded')}` | {r['steps']:,} ({r['train_minutes']:.1f}) "
+        lines.append(f"| {r['method']} | `{r.get('command', 'not recorded')}` | {r['steps']:,} ({r['train_minutes']:.1f}{resumed}) "
                      f"| {ours['psnr']:.2f} / {copy['psnr']:.2f} | {ours['lse_d']:.3f} / {copy['lse_d']:.3f} | {rows} "
                      f"| {checks} | {'PASS' if r['passed'] else 'FAIL'} "
                      f"| {r.get('date', 'not recorded')}, {r.get('machine', 'not recorded')} |")

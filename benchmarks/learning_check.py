@@ -7,7 +7,8 @@ it on those same clips beside ``copy_reference`` and render its emotion grid.
 Needs ``dvc repro`` to have built ``shards/<dataset>`` and the loss / evaluator networks the method
 names (``models/syncnet*``, ``models/emotion_classifier*``). The run uses params.yaml's
 ``train.methods.<method>`` and ``train.data`` (plus any ``--set``), with ``max_time`` instead of ``max_epochs``,
-and writes into ``--out`` (default ``benchmarks/results/learning-<method>-<dataset>``): the model,
+and writes into ``--out`` (default ``benchmarks/results/learning-<method>-<dataset>``; a model already
+there is resumed, its steps and ``max_time`` timer going on, and recorded as ``resumed_from_step``): the model,
 an MLflow store, ``emotion_grid.png`` and ``learning_check.json``. It never touches ``models/``.
 
 Printed per method, on every training clip (reference = frame 0, the clip's own audio and emotion,
@@ -243,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataclasses.replace(
         spec, model_dir=out / "model", tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
         trainer={**spec.trainer, "max_epochs": -1, "max_time": {"seconds": seconds}})
+    last = spec.model_dir / "last.ckpt"  # pipeline.train resumes it (steps and the max_time timer go on)
+    resumed_from = (None if args.score_only or not last.exists()
+                    else int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]))
+    if resumed_from is not None:
+        print(f"resuming the run in {spec.model_dir} from step {resumed_from} (a fresh run needs a new --out)")
     start = time.perf_counter()
     if args.score_only:  # re-score the model a previous run left in --out
         config = json.loads((spec.model_dir / "config.json").read_text())
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = all(checks[name] for name in required)
     (out / "learning_check.json").write_text(json.dumps(
         {"method": args.method, "dataset": args.dataset, "overrides": args.overrides, "steps": config["global_step"],
-         "train_minutes": train_s / 60, "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows,
+         "train_minutes": train_s / 60, "resumed_from_step": resumed_from, "n_clips": len(clips), "sync_evaluator": sync.name, "scores": rows,
          "emotion_row_mad": mad, "emotion_row_mad_upper_half": upper, **extra, "checks": checks,
          "required": list(required), "passed": passed, "command": " ".join(["python benchmarks/learning_check.py",
                                                                            *(argv if argv is not None else sys.argv[1:])]),

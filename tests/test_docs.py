@@ -108,12 +108,14 @@ def test_learning_check_figures_keep_every_run_in_git_and_a_rerun_replaces_its_o
     assert docs_figures.main(["--results", str(results), "--out", str(out)]) == 0
     shutil.rmtree(results)  # a later session: only cvae re-run
     (results / "learning-cvae-crema_d").mkdir(parents=True)
-    (results / "learning-cvae-crema_d/learning_check.json").write_text(json.dumps(_learning_record("cvae", 21.4, "2026-12-07")))
+    rerun = _learning_record("cvae", 21.4, "2026-12-07") | {"resumed_from_step": 1684}  # went on from the first run
+    (results / "learning-cvae-crema_d/learning_check.json").write_text(json.dumps(rerun))
     assert docs_figures.main(["--results", str(results), "--out", str(out)]) == 0
     rows = [line for line in (out / "learning_checks.md").read_text().splitlines() if line.startswith("| cvae")
             or line.startswith("| sinha")]
     assert len(rows) == 2
     assert "| 21.40 / 21.00 |" in rows[0] and "| PASS |" in rows[0] and "2026-12-07" in rows[0]
+    assert "1,234 (14.0, resumed at step 1,684)" in rows[0]
     assert "| 21.50 / 21.00 |" in rows[1] and "1,234 (14.0)" in rows[1] and "psnr pass" in rows[1]
     assert sorted(p.name for p in (out / "learning_checks").iterdir()) == ["learning-cvae-crema_d.json",
                                                                           "learning-sinha-crema_d.json"]
