@@ -60,6 +60,7 @@ def two_node_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.solo  # beside another test worker its GCS went unreachable (2 xdist runs)
 def test_two_node_ray_cluster_matches_serial(two_node_cluster, shared_datasets, serial_shards, tmp_path):
     cluster, _ = two_node_cluster
     summary = run_preprocess(_rows(shared_datasets), tmp_path, dataclasses.replace(CFG, ray_address=cluster.address))
@@ -145,6 +146,7 @@ def _members(shard_dir, suffix):
 
 
 @pytest.mark.slow
+@pytest.mark.solo  # beside another test worker its GCS went unreachable (2 xdist runs)
 def test_killed_node_loses_no_clip(two_node_cluster, shared_datasets, serial_shards, tmp_path):
     """The worker node dies while it runs a clip (seen in Ray's state API): Ray re-runs its tasks on
     the head, and the run ends with every clip in a shard, byte-identical to the serial run."""
