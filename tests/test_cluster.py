@@ -119,6 +119,7 @@ def cluster_in_other_folders(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.solo  # `ray start` of two nodes, as the tests above: not beside another test worker
 def test_nodes_started_in_other_folders_find_relative_clip_paths(cluster_in_other_folders, shared_datasets, tmp_path):
     """Manifest paths relative to the driver's folder (params.yaml's `root: ../shared/datasets`) are
     found by workers whose working directory is another folder: no clip fails, both nodes work."""
@@ -245,6 +246,7 @@ exec "$@"
 
 
 @pytest.mark.slow
+@pytest.mark.solo  # its Ray head's dashboard was SIGKILLed at start beside another test worker (CI, 2026-12-07)
 def test_preprocess_slurm_script_starts_ray_runs_the_stage_and_stops(shared_datasets, tmp_path):
     """cluster/preprocess.slurm under a one-node SLURM environment (srun runs its command here):
     Ray's head starts with --block, the stage preprocesses the manifest through it, and the Ray
@@ -280,3 +282,26 @@ def test_preprocess_slurm_script_starts_ray_runs_the_stage_and_stops(shared_data
     assert stats["failures"] == 0 and sum(s["clips"] for s in stats["splits"].values()) == 6
     with pytest.raises(ConnectionRefusedError):  # the job's Ray node (its GCS port) stopped with it
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_preprocess_slurm_script_stops_waiting_when_the_ray_head_exits(tmp_path):
+    """A head whose `ray start --block` exits (one of its processes died) ends the job at once with
+    a message, instead of waiting minutes for a GCS port nobody will serve."""
+    import os
+    import subprocess
+    import time
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/activate").write_text(f'export PATH="{venv / "bin"}:$PATH"\n')
+    (venv / "bin/ray").write_text("#!/bin/bash\necho 'Some Ray subprocesses exited unexpectedly' >&2\nexit 1\n")
+    (venv / "bin/srun").write_text(FAKE_SRUN_ONE)
+    for name in ("ray", "srun"):
+        (venv / "bin" / name).chmod(0o755)
+    env = {**os.environ, "VENV": str(venv), "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_NODELIST": "localhost",
+           "RAY_HEAD_IP": "127.0.0.1", "RAY_PORT": str(_free_port())}
+    start = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "cluster/preprocess.slurm"), "sample"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "ray start --head exited" in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 30
