@@ -43,9 +43,10 @@ from sklearn.preprocessing import StandardScaler
 import webdataset as wds
 
 from datamodules.talking_face import DecodeSample, ReadShards, SelectMembers, shard_urls
-from lightning_modules.sinha import mouth_opening, speech_windows
+from lightning_modules.sinha import speech_windows
 from pipeline.extract.audio import AudioConfig, extract_audio_features, fit_to_frames, load_audio
 from pipeline.extract.phones import phone_features
+from primitives.speaker_neutral import mouth_opening
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 
 W = 6

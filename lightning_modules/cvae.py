@@ -12,7 +12,10 @@ From a window ``frames_<S> (B, T, S, S, 3)``, ``mel (B, floor(3.2 T), 80)``:
   all 5 frames are generated and their lower halves go to the SyncNet expert); validation uses
   the window's middle frame(s), deterministically;
 * reference: the window's first frame (``optim.reference="first"``, the one-shot protocol of the
-  evaluation) or a random other frame of the window (``"random"``, Wav2Lip);
+  evaluation), a random other frame of the window (``"random"``, Wav2Lip) or the speaker's
+  closed-mouth neutral frame of the training split (``"speaker_neutral"``,
+  :mod:`primitives.speaker_neutral`: the emotion must then come from the label, as at inference
+  from a neutral photo);
 * masked target: the target with its lower half zeroed (Wav2Lip; ``optim.masked_target: full``
   zeroes all of it, the paper's "fully masked face");
 * generator mel window for frame ``t``: 16 rows starting at ``int(3.2 t) - 6`` clamped to
@@ -46,11 +49,14 @@ from lightning_modules.generation import frames_to_chw
 from lightning_modules.networks.cvae import (CVAE, MASKED_TARGETS, MEL_WINDOW, CVAEConfig, VGGPerceptual,
                                              kl_divergence, mask_target, recon_loss)
 from lightning_modules.networks.syncnet import sync_loss
+from primitives.speaker_neutral import speaker_neutral_frames
 from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CVAEModule", "CVAETrainConfig", "frame_mel_windows", "build_augmentation"]
+
+REFERENCES = ("first", "random", "speaker_neutral")
 
 
 @dataclass
@@ -68,7 +74,13 @@ class CVAETrainConfig:
             mean), which is ~10x smaller than Wav2Lip's L1, so Wav2Lip's 0.03 becomes 0.003; with
             0.03 / 0.01 the generator paints colour blobs that the two networks respond to
             (``benchmarks/learning_check.py``, measured on the sample: PSNR 17.9 vs 20.1).
-        reference: ``"first"`` (window's first frame) or ``"random"`` (another frame of the window).
+        reference: the training reference: ``"first"`` (window's first frame), ``"random"`` (another
+            frame of the window, Wav2Lip; default) or ``"speaker_neutral"`` (the speaker's most
+            closed-mouth neutral frame of the training split, read at fit start; a sample whose
+            speaker has none takes ``"random"``'s). Paper 000 does not say which frame the
+            reference is. With a frame of the same emotional clip the reference already shows the
+            target emotion, so the label is barely needed: the learning check's emotion rows
+            converged with ``random`` (docs/methods/cvae.md). Validation always uses the first frame.
         masked_target: the masked-target input: ``"lower_half"`` (default, ours: Wav2Lip's target with
             its lower half zeroed, at inference the reference's) or ``"full"`` (paper 000 §2: "a fully
             masked face"; the ``cvae`` preset). With ``lower_half`` the training target's upper face,
@@ -125,8 +137,8 @@ class CVAETrainConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ValueError(f"{p}.{name} must be >= 0, got {v}")
-        if self.reference not in ("first", "random"):
-            raise ValueError(f"{p}.reference must be 'first' or 'random', got {self.reference!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"{p}.reference must be one of {REFERENCES}, got {self.reference!r}")
         if self.masked_target not in MASKED_TARGETS:
             raise ValueError(f"{p}.masked_target must be one of {MASKED_TARGETS}, got {self.masked_target!r}")
         if self.generate_latent not in ("posterior", "prior"):
@@ -224,6 +236,9 @@ class CVAEModule(L.LightningModule):
         self.loss_status: dict[str, str] = {}
         self._aux: dict[str, nn.Module | None] = {"vgg": None, "sync": None, "emotion": None}
         self.emotion_disc: nn.Module | None = None  # registered only when fine-tuned
+        # speaker -> its neutral frame (S, S, 3) uint8 with reference = speaker_neutral: training data,
+        # read at fit start, never saved in a checkpoint
+        self.neutral_frames: dict[str, Tensor] = {}
         # kept out of the module tree: kornia's generator buffers would otherwise enter checkpoints
         self._augment: dict[str, nn.Module | None] = {"net": build_augmentation(cfg.aug_p) if cfg.augment else None,
                                                        "device": None}
@@ -286,6 +301,16 @@ class CVAEModule(L.LightningModule):
             net.to(self.device)
         return net
 
+    def on_fit_start(self) -> None:
+        if self.optim_cfg.reference == "speaker_neutral" and not self.neutral_frames:
+            self.fit_speaker_neutrals(self.trainer.datamodule)
+
+    def fit_speaker_neutrals(self, datamodule) -> None:
+        """``neutral_frames``: each training speaker's closed-mouth neutral frame
+        (:func:`primitives.speaker_neutral.speaker_neutral_frames` over every training clip)."""
+        chosen = speaker_neutral_frames(datamodule, self.frames_key)
+        self.neutral_frames = {speaker: torch.from_numpy(frame.image) for speaker, frame in chosen.items()}
+
     # ---------------------------------------------------------------- examples and losses
     def _aux_weights(self) -> tuple[float, float]:
         """``(gamma, delta)`` in effect at the current step (0 before ``optim.aux_start_step``)."""
@@ -295,7 +320,8 @@ class CVAEModule(L.LightningModule):
 
     def _pick(self, frames: Tensor, train: bool, k: int) -> tuple[Tensor, Tensor]:
         """Target frame indices ``(B, k)`` (k = 5 with the sync loss, else 1) and reference indices
-        ``(B,)``: with ``reference: random``, any frame outside the k targets (as Wav2Lip draws its
+        ``(B,)``: with ``reference: random`` (and ``speaker_neutral``, for a speaker without a neutral
+        frame), any frame outside the k targets (as Wav2Lip draws its
         reference away from the target window: a reference among the targets is the answer to copy);
         a window of exactly k frames has none, and the first frame is used."""
         b, t_len = frames.shape[:2]
@@ -306,12 +332,21 @@ class CVAEModule(L.LightningModule):
             start = torch.randint(0, t_len - k + 1, (b,), device=dev)
         else:
             start = torch.full((b,), (t_len - k) // 2, device=dev, dtype=torch.long)
-        if self.optim_cfg.reference == "random" and train and t_len > k:
+        if self.optim_cfg.reference in ("random", "speaker_neutral") and train and t_len > k:
             ref = torch.randint(0, t_len - k, (b,), device=dev)
             ref = ref + k * (ref >= start).long()  # skip the k target frames
         else:
             ref = torch.zeros(b, dtype=torch.long, device=dev)
         return start[:, None] + torch.arange(k, device=dev), ref
+
+    def _speaker_neutral_references(self, speakers: list[str], ref: Tensor) -> Tensor:
+        """Each sample's speaker's neutral frame (``neutral_frames``) in place of ``ref`` (B, S, S, 3)
+        uint8; a speaker without one keeps its row of ``ref``."""
+        ref = ref.clone()
+        for i, speaker in enumerate(speakers):
+            if speaker in self.neutral_frames:
+                ref[i] = self.neutral_frames[speaker].to(ref.device)
+        return ref
 
     def model_step(self, batch: dict, train: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns generated frames ``(B, K, 3, S, S)`` in [0, 1] and the loss terms (incl. ``total``).
@@ -327,7 +362,10 @@ class CVAEModule(L.LightningModule):
         idx, ref_idx = self._pick(frames, train, SYNC_FRAMES if gamma > 0 else 1)
         k = idx.shape[1]
         rows = torch.arange(b, device=frames.device)
-        clip = frames_to_chw(torch.cat([frames[rows, ref_idx][:, None], frames[rows[:, None], idx]], dim=1))  # (B,1+K,3,S,S)
+        ref = frames[rows, ref_idx]  # (B, S, S, 3) uint8
+        if train and self.optim_cfg.reference == "speaker_neutral":
+            ref = self._speaker_neutral_references(batch["speaker"], ref)
+        clip = frames_to_chw(torch.cat([ref[:, None], frames[rows[:, None], idx]], dim=1))  # (B,1+K,3,S,S)
         aug = self._augment["net"]
         if train and aug is not None:
             if self._augment["device"] != clip.device:

@@ -57,6 +57,7 @@ from lightning_modules.networks.sinha_graph import (GAN_LOSSES, EmotionEncoder, 
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
 from lightning_modules.networks.vgg16 import VGG16_LABEL, VGG16_SHA256, VGG16Perceptual
 from primitives.background import background_colour, composite, person_mask
+from primitives.speaker_neutral import NeutralFrame, most_closed_neutral_frames, speaker_neutral_frames
 from primitives.speech_windows import inner_targets
 
 __all__ = ["SinhaModule", "SinhaTrainConfig", "canonical_transform", "blink_displacements", "speech_windows"]
@@ -69,9 +70,6 @@ MEL_RATE = 80 / 25
 """Mel rows per video frame (80 Hz mel at 25 fps)."""
 SPEECH_DIMS = {"mel": 80, "mfcc": 13, "phones": 40}
 """Per-row size of each ``speech_feature`` (:func:`speech_windows`)."""
-
-INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
-
 
 @dataclass
 class SinhaTrainConfig:
@@ -211,13 +209,6 @@ def from_canonical(lmk: Tensor, rot: Tensor, offset: Tensor) -> Tensor:
     shape = (len(lmk),) + (1,) * (lmk.ndim - 3)
     inv = torch.linalg.inv(rot).view(*shape, 2, 2)
     return (lmk - offset.view(*shape, 1, 2)) @ inv.transpose(-1, -2)
-
-
-def mouth_opening(lmk: Tensor) -> Tensor:
-    """Mean inner-lip gap (points 61-67, 62-66, 63-65) in inter-ocular units; (..., 68, 2) -> (...)."""
-    iod = (lmk[..., 42:48, :].mean(-2) - lmk[..., 36:42, :].mean(-2)).norm(dim=-1)
-    gaps = torch.stack([(lmk[..., a, :] - lmk[..., b, :]).norm(dim=-1) for a, b in INNER_LIP_PAIRS], -1).mean(-1)
-    return gaps / iod
 
 
 def blink_displacements(n_frames: int, fps: float, interval_s: float, blink_frames: int, seed: int,
@@ -369,47 +360,38 @@ class SinhaModule(L.LightningModule):
             self.fit_speaker_neutrals(self.trainer.datamodule)
 
     def fit_speaker_neutrals(self, datamodule) -> None:
-        """:meth:`fit_neutral_landmarks` over every training clip (landmarks and meta only, streamed),
-        so every training speaker gets its table entry; a seeded sample of clips would leave MEAD's
-        speakers whose neutral clips it missed to the fallback. With ``optim.texture_source:
-        speaker_neutral`` it then reads those frames' images (only the chosen clips' frames are
-        decoded) into ``neutral_frames``: speaker -> ((S, S, 3) uint8, (68, 2) float32 pixels)."""
-        self.fit_neutral_landmarks(datamodule.iter_training_clips(("lmk",), max_clips=None))
-        if self.optim_cfg.texture_source == "speaker_neutral":
-            by_key = {key: (speaker, t) for speaker, (key, t) in self._neutral_frame_at.items()}
-            for clip in datamodule.iter_training_clips((self.frames_key, "lmk"), clip_keys=frozenset(by_key)):
-                speaker, t = by_key[clip["key"]]
-                self.neutral_frames[speaker] = (torch.from_numpy(np.ascontiguousarray(clip[self.frames_key][t])),
-                                                torch.from_numpy(np.asarray(clip["lmk"][t], dtype=np.float32)))
+        """:meth:`set_speaker_neutrals` from every training clip of ``datamodule``
+        (:func:`primitives.speaker_neutral.speaker_neutral_frames`; with ``optim.texture_source:
+        speaker_neutral`` the chosen frames' images are read too)."""
+        images = self.optim_cfg.texture_source == "speaker_neutral"
+        self.set_speaker_neutrals(speaker_neutral_frames(datamodule, self.frames_key if images else None))
 
     def fit_neutral_landmarks(self, clips: Iterable[dict]) -> None:
-        """Per speaker, the canonical landmarks of its most closed-mouth neutral frame (module docstring);
-        ``neutral_fallbacks`` counts the speakers without a neutral clip (their most closed frame of any emotion).
+        """:meth:`set_speaker_neutrals` from ``clips`` (whole clips with ``key``, ``meta`` and ``lmk``), landmarks only."""
+        self.set_speaker_neutrals(most_closed_neutral_frames(clips))
 
-        Args:
-            clips: whole clips with ``meta`` (``speaker``, ``emotion``, ``lmk_crop_size``) and ``lmk`` (T, 68, 2).
+    def set_speaker_neutrals(self, chosen: dict[str, NeutralFrame]) -> None:
+        """Per speaker, the canonical landmarks of its closed-mouth neutral frame (``neutral_lmk``, G_L's X
+        with ``optim.neutral: speaker``) and, where read, that frame and its pixel landmarks
+        (``neutral_frames``: speaker -> ((S, S, 3) uint8, (68, 2) float32), G_T's source I_n);
+        ``neutral_fallbacks`` counts the speakers without a neutral clip.
 
         Raises:
             ValueError: the shards' landmark crop size differs from ``texture.lmk_size``.
         """
-        best: dict[str, tuple[bool, float, np.ndarray, str, int]] = {}
-        for clip in clips:
-            size = clip["meta"].get("lmk_crop_size", self.texture_cfg.lmk_size)
+        for frame in chosen.values():
+            size = frame.lmk_crop_size or self.texture_cfg.lmk_size
             if size != self.texture_cfg.lmk_size:
                 raise ValueError(f"shard landmarks are in {size} px crop pixels but sinha.net.texture.lmk_size is "
                                  f"{self.texture_cfg.lmk_size}: make it max(preprocess.crop_sizes) = {size}")
-            lmk = torch.from_numpy(np.asarray(clip["lmk"], dtype=np.float32))
-            rot, offset = canonical_transform(lmk)
-            canon = to_canonical(lmk, rot, offset).numpy()  # (T, 68, 2), one transform per frame
-            opening = mouth_opening(lmk).numpy()
-            t = int(np.argmin(opening))
-            speaker, neutral = str(clip["meta"].get("speaker", "")), clip["meta"]["emotion"] == "neutral"
-            rank = (neutral, -float(opening[t]))
-            if speaker not in best or rank > best[speaker][:2]:
-                best[speaker] = (neutral, -float(opening[t]), canon[t], str(clip.get("key", "")), t)
-        self.neutral_lmk = {s: v[2].tolist() for s, v in best.items()}
-        self._neutral_frame_at = {s: (v[3], v[4]) for s, v in best.items()}  # speaker -> (clip key, frame)
-        self.neutral_fallbacks = sum(not v[0] for v in best.values())
+        self.neutral_lmk = {}
+        for speaker, frame in chosen.items():
+            lmk = torch.from_numpy(frame.lmk)[None]  # (1, 68, 2)
+            self.neutral_lmk[speaker] = to_canonical(lmk, *canonical_transform(lmk))[0].tolist()
+        self.neutral_frames = {s: (torch.from_numpy(f.image), torch.from_numpy(f.lmk))
+                               for s, f in chosen.items() if f.image is not None}
+        self._neutral_frame_at = {s: (f.key, f.t) for s, f in chosen.items()}  # speaker -> (clip key, frame)
+        self.neutral_fallbacks = sum(not f.neutral for f in chosen.values())
 
     def perceptual_loss(self) -> VGG16Perceptual:
         """Eq. 7's frozen VGG16 (built on first use, on this module's device)."""

@@ -40,6 +40,7 @@ os.environ.setdefault("RAY_health_check_timeout_ms", "60000")
 os.environ.setdefault("RAY_health_check_failure_threshold", "10")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     """``xdist_group`` marks (for ``-n 2 --dist loadgroup``, docs/contributing.md): a module's tests stay in one
     worker (its module fixtures are built once), the files of :data:`SHARED_PORT_FILES` in one
@@ -63,6 +64,18 @@ def pytest_collection_modifyitems(config, items):
     for group in order:
         rng.shuffle(group)
     items[:] = [item for group in order for item in group]
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under ``--dist loadgroup`` every node id a worker collects must carry its ``@group``: without it
+    xdist spreads a group's tests over both workers, silently (pytest 9.2 with pytest-xdist 3.8,
+    pytest-dev/pytest-xdist#1386; or this file's hook running after xdist's): module fixtures are
+    then built twice and two workers start Ray clusters at once, whose ``ray stop`` kills the other's."""
+    if node.config.getvalue("dist") == "loadgroup":
+        lost = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("::")[2]]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup: {len(lost)} tests lost their xdist_group (e.g. {lost[0]}); "
+                                    "pytest 9.2 breaks pytest-xdist's grouping: install pytest<9.2 (pyproject's dev extra)")
 
 
 @pytest.fixture(autouse=True)

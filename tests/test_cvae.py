@@ -292,3 +292,37 @@ def test_masked_target_input_follows_the_config(real_batch, monkeypatch):
     assert torch.equal(generate_masked, mask_target(generate_ref, "lower_half"))  # the reference's upper half
     with pytest.raises(ValueError, match="masked_target"):
         CVAEModule(net=NET, optim={"masked_target": "upper_half"})
+
+
+def test_speaker_neutral_reference_is_the_speakers_neutral_frame(crema_shards, real_batch, monkeypatch):
+    """optim.reference: speaker_neutral: in training every sample's reference is its speaker's
+    most closed-mouth frame of a neutral training clip (not a frame of its emotional window, which
+    already shows the emotion); validation keeps the window's first frame."""
+    from primitives.speaker_neutral import most_closed_neutral_frames
+
+    model = CVAEModule(net=NET, optim={"reference": "speaker_neutral", "augment": False})
+    dm = TalkingFaceDataModule(DataConfig(shard_dir=str(crema_shards / "shards/crema_d"), keys=model.data_keys,
+                                          window=5, batch_size=4, train_batches=1, seed=0))
+    model.fit_speaker_neutrals(dm)
+    clips = {c["key"]: c for c in dm.iter_training_clips(("lmk", f"frames_{S}"), max_clips=None)}
+    chosen = most_closed_neutral_frames(clips.values())
+    assert set(model.neutral_frames) == set(chosen) == set(real_batch["speaker"])
+    for speaker, frame in chosen.items():
+        assert frame.neutral and clips[frame.key]["meta"]["emotion"] == "neutral"
+        assert torch.equal(model.neutral_frames[speaker], torch.from_numpy(clips[frame.key][f"frames_{S}"][frame.t]))
+    seen = []
+    forward = model.net.forward
+
+    def capture(masked, reference, *args, **kwargs):
+        seen.append(reference.clone())
+        return forward(masked, reference, *args, **kwargs)
+
+    monkeypatch.setattr(model.net, "forward", capture)
+    model.model_step(real_batch, train=True)
+    model.model_step(real_batch, train=False)
+    for i, speaker in enumerate(real_batch["speaker"]):
+        assert torch.equal(seen[0][i], model.neutral_frames[speaker].permute(2, 0, 1).float() / 255)
+        assert torch.equal(seen[1][i], real_batch[f"frames_{S}"][i, 0].permute(2, 0, 1).float() / 255)
+    assert not any(k.startswith("neutral") for k in model.state_dict())  # training data, not weights
+    with pytest.raises(ValueError, match="reference"):
+        CVAEModule(net=NET, optim={"reference": "neutral"})
