@@ -23,8 +23,14 @@ frames 1..T-1 scored as in ``evaluate_video``):
 Methods with landmarks of their own (``sinha``; ``eapc_vid2vid``: stage 1's) also get, on the same clips: M-LD / M-LVD of their
 landmarks (X = frame 0's) beside "frame 0's landmarks held still", and the PSNR of their texture
 network rendering the ground-truth landmarks (``render``) from frame 0, and from the source it is
-trained from (:func:`texture_sources`: sinha's speaker neutral frame) beside copying that source
+trained from (:func:`training_sources`: sinha's speaker neutral frame) beside copying that source
 (for frame 0: ``copy_reference``).
+
+Methods trained from a reference that is not a frame of the clip (:func:`training_sources`:
+``cvae`` with ``optim.reference: speaker_neutral``, ``sinha``'s texture source) are also scored from
+that reference (``<method> from source`` beside ``copy_source``); their ``psnr`` check and emotion
+rows use it (a model trained to add the emotion to a neutral face, scored from an emotional frame 0,
+adds it twice).
 
 Methods with an emotion editor (``two_stage``) also get the evaluator's (``emotion_classifier_eval``)
 accuracy on every training clip's frame 0 edited to each of the six emotions, beside chance.
@@ -70,21 +76,26 @@ from pipeline.protocol.extras import EditScores
 from pipeline.protocol.grids import emotion_grid
 from pipeline.protocol.render import CLIP_INPUTS, clip_inputs
 from pipeline.train import apply_overrides, run_spec, train
+from primitives.speaker_neutral import most_closed_neutral_frames
 from primitives.vocab import CREMA_D_EMOTIONS, EMOTION_TO_ID
 from figures import machine  # benchmarks/figures.py, beside this script
 
 
-def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator) -> dict[str, float]:
-    """PSNR, SSIM, LSE-D, LSE-C of ``generator`` over ``clips`` (frames 1..T-1; reference = frame 0)."""
+def score(generator, clips: list[dict], frames_key: str, sync: SyncEvaluator,
+          sources: list[Source] | None = None) -> dict[str, float]:
+    """PSNR, SSIM, LSE-D, LSE-C of ``generator`` over ``clips``: reference = frame 0, frames 1..T-1
+    scored; or, with ``sources`` (:func:`training_sources`), reference = each clip's source, every
+    frame scored but the source itself where it is one of the clip's."""
     psnr, ssim, lse_d, lse_c = FramePSNR(), FrameSSIM(), LSED(), LSEC()
-    for clip in clips:
+    for i, clip in enumerate(clips):
         real = torch.from_numpy(clip[frames_key])  # (T, S, S, 3) uint8
         mel = torch.from_numpy(clip["mel"])
+        image, points, own = sources[i] if sources else (real[0], torch.from_numpy(clip["lmk"][0]), 0)
         with torch.no_grad():
-            generated = generator.generate(real[:1], mel[None], torch.tensor([clip["meta"]["emotion_id"]]),
-                                           len(real), ref_lmk=torch.from_numpy(clip["lmk"][:1]),
-                                           **clip_inputs(generator, clip))[0]
-        gen, tgt = generated[1:].permute(0, 3, 1, 2), real[1:].permute(0, 3, 1, 2)
+            generated = generator.generate(image[None], mel[None], torch.tensor([clip["meta"]["emotion_id"]]),
+                                           len(real), ref_lmk=points[None], **clip_inputs(generator, clip))[0]
+        scored = [t for t in range(len(real)) if t != own]
+        gen, tgt = generated[scored].permute(0, 3, 1, 2), real[scored].permute(0, 3, 1, 2)
         psnr.update(gen, tgt)
         ssim.update(gen.float() / 255, tgt.float() / 255)
         sync.update([lse_d, lse_c], generated, mel)
@@ -161,23 +172,25 @@ def landmark_scores(model, clips: list[dict]) -> dict[str, dict[str, float]]:
 
 
 Source = tuple[torch.Tensor, torch.Tensor, "int | None"]
-"""A texture network's source for one clip: (S, S, 3) uint8 image, (68, 2) landmarks, and the index of
-that frame in the clip scored (left out of the score: copying it would be exact), or None."""
+"""The reference a model is trained from, for one clip: (S, S, 3) uint8 image, (68, 2) landmarks, and the
+index of that frame in the clip scored (left out of the score: copying it would be exact), or None."""
 
 
-def texture_sources(model, clips: list[dict], frames_key: str) -> list[Source] | None:
-    """Per clip, the source its texture network is trained from, where that is not the clip's frame 0
-    (``None`` then): for ``sinha`` with ``optim.texture_source: speaker_neutral`` (the paper's I_n),
-    the speaker's most closed-mouth neutral frame among ``clips``, chosen by the module's own
-    :meth:`fit_neutral_landmarks` (a speaker without one: its clip's frame 0)."""
-    if getattr(getattr(model, "optim_cfg", None), "texture_source", "clip_frame") != "speaker_neutral":
+def training_sources(model, clips: list[dict], frames_key: str) -> list[Source] | None:
+    """Per clip, the reference the model is trained from, where that is not a frame of the clip itself
+    (``None`` then): for ``sinha`` with ``optim.texture_source: speaker_neutral`` (the paper's I_n)
+    and ``cvae`` with ``optim.reference: speaker_neutral``, the speaker's most closed-mouth neutral
+    frame among ``clips``, by the rule the module trains with
+    (:func:`primitives.speaker_neutral.most_closed_neutral_frames`)."""
+    cfg = getattr(model, "optim_cfg", None)
+    if "speaker_neutral" not in (getattr(cfg, "texture_source", None), getattr(cfg, "reference", None)):
         return None
-    model.fit_neutral_landmarks(clips)
+    chosen = most_closed_neutral_frames(clips)
     by_key = {c["key"]: c for c in clips}
     sources = []
     for clip in clips:
-        key, t = model._neutral_frame_at.get(str(clip["meta"].get("speaker", "")), (clip["key"], 0))
-        source = by_key.get(key, clip)
+        frame = chosen[str(clip["meta"].get("speaker", ""))]
+        source, t = by_key[frame.key], frame.t
         sources.append((torch.from_numpy(source[frames_key][t]), torch.from_numpy(source["lmk"][t]),
                         t if source is clip else None))
     return sources
@@ -204,14 +217,16 @@ def reconstruction_psnr(model, clips: list[dict], frames_key: str,
 
 
 @torch.no_grad()
-def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24) -> tuple[dict, dict]:
-    """Mean absolute difference (uint8 levels) between the clips rendered with each pair of emotions:
-    over the whole crop, and over its upper half (brows and eyes, where emotion shows beyond the mouth)."""
+def emotion_row_mad(generator, clip: dict, frames_key: str, n_frames: int = 24,
+                    source: Source | None = None) -> tuple[dict, dict]:
+    """Mean absolute difference (uint8 levels) between the clips rendered with each pair of emotions,
+    from frame 0 (or ``source``, :func:`training_sources`): over the whole crop, and over its upper
+    half (brows and eyes, where emotion shows beyond the mouth)."""
     real = torch.from_numpy(clip[frames_key])
     mel = torch.from_numpy(clip["mel"])[None]
-    ref_lmk = torch.from_numpy(clip["lmk"][:1])
-    rows = {name: generator.generate(real[:1], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames,
-                                     ref_lmk=ref_lmk, **clip_inputs(generator, clip))[0].float()
+    image, points, _ = source or (real[0], torch.from_numpy(clip["lmk"][0]), 0)
+    rows = {name: generator.generate(image[None], mel, torch.tensor([EMOTION_TO_ID[name]]), n_frames,
+                                     ref_lmk=points[None], **clip_inputs(generator, clip))[0].float()
             for name in CREMA_D_EMOTIONS.values()}
     pairs = list(itertools.combinations(rows, 2))
     half = real.shape[1] // 2
@@ -266,11 +281,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                                          frames_key, sync)}
     if hasattr(model, "lipsync_still"):  # stage 2 alone on the unedited still (Wav2Lip on a photo)
         rows[f"{args.method} stage 2"] = score(StillLipSync(model), clips, frames_key, sync)
-    mad, upper = emotion_row_mad(model, clips[0], frames_key)
+    sources = training_sources(model, clips, frames_key)
+    if sources is not None:  # trained from another reference than a frame of the clip: scored from it too
+        rows[f"{args.method} from source"] = score(model, clips, frames_key, sync, sources)
+        rows["copy_source"] = score(CopyReference(), clips, frames_key, sync, sources)
+    mad, upper = emotion_row_mad(model, clips[0], frames_key, source=sources[0] if sources else None)
     emotion_grid(model, clips[0], frames_key, out / "emotion_grid.png")
     ours, copy = rows[args.method], rows["copy_reference"]
     lips = rows.get(f"{args.method} stage 2", ours)  # the lip-sync network's own row where there is one
-    checks = {"psnr": ours["psnr"] > copy["psnr"], "emotion_rows": min(mad.values()) > args.min_emotion_mad,
+    # PSNR from the reference the model is trained from (frame 0, or its training source)
+    trained_ref, copied_ref = rows.get(f"{args.method} from source", ours), rows.get("copy_source", copy)
+    checks = {"psnr": trained_ref["psnr"] > copied_ref["psnr"], "emotion_rows": min(mad.values()) > args.min_emotion_mad,
               "lse": lips["lse_c"] > copy["lse_c"] and lips["lse_d"] < copy["lse_d"]}
     extra: dict = {}
     if hasattr(model, "test_metrics"):
@@ -279,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(model, "render"):  # from frame 0; and from the source it is trained from, where that differs
         frame0 = reconstruction_psnr(model, clips, frames_key)
         extra["reconstruction_psnr"] = frame0["render"]
-        sources = texture_sources(model, clips, frames_key)
         trained_from = frame0 if sources is None else reconstruction_psnr(model, clips, frames_key, sources)
         extra["reconstruction_psnr_training_source"] = trained_from
         checks["reconstruction_psnr"] = trained_from["render"] > trained_from["copy_source"]

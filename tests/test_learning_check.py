@@ -47,7 +47,7 @@ def test_sinha_renders_from_its_speakers_neutral_frame_against_copying_it():
     other = _clip("B_sad", "B", "sad", 50, [1.0, 0.5, 2.0])  # B has no neutral clip: its most closed frame
     clips = [angry, neutral, other]
     model = SinhaModule(net=NET, optim={"texture_source": "speaker_neutral"})
-    sources = learning_check.texture_sources(model, clips, "frames_64")
+    sources = learning_check.training_sources(model, clips, "frames_64")
     assert [int(image[0, 0, 0]) for image, _, _ in sources] == [202, 202, 51]
     assert torch.equal(sources[0][1], torch.from_numpy(neutral["lmk"][2]))
     assert [own for _, _, own in sources] == [None, 2, 1]  # the source's index where it is a frame of the clip
@@ -60,6 +60,36 @@ def test_sinha_renders_from_its_speakers_neutral_frame_against_copying_it():
     assert abs(frame0["copy_source"] - np.mean([20 * np.log10(255 / v) for v in (1, 2)])) < 1e-3
 
 
-def test_other_texture_sources_are_frame_0():
+def test_other_training_sources_are_frame_0():
     model = SinhaModule(net=NET, optim={"texture_source": "clip_frame"})
-    assert learning_check.texture_sources(model, [_clip("A_ang", "A", "angry", 10, [1.0, 2.0])], "frames_64") is None
+    assert learning_check.training_sources(model, [_clip("A_ang", "A", "angry", 10, [1.0, 2.0])], "frames_64") is None
+
+
+class _CopyReference:
+    def generate(self, reference, mel, emotion, n_frames, ref_lmk=None):
+        return reference[:, None].expand(-1, n_frames, -1, -1, -1)
+
+
+def test_cvae_trained_from_speaker_neutral_references_is_scored_from_them():
+    """cvae with optim.reference: speaker_neutral: the learning check scores from the speaker's neutral
+    frame (its training reference), leaving out that frame where it belongs to the clip scored."""
+    from lightning_modules.cvae import CVAEModule
+
+    angry = _clip("A_ang", "A", "angry", 10, [4.0, 3.0])
+    neutral = _clip("A_neu", "A", "neutral", 200, [3.0, 0.0, 2.0])  # frame 1: lips closed
+    for clip in (angry, neutral):
+        clip["mel"] = np.zeros((3 * 4, 80), np.float32)
+    net = {"crop_size": S, "widths": (16, 32, 64), "stem_channels": 8, "latent_dim": 8, "audio_channels": (8, 16),
+           "audio_dim": 8, "emotion_dim": 8, "cond_channels": 8}
+    assert learning_check.training_sources(CVAEModule(net=net), [angry, neutral], "frames_64") is None  # random
+    sources = learning_check.training_sources(CVAEModule(net=net, optim={"reference": "speaker_neutral"}),
+                                              [angry, neutral], "frames_64")
+    assert [int(image[0, 0, 0]) for image, _, _ in sources] == [201, 201] and [own for *_, own in sources] == [None, 1]
+
+    class _Sync:  # LSE needs the evaluator network; this check is about PSNR
+        def update(self, metrics, generated, mel):
+            pass
+
+    scored = learning_check.score(_CopyReference(), [angry, neutral], "frames_64", _Sync(), sources)
+    expected = np.mean([20 * np.log10(255 / abs(201 - v)) for v in (10, 11, 200, 202)])
+    assert abs(scored["psnr"] - expected) < 1e-3, scored
