@@ -35,18 +35,22 @@ def learning_rows(records: Path) -> list[dict]:
 
 def learning_table(records: list[dict]) -> str:
     """Markdown: one row per learning check."""
-    lines = ["| method | command | steps (min) | PSNR ours / copy | LSE-D ours / copy | emotion rows (whole / upper half) "
+    lines = ["| method | command | steps (min) | PSNR ours / copy | LSE-D ours / copy | emotion rows (whole / upper half; closest pair) "
              "| checks | result | date, machine |", "|---|---|---:|---|---|---|---|---|---|"]
     for r in records:
         ours, copy = r["scores"][r["method"]], r["scores"]["copy_reference"]
         mad = r.get("emotion_row_mad") or {}
         upper = r.get("emotion_row_mad_upper_half") or {}
-        rows = (f"{sum(mad.values()) / len(mad):.2f} / {sum(upper.values()) / len(upper):.2f}" if mad and upper
-                else "—")
+        rows = (f"{sum(mad.values()) / len(mad):.2f} / {sum(upper.values()) / len(upper):.2f}; {min(mad.values()):.2f}"
+                if mad and upper else "—")
+        psnr = f"{ours['psnr']:.2f} / {copy['psnr']:.2f}"
+        source = r["scores"].get(f"{r['method']} from source")
+        if source is not None:  # trained from a speaker-neutral reference: scored from it too
+            psnr += f" (from its training source: {source['psnr']:.2f} / {r['scores']['copy_source']['psnr']:.2f})"
         resumed = f", resumed at step {r['resumed_from_step']:,}" if r.get("resumed_from_step") is not None else ""
         checks = ", ".join(f"{k} {'pass' if v else 'fail'}" for k, v in r["checks"].items() if k in r["required"])
         lines.append(f"| {r['method']} | `{r.get('command', 'not recorded')}` | {r['steps']:,} ({r['train_minutes']:.1f}{resumed}) "
-                     f"| {ours['psnr']:.2f} / {copy['psnr']:.2f} | {ours['lse_d']:.3f} / {copy['lse_d']:.3f} | {rows} "
+                     f"| {psnr} | {ours['lse_d']:.3f} / {copy['lse_d']:.3f} | {rows} "
                      f"| {checks} | {'PASS' if r['passed'] else 'FAIL'} "
                      f"| {r.get('date', 'not recorded')}, {r.get('machine', 'not recorded')} |")
     return "\n".join(lines) + "\n"

@@ -94,6 +94,21 @@ def _learning_record(method: str, psnr: float, date: str) -> dict:
             "required": ["psnr"], "passed": psnr > 21.0, "date": date, "machine": "2 CPU cores"}
 
 
+def test_learning_check_table_shows_the_training_source_score_and_the_closest_emotion_rows():
+    """A model trained from a speaker-neutral reference: its row gives the PSNR from that source beside
+    copying it (what its psnr check compares), and the closest pair of emotion rows (the check's value)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import docs_figures
+
+    record = _learning_record("cvae", 20.5, "2026-12-07")
+    record["scores"] |= {"cvae from source": {"psnr": 19.25, "lse_d": 0.8}, "copy_source": {"psnr": 18.5, "lse_d": 0.8}}
+    record |= {"emotion_row_mad": {"angry-sad": 0.75, "angry-happy": 2.25}, "emotion_row_mad_upper_half": {"angry-sad": 1.0,
+                                                                                                             "angry-happy": 2.0}}
+    row = docs_figures.learning_table([record]).splitlines()[2]
+    assert "| 20.50 / 21.00 (from its training source: 19.25 / 18.50) |" in row
+    assert "| 1.50 / 1.50; 0.75 |" in row
+
+
 def test_learning_check_figures_keep_every_run_in_git_and_a_rerun_replaces_its_own(tmp_path):
     """docs_figures copies the runs' learning_check.json (benchmarks/results/, not in git) into
     docs/figures/learning_checks/: a run not repeated keeps its row, a repeated one is replaced."""
