@@ -11,13 +11,12 @@ From a window ``frames_<S> (B, T, S, S, 3)``, ``mel (B, floor(3.2 T), 80)``:
 * target frame ``t`` drawn uniformly per sample (``t .. t+4`` when the lip-sync loss is on:
   all 5 frames are generated and their lower halves go to the SyncNet expert); validation uses
   the window's middle frame(s), deterministically;
-* reference: the window's first frame (``optim.reference="first"``, the one-shot protocol of the
-  evaluation), a random other frame of the window (``"random"``, Wav2Lip) or the speaker's
-  closed-mouth neutral frame of the training split (``"speaker_neutral"``,
-  :mod:`primitives.speaker_neutral`: the emotion must then come from the label, as at inference
-  from a neutral photo);
-* masked target: the target with its lower half zeroed (Wav2Lip; ``optim.masked_target: full``
-  zeroes all of it, the paper's "fully masked face");
+* reference: the speaker's closed-mouth neutral frame of the training split
+  (``optim.reference="speaker_neutral"``, default, :mod:`primitives.speaker_neutral`: the emotion
+  must then come from the label, as at inference from a neutral photo), a random other frame of
+  the window (``"random"``, Wav2Lip) or the window's first frame (``"first"``);
+* masked target: all zeros (``optim.masked_target: full``, default: the paper's "fully masked
+  face") or the target with its lower half zeroed (``lower_half``, Wav2Lip);
 * generator mel window for frame ``t``: 16 rows starting at ``int(3.2 t) - 6`` clamped to
   ``[0, M - 16]`` -- frame ``t`` covers rows ``3.2 t .. 3.2 t + 3.2``, so the window is (nearly)
   centred on it (ours; Wav2Lip uses the 16 rows *starting* at the frame);
@@ -74,20 +73,20 @@ class CVAETrainConfig:
             mean), which is ~10x smaller than Wav2Lip's L1, so Wav2Lip's 0.03 becomes 0.003; with
             0.03 / 0.01 the generator paints colour blobs that the two networks respond to
             (``benchmarks/learning_check.py``, measured on the sample: PSNR 17.9 vs 20.1).
-        reference: the training reference: ``"first"`` (window's first frame), ``"random"`` (another
-            frame of the window, Wav2Lip; default) or ``"speaker_neutral"`` (the speaker's most
-            closed-mouth neutral frame of the training split, read at fit start; a sample whose
-            speaker has none takes ``"random"``'s). Paper 000 does not say which frame the
-            reference is. With a frame of the same emotional clip the reference already shows the
-            target emotion, so the label is barely needed: the learning check's emotion rows
-            converged with ``random`` (docs/methods/cvae.md). Validation always uses the first frame.
-        masked_target: the masked-target input: ``"lower_half"`` (default, ours: Wav2Lip's target with
-            its lower half zeroed, at inference the reference's) or ``"full"`` (paper 000 §2: "a fully
-            masked face"; the ``cvae`` preset). With ``lower_half`` the training target's upper face,
-            which shows the target emotion, is an input, so the emotion label is barely needed in
-            training (and at inference the neutral reference's upper face stays); we keep it as
-            the default because it gives the head pose of the frame being generated (with ``full``
-            only the reference's pose is known) and the sample's learning check was measured with it.
+        reference: the training reference: ``"speaker_neutral"`` (default, ours: the speaker's most
+            closed-mouth neutral frame of the training split, read at fit start; a speaker without
+            a neutral clip has its most closed frame of any emotion, and a sample whose speaker is
+            not in the table takes ``"random"``'s), ``"random"`` (another frame of the window,
+            Wav2Lip) or ``"first"`` (the window's first frame). Paper 000 does not say which frame
+            the reference is. A frame of the same emotional clip already shows the target emotion,
+            so the label is barely needed: with ``random`` the learning check's emotion rows
+            converged (closest pair 0.23-0.40 levels), with ``speaker_neutral`` they stay apart
+            (4.61; docs/methods/cvae.md). Validation always uses the first frame.
+        masked_target: the masked-target input: ``"full"`` (default, paper 000 §2: "a fully masked
+            face") or ``"lower_half"`` (Wav2Lip's target with its lower half zeroed, at inference the
+            reference's). ``lower_half`` gives the head pose of the frame being generated, but its
+            upper face shows the target emotion in training, so the label is barely needed (and at
+            inference the neutral reference's upper face stays).
         generate_latent: latent used by :meth:`CVAEModule.generate`: ``"posterior"`` (posterior
             mean ``mu`` of the masked reference, what the decoder sees in training at ``z ~ q``)
             or ``"prior"`` (``z = 0``, the prior mean).
@@ -116,8 +115,8 @@ class CVAETrainConfig:
     beta: float = 0.01
     gamma: float = 0.003
     delta: float = 0.001
-    reference: str = "random"
-    masked_target: str = "lower_half"
+    reference: str = "speaker_neutral"
+    masked_target: str = "full"
     generate_latent: str = "posterior"
     augment: bool = True
     aug_p: float = 0.5

@@ -81,7 +81,8 @@ def test_cvae_trained_from_speaker_neutral_references_is_scored_from_them():
         clip["mel"] = np.zeros((3 * 4, 80), np.float32)
     net = {"crop_size": S, "widths": (16, 32, 64), "stem_channels": 8, "latent_dim": 8, "audio_channels": (8, 16),
            "audio_dim": 8, "emotion_dim": 8, "cond_channels": 8}
-    assert learning_check.training_sources(CVAEModule(net=net), [angry, neutral], "frames_64") is None  # random
+    random = CVAEModule(net=net, optim={"reference": "random"})
+    assert learning_check.training_sources(random, [angry, neutral], "frames_64") is None
     sources = learning_check.training_sources(CVAEModule(net=net, optim={"reference": "speaker_neutral"}),
                                               [angry, neutral], "frames_64")
     assert [int(image[0, 0, 0]) for image, _, _ in sources] == [201, 201] and [own for *_, own in sources] == [None, 1]
