@@ -423,13 +423,19 @@ def _fit_flops(preset: Preset, params: dict, method: str, batch_size: int) -> fl
             counter.__exit__(None, None, None)
             raise Counted
 
-    class OneBatch(L.LightningDataModule):  # for hooks that read trainer.datamodule (sinha's backdrop)
+    class OneBatch(L.LightningDataModule):
+        """The synthetic batch, and the training-clip readers of ``TalkingFaceDataModule`` that fit-start
+        hooks call (sinha's backdrop, sinha's and cvae's speaker-neutral frames): one clip, its window."""
+
         def train_dataloader(self):
             return torch.utils.data.DataLoader([batch], batch_size=None)
 
-        def training_clips(self, keys, max_clips=256):
+        def iter_training_clips(self, keys, max_clips=256, clip_keys=None):
             meta = {"speaker": "0", "emotion": "neutral", "lmk_crop_size": 256}
-            return [{"key": "synthetic", "meta": meta, **{k: batch[k][0].numpy() for k in keys}}]
+            yield {"key": "synthetic", "meta": meta, **{k: batch[k][0].numpy() for k in keys}}
+
+        def training_clips(self, keys, max_clips=256):
+            return list(self.iter_training_clips(keys, max_clips))
 
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -131,3 +131,12 @@ def test_step_flops_grow_with_the_batch_and_count_lstms(params):
     f4, f8 = (step_flops(preset, params, "eapc", b) for b in (4, 8))
     assert f8 == pytest.approx(2 * f4, rel=0.02)
     assert f4 / 4 / 25 > 6 * 4.8e6  # at least 6 x parameters per frame (the audio LSTM runs 28 MFCC steps a frame)
+
+
+def test_one_step_fit_gives_fit_start_hooks_the_training_clips(params):
+    """`preset cost` counts a one-step fit: cvae's fit start reads every training clip for its
+    speaker-neutral references (``iter_training_clips``), which the synthetic datamodule provides."""
+    from pipeline.preset import _fit_flops
+
+    assert Preset.load("cvae").body["train"]["methods"]["cvae"]["optim"]["reference"] == "speaker_neutral"
+    assert _fit_flops(Preset.load("cvae"), params, "cvae", 2) > 1e9
