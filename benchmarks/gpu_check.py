@@ -89,10 +89,17 @@ def synthetic_datamodule(keys, batch: int, window: int, n: int):
         def train_dataloader(self):
             return torch.utils.data.DataLoader(SyntheticWindows(keys, batch, window, n), batch_size=None)
 
-        def training_clips(self, clip_keys, max_clips: int = 8):
+        def iter_training_clips(self, wanted, max_clips: int | None = 8, clip_keys=None):
+            """TalkingFaceDataModule's reader (fit-start hooks: backdrops, speaker-neutral frames): 8 clips."""
             rng = np.random.default_rng(1)
-            return [{"key": f"clip{i}", "meta": {"speaker": "s0"}, **synthetic_clip(tuple(clip_keys) + tuple(keys), 50, rng)}
-                    for i in range(min(max_clips, 8))]
+            for i in range(min(max_clips or 8, 8)):
+                clip = {"key": f"clip{i}", "meta": {"speaker": "s0", "emotion": "neutral"},
+                        **synthetic_clip(tuple(wanted) + tuple(keys), 50, rng)}
+                if clip_keys is None or clip["key"] in clip_keys:
+                    yield clip
+
+        def training_clips(self, wanted, max_clips: int = 8):
+            return list(self.iter_training_clips(wanted, max_clips))
 
         def training_arrays(self, key: str, max_clips: int = 8):
             return np.concatenate([c[key] for c in self.training_clips((key,), max_clips)])
