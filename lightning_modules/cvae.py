@@ -48,7 +48,7 @@ from lightning_modules.generation import frames_to_chw
 from lightning_modules.networks.cvae import (CVAE, MASKED_TARGETS, MEL_WINDOW, CVAEConfig, VGGPerceptual,
                                              kl_divergence, mask_target, recon_loss)
 from lightning_modules.networks.syncnet import sync_loss
-from primitives.speaker_neutral import speaker_neutral_frames
+from primitives.speaker_neutral import replace_by_speaker, speaker_neutral_frames
 from primitives.sync_windows import SYNC_FRAMES, face_windows, mel_windows
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,9 @@ class CVAEModule(L.LightningModule):
         self.loss_status: dict[str, str] = {}
         self._aux: dict[str, nn.Module | None] = {"vgg": None, "sync": None, "emotion": None}
         self.emotion_disc: nn.Module | None = None  # registered only when fine-tuned
-        # speaker -> its neutral frame (S, S, 3) uint8 with reference = speaker_neutral: training data,
+        # speaker -> (its neutral frame (S, S, 3) uint8,) with reference = speaker_neutral: training data,
         # read at fit start, never saved in a checkpoint
-        self.neutral_frames: dict[str, Tensor] = {}
+        self.neutral_frames: dict[str, tuple[Tensor]] = {}
         # kept out of the module tree: kornia's generator buffers would otherwise enter checkpoints
         self._augment: dict[str, nn.Module | None] = {"net": build_augmentation(cfg.aug_p) if cfg.augment else None,
                                                        "device": None}
@@ -308,7 +308,7 @@ class CVAEModule(L.LightningModule):
         """``neutral_frames``: each training speaker's closed-mouth neutral frame
         (:func:`primitives.speaker_neutral.speaker_neutral_frames` over every training clip)."""
         chosen = speaker_neutral_frames(datamodule, self.frames_key)
-        self.neutral_frames = {speaker: torch.from_numpy(frame.image) for speaker, frame in chosen.items()}
+        self.neutral_frames = {speaker: (torch.from_numpy(frame.image),) for speaker, frame in chosen.items()}
 
     # ---------------------------------------------------------------- examples and losses
     def _aux_weights(self) -> tuple[float, float]:
@@ -338,15 +338,6 @@ class CVAEModule(L.LightningModule):
             ref = torch.zeros(b, dtype=torch.long, device=dev)
         return start[:, None] + torch.arange(k, device=dev), ref
 
-    def _speaker_neutral_references(self, speakers: list[str], ref: Tensor) -> Tensor:
-        """Each sample's speaker's neutral frame (``neutral_frames``) in place of ``ref`` (B, S, S, 3)
-        uint8; a speaker without one keeps its row of ``ref``."""
-        ref = ref.clone()
-        for i, speaker in enumerate(speakers):
-            if speaker in self.neutral_frames:
-                ref[i] = self.neutral_frames[speaker].to(ref.device)
-        return ref
-
     def model_step(self, batch: dict, train: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns generated frames ``(B, K, 3, S, S)`` in [0, 1] and the loss terms (incl. ``total``).
 
@@ -363,7 +354,7 @@ class CVAEModule(L.LightningModule):
         rows = torch.arange(b, device=frames.device)
         ref = frames[rows, ref_idx]  # (B, S, S, 3) uint8
         if train and self.optim_cfg.reference == "speaker_neutral":
-            ref = self._speaker_neutral_references(batch["speaker"], ref)
+            (ref,) = replace_by_speaker(batch["speaker"], self.neutral_frames, ref)
         clip = frames_to_chw(torch.cat([ref[:, None], frames[rows[:, None], idx]], dim=1))  # (B,1+K,3,S,S)
         aug = self._augment["net"]
         if train and aug is not None:

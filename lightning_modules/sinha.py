@@ -57,7 +57,8 @@ from lightning_modules.networks.sinha_graph import (GAN_LOSSES, EmotionEncoder, 
 from lightning_modules.networks.sinha_texture import FrameDiscriminator, SinhaTextureConfig, TextureGenerator
 from lightning_modules.networks.vgg16 import VGG16_LABEL, VGG16_SHA256, VGG16Perceptual
 from primitives.background import background_colour, composite, person_mask
-from primitives.speaker_neutral import NeutralFrame, most_closed_neutral_frames, speaker_neutral_frames
+from primitives.speaker_neutral import (NeutralFrame, most_closed_neutral_frames, replace_by_speaker,
+                                        speaker_neutral_frames)
 from primitives.speech_windows import inner_targets
 
 __all__ = ["SinhaModule", "SinhaTrainConfig", "canonical_transform", "blink_displacements", "speech_windows"]
@@ -422,17 +423,6 @@ class SinhaModule(L.LightningModule):
             self._augment = (colour_augmentation(self.optim_cfg.colour_augment),)
         return self._augment[0]
 
-    def _speaker_neutral_sources(self, speakers: list[str], frames: Tensor, lmk: Tensor) -> tuple[Tensor, Tensor]:
-        """G_T's training sources with ``texture_source: speaker_neutral``: each sample's speaker's
-        neutral frame and its landmarks (``neutral_frames``); a speaker without one keeps the clip's
-        frame. ``frames`` (k, S, S, 3) uint8, ``lmk`` (k, 68, 2) pixels -> the same shapes."""
-        frames, lmk = frames.clone(), lmk.clone()
-        for i, speaker in enumerate(speakers):
-            if speaker in self.neutral_frames:
-                image, points = self.neutral_frames[speaker]
-                frames[i], lmk[i] = image.to(frames.device), points.to(lmk.device, lmk.dtype)
-        return frames, lmk
-
     def _neutral(self, speakers: list[str], ref_canon: Tensor) -> Tensor:
         """(B, 68, 2) canonical neutral landmarks X of each sample's speaker (its reference if unknown)."""
         rows = [torch.tensor(self.neutral_lmk[s], dtype=ref_canon.dtype, device=ref_canon.device)
@@ -501,7 +491,7 @@ class SinhaModule(L.LightningModule):
         rt, tt = r[:k], t[:k]
         source, source_lmk = frames[rows[:k], rt], ref_lmk[:k]  # (k, S, S, 3), (k, 68, 2)
         if train and self.optim_cfg.texture_source == "speaker_neutral":
-            source, source_lmk = self._speaker_neutral_sources(batch["speaker"][:k], source, source_lmk)
+            source, source_lmk = replace_by_speaker(batch["speaker"][:k], self.neutral_frames, source, source_lmk)
         image, target = frames_to_chw(source), frames_to_chw(frames[rows[:k], tt])
         if train and self.optim_cfg.colour_augment > 0:  # A.1 / Fig. 9: one colour and light per pair
             with torch.no_grad():

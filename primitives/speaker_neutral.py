@@ -10,7 +10,7 @@ and by cvae's training reference (``optim.reference: speaker_neutral``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["INNER_LIP_PAIRS", "NeutralFrame", "mouth_opening", "most_closed_neutral_frames",
-           "speaker_neutral_frames"]
+           "speaker_neutral_frames", "replace_by_speaker"]
 
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 """Upper / lower inner-lip point pairs of the 68-point (iBUG) layout, 0-based."""
@@ -98,3 +98,22 @@ def speaker_neutral_frames(datamodule, frames_key: str | None = None) -> dict[st
             speaker = speaker_of[clip["key"]]
             chosen[speaker] = replace(chosen[speaker], image=np.ascontiguousarray(clip[frames_key][chosen[speaker].t]))
     return chosen
+
+
+def replace_by_speaker(speakers: Sequence[str], table: Mapping[str, tuple[Tensor, ...]],
+                       *rows: Tensor) -> tuple[Tensor, ...]:
+    """Copies of ``rows`` (each (B, ...)) in which sample i's row is ``table[speakers[i]]`` (one
+    tensor per row, cast to the row's device and dtype); a speaker not in ``table`` keeps its rows.
+    cvae's training reference (table: speaker -> (frame,)) and sinha's G_T source (speaker ->
+    (frame, lmk)) with their ``speaker_neutral`` options.
+
+    Raises:
+        ValueError: ``speakers`` and a row differ in length.
+    """
+    if any(len(speakers) != len(row) for row in rows):
+        raise ValueError(f"{len(speakers)} speakers for rows of {[len(row) for row in rows]} samples")
+    rows = tuple(row.clone() for row in rows)
+    for i, speaker in enumerate(speakers):
+        for row, value in zip(rows, table.get(speaker, ())):
+            row[i] = value.to(row.device, row.dtype)
+    return rows

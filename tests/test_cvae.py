@@ -309,7 +309,7 @@ def test_speaker_neutral_reference_is_the_speakers_neutral_frame(crema_shards, r
     assert set(model.neutral_frames) == set(chosen) == set(real_batch["speaker"])
     for speaker, frame in chosen.items():
         assert frame.neutral and clips[frame.key]["meta"]["emotion"] == "neutral"
-        assert torch.equal(model.neutral_frames[speaker], torch.from_numpy(clips[frame.key][f"frames_{S}"][frame.t]))
+        assert torch.equal(model.neutral_frames[speaker][0], torch.from_numpy(clips[frame.key][f"frames_{S}"][frame.t]))
     seen = []
     forward = model.net.forward
 
@@ -321,7 +321,7 @@ def test_speaker_neutral_reference_is_the_speakers_neutral_frame(crema_shards, r
     model.model_step(real_batch, train=True)
     model.model_step(real_batch, train=False)
     for i, speaker in enumerate(real_batch["speaker"]):
-        assert torch.equal(seen[0][i], model.neutral_frames[speaker].permute(2, 0, 1).float() / 255)
+        assert torch.equal(seen[0][i], model.neutral_frames[speaker][0].permute(2, 0, 1).float() / 255)
         assert torch.equal(seen[1][i], real_batch[f"frames_{S}"][i, 0].permute(2, 0, 1).float() / 255)
     assert not any(k.startswith("neutral") for k in model.state_dict())  # training data, not weights
     with pytest.raises(ValueError, match="reference"):

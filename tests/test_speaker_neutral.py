@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from primitives.speaker_neutral import most_closed_neutral_frames, mouth_opening
+from primitives.speaker_neutral import most_closed_neutral_frames, mouth_opening, replace_by_speaker
 
 
 def _lmk(gaps: list[float], iod: float = 2.0) -> np.ndarray:
@@ -38,3 +38,14 @@ def test_neutral_clips_win_and_the_most_closed_frame_is_taken():
     assert (a.key, a.t, a.neutral, a.lmk_crop_size) == ("a_neu2", 1, True, 256)
     assert a.opening == pytest.approx(0.1) and np.array_equal(a.lmk, _lmk([0.2])[0]) and a.image is None
     assert (b.key, b.t, b.neutral) == ("b_hap", 0, False) and b.opening == pytest.approx(0.15)
+
+
+def test_replace_by_speaker_overwrites_only_known_speakers_rows_and_leaves_the_inputs():
+    frames = torch.zeros(3, 2, 2, 3, dtype=torch.uint8)
+    lmk = torch.zeros(3, 68, 2, dtype=torch.float64)
+    table = {"a": (torch.full((2, 2, 3), 7, dtype=torch.uint8), torch.ones(68, 2, dtype=torch.float32))}
+    out_frames, out_lmk = replace_by_speaker(["a", "b", "a"], table, frames, lmk)
+    assert out_frames[:, 0, 0, 0].tolist() == [7, 0, 7] and out_lmk[:, 0, 0].tolist() == [1.0, 0.0, 1.0]
+    assert out_lmk.dtype == torch.float64 and frames.sum() == 0 and lmk.sum() == 0  # copies, inputs kept
+    with pytest.raises(ValueError, match="3 speakers"):
+        replace_by_speaker(["a", "b", "a"], table, frames[:2])
