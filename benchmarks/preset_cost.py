@@ -3,8 +3,8 @@ pipeline.preset cost``), as a docs figure.
 
     python benchmarks/preset_cost.py [--params params.yaml] [--docs]
 
-Slow on a CPU: it builds every preset's networks at their own size (did not finish in 10 min on 2
-shared cores on 2026-12-07, so docs/reproducing.md still holds the table typed from 2026-12-06).
+Slow on a CPU: it builds every preset's networks at their own size (13 min alone on 2 cores,
+2026-12-07).
 
 ``--docs`` also writes the table to ``docs/figures/preset_cost.md`` (:mod:`figures`).
 """

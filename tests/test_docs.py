@@ -134,3 +134,23 @@ def test_learning_check_figures_keep_every_run_in_git_and_a_rerun_replaces_its_o
     assert "| 21.50 / 21.00 |" in rows[1] and "1,234 (14.0)" in rows[1] and "psnr pass" in rows[1]
     assert sorted(p.name for p in (out / "learning_checks").iterdir()) == ["learning-cvae-crema_d.json",
                                                                           "learning-sinha-crema_d.json"]
+
+
+def test_reproducing_page_states_each_presets_trainable_parameters_as_the_preset_does():
+    """Each method's trainable count written in a preset (which tests/test_presets.py checks against the
+    built networks) is an "<x> M" of that preset's row in reproducing.md's table, to its printed
+    digits: a resized network cannot leave the page behind."""
+    import re
+    from decimal import Decimal
+
+    from pipeline.preset import Preset, names
+
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \|[^|]*\|([^|]*)\|", (REPO / "docs/reproducing.md")
+                                                        .read_text(), re.M)}
+    assert set(rows) == set(names())
+    for name in names():
+        figures = [Decimal(x) for x in re.findall(r"(\d+(?:\.\d+)?) M\b", rows[name])]
+        counts = sorted(Preset.load(name).trained.values())
+        for count in counts:
+            match = [f for f in figures if abs(Decimal(count) / 10**6 - f) <= Decimal("0.5") * Decimal(10) ** f.as_tuple().exponent]
+            assert match, f"{name}: no figure in {rows[name]!r} is {count:,d} parameters"

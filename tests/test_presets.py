@@ -140,3 +140,19 @@ def test_one_step_fit_gives_fit_start_hooks_the_training_clips(params):
 
     assert Preset.load("cvae").body["train"]["methods"]["cvae"]["optim"]["reference"] == "speaker_neutral"
     assert _fit_flops(Preset.load("cvae"), params, "cvae", 2) > 1e9
+
+
+def test_one_step_fit_counts_a_step_past_the_warm_up(params):
+    """The step counted is one after eapc_authors' emotion pre-training (whose steps train the emotion
+    branch alone): the same count as the preset without that phase."""
+    import copy
+
+    from pipeline.preset import _fit_flops
+
+    preset = Preset.load("eapc_authors")
+    assert preset.body["train"]["methods"]["eapc"]["optim"]["emotion_pretrain_steps"] > 0
+    without = copy.deepcopy(preset.body)
+    without["train"]["methods"]["eapc"]["optim"]["emotion_pretrain_steps"] = 0
+    counted = _fit_flops(preset, params, "eapc", 2)
+    assert counted > 1e9
+    assert counted == _fit_flops(Preset(preset.name, without, preset.meta), params, "eapc", 2)
