@@ -3,7 +3,7 @@ pipeline.preset cost``), as a docs figure.
 
     python benchmarks/preset_cost.py [--params params.yaml] [--docs]
 
-Slow on a CPU: it builds every preset's networks at their own size (13 min alone on 2 cores,
+Slow on a CPU: it builds every preset's networks at their own size (12 min alone on 2 cores,
 2026-12-07).
 
 ``--docs`` also writes the table to ``docs/figures/preset_cost.md`` (:mod:`figures`).
